@@ -1,0 +1,5 @@
+import sys
+
+from cvahash.cli import main
+
+sys.exit(main())

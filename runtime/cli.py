@@ -1,0 +1,84 @@
+"""The `cvahash` command line.
+
+Each command lives in its own module under ``cvahash.commands`` and provides
+``register(subparsers)``, which adds its parser and sets ``func`` to the function that
+runs it. Command modules import heavy dependencies inside that function, never at the
+top, so ``cvahash --help`` stays fast and works on a station without torch.
+
+Exit codes: 0 success, 1 a failure with a message, 2 bad usage, 3 partial success
+(for example ``index`` skipped some files), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from cvahash import __version__
+from cvahash.errors import CvahashError
+
+# (module under cvahash.commands, one-line purpose); order is the order in --help.
+COMMANDS = [
+    ("index", "device"),
+    ("search", "device"),
+    ("info", "device"),
+    ("daemon", "device"),
+    ("status", "device"),
+    ("config", "device"),
+    ("update", "device"),
+    ("keygen", "workstation"),
+    ("merge", "workstation"),
+    ("synth", "workstation"),
+    ("train", "workstation"),
+    ("eval", "workstation"),
+    ("export", "workstation"),
+    ("bundle", "workstation"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cvahash",
+        description="Find sounds in field recordings by typing what you want to hear.",
+    )
+    parser.add_argument("--version", action="version", version=f"cvahash {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output on stderr (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, _where in COMMANDS:
+        try:
+            module = importlib.import_module(f"cvahash.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"cvahash.commands.{name}":
+                continue  # command not built in this version
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except CvahashError as exc:
+        print(f"cvahash {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

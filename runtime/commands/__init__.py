@@ -1,0 +1,1 @@
+"""One module per `cvahash` command; see cvahash.cli for the contract."""
