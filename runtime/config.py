@@ -30,12 +30,14 @@ width by `DeviceConfig.check_bits` once the bundle is known.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cvahash.errors import ConfigError
 
@@ -215,7 +217,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and value == value  # not NaN
+    return (_is_int(value) or isinstance(value, float)) and not math.isnan(value)
 
 
 def integer(lo: int, hi: int) -> Callable[[Any], int]:
@@ -500,8 +502,8 @@ def load_config(path: str | Path, *, base_dir: str | Path | None = None) -> Devi
     try:
         source_text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _error([f"{path}: not a UTF-8 text file (byte {exc.start}); "
-                      "save it as UTF-8"]) from None
+        raise _error([f"{path}: not a UTF-8 text file (byte {exc.start}); save it as UTF-8"]
+                     ) from None
     base = Path(base_dir) if base_dir is not None else path.resolve().parent
     config = loads_config(source_text, name=str(path), base_dir=base)
     return DeviceConfig(**{f.name: getattr(config, f.name) for f in fields(config)
@@ -531,15 +533,15 @@ def _read_watchlist(reader: _Reader, entries: Any) -> list[WatchEntry]:
 
 def _check_unknown_top_level(reader: _Reader, data: dict) -> None:
     known = [*SCHEMA, "watchlist"]
-    for key in data:
+    for key, value in data.items():
         if key in known:
             continue
         home = [s for s, schema in SCHEMA.items() if any(k == key for k, _, _ in schema)]
-        if not isinstance(data[key], dict) and home:
+        if not isinstance(value, dict) and home:
             hint = f" (it belongs in a section: [{home[0]}] {key})"
         else:
             hint = _did_you_mean(key, known)
-        kind = "section" if isinstance(data[key], dict) else "key"
+        kind = "section" if isinstance(value, dict) else "key"
         reader.problem("(top level)", f"unknown {kind} {key!r}{hint}",
                        reader.line_of(key, None) if kind == "section"
                        else reader.line_of("", key) or _first_line(reader, key))

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
+import tomllib
 from cvahash.cli import main
 from cvahash.config import SCHEMA, WATCH_SCHEMA, DeviceConfig, load_config, loads_config
 from cvahash.errors import ConfigError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "device_configs").glob("*.toml"))
@@ -98,8 +97,8 @@ def test_minimal_config_gets_documented_defaults():
 def test_message_names_file_section_key_expectation_value_and_line():
     text = MINIMAL + '[capture]\nsample_rate = "fast"\n'
     assert problems_of(text, "device_configs/rpi4.toml") == [
-        "device_configs/rpi4.toml: [capture] sample_rate: expected an integer from 8000 "
-        "to 384000, got 'fast' (line 9)"]
+        ("device_configs/rpi4.toml: [capture] sample_rate: expected an integer from 8000 "
+         "to 384000, got 'fast' (line 9)")]
 
 
 @pytest.mark.parametrize("section,key", [(s, k) for s, sch in SCHEMA.items() for k, _, _ in sch])
@@ -148,8 +147,8 @@ def test_unknown_keys_and_sections_are_errors_with_suggestions():
                for p in found)
     assert any("unknown section 'captur' (did you mean 'capture'?)" in p for p in found)
     top = problems_of("threads = 4\n" + MINIMAL)
-    assert top == ["station.toml: (top level) unknown key 'threads' "
-                   "(it belongs in a section: [runtime] threads) (line 1)"]
+    assert top == [("station.toml: (top level) unknown key 'threads' "
+                    "(it belongs in a section: [runtime] threads) (line 1)")]
 
 
 def test_hop_longer_than_window_is_refused():
@@ -190,8 +189,8 @@ def test_watchlist_entries():
 
 def test_retention_needs_its_own_path_when_enabled():
     found = problems_of(MINIMAL + "[retention]\nenabled = true\n")
-    assert found == ["station.toml: [retention] path: missing (required when enabled = true) "
-                     "(line 9)"]
+    assert found == [("station.toml: [retention] path: missing (required when enabled = true) "
+                      "(line 9)")]
     found = problems_of(MINIMAL + '[retention]\nenabled = true\npath = "store/audio"\n')
     assert "inside the code store" in found[0]
 
