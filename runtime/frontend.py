@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from cvahash.errors import InvalidArgument
 
 __all__ = ["FrontendParams", "log_mel", "mel_filterbank"]
@@ -70,7 +69,9 @@ class FrontendParams:
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise InvalidArgument(f"front-end parameter {name}: {value!r} is not a positive integer")
+                raise InvalidArgument(
+                    f"front-end parameter {name}: {value!r} is not a positive integer"
+                )
             object.__setattr__(self, name, int(value))
         for name in ("f_min", "f_max", "max_length_s"):
             value = getattr(self, name)
@@ -207,7 +208,9 @@ def _plan(params: FrontendParams) -> _Plan:
     return _Plan(window=window, lo=lo, hi=hi, filters=filters)
 
 
-def _fit_length(x: np.ndarray, params: FrontendParams, rng: np.random.Generator | None) -> np.ndarray:
+def _fit_length(
+    x: np.ndarray, params: FrontendParams, rng: np.random.Generator | None
+) -> np.ndarray:
     """Crop or pad one waveform to exactly ``params.n_samples`` samples (float64)."""
     n = params.n_samples
     if len(x) > n:

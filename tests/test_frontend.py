@@ -12,7 +12,6 @@ import warnings
 
 import numpy as np
 import pytest
-
 from cvahash.frontend import FrontendParams, log_mel, mel_filterbank
 
 SR = 48000
@@ -195,7 +194,9 @@ def test_filterbank_matches_transformers(params):
 
 
 @pytest.mark.workstation
-@pytest.mark.parametrize("params", [FrontendParams(), FrontendParams(f_min=0.0)], ids=["fmin50", "fmin0"])
+@pytest.mark.parametrize(
+    "params", [FrontendParams(), FrontendParams(f_min=0.0)], ids=["fmin50", "fmin0"]
+)
 @pytest.mark.parametrize("name", list(_signals()))
 def test_ten_second_windows_match_transformers(clap_extractor, params, name):
     x = _signals()[name]
