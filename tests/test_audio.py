@@ -313,13 +313,17 @@ def test_non_finite_after_resampling_rate(tmp_path):
     "comment,expected",
     [
         (
-            "Recorded at 05:30:00 12/06/2024 (UTC) by AudioMoth 24F319055F3B at medium gain "
-            "while battery was 4.2V and temperature was 15.1C.",
+            (
+                "Recorded at 05:30:00 12/06/2024 (UTC) by AudioMoth 24F319055F3B at medium gain "
+                "while battery was 4.2V and temperature was 15.1C."
+            ),
             datetime(2024, 6, 12, 5, 30, tzinfo=UTC),
         ),
         (
-            "Recorded at 21:00:00 24/07/2019 (UTC+1) by AudioMoth 24A04F085664B4E7 at medium "
-            "gain while battery was 4.7V and temperature was 19.4C.",
+            (
+                "Recorded at 21:00:00 24/07/2019 (UTC+1) by AudioMoth 24A04F085664B4E7 at medium "
+                "gain while battery was 4.7V and temperature was 19.4C."
+            ),
             datetime(2019, 7, 24, 20, 0, tzinfo=UTC),
         ),
         (
