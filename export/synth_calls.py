@@ -61,24 +61,43 @@ def _harmonic(f_inst: np.ndarray, sr: int, amps=(1.0,), phase: float = 0.0) -> n
     return out
 
 
+def fast_fft_len(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n: FFTs of awkward lengths (large prime factors) are
+    many times slower, and filtered noise can be made longer and cut."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def coloured_noise(rng: np.random.Generator, n: int, sr: int, gain) -> np.ndarray:
+    """n samples of white noise coloured by gain(f) in the frequency domain, unit RMS."""
+    m = fast_fft_len(n)
+    spec = np.fft.rfft(rng.standard_normal(m))
+    x = np.fft.irfft(spec * gain(np.fft.rfftfreq(m, 1.0 / sr)), m)[:n]
+    return x / (np.sqrt(np.mean(x * x)) + 1e-12)
+
+
 def _bandnoise(rng: np.random.Generator, n: int, sr: int, lo: float, hi: float) -> np.ndarray:
     """White noise band-limited to [lo, hi] Hz with smooth edges, unit RMS."""
     hi = min(hi, _limit(sr))
     lo = min(lo, 0.7 * hi)
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1.0 / sr)
     width = 0.15 * (hi - lo) + 1.0
-    gain = 1.0 / (1.0 + np.exp(-(f - lo) / width * 4)) / (1.0 + np.exp((f - hi) / width * 4))
-    x = np.fft.irfft(spec * gain, n)
-    return x / (np.sqrt(np.mean(x * x)) + 1e-12)
+    return coloured_noise(rng, n, sr, lambda f: 1.0 / (1.0 + np.exp(-(f - lo) / width * 4))
+                          / (1.0 + np.exp((f - hi) / width * 4)))
 
 
 def _lowpass_noise(rng: np.random.Generator, n: int, sr: int, cutoff: float) -> np.ndarray:
     """Smooth random curve (noise low-passed at `cutoff` Hz), unit RMS."""
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1.0 / sr)
-    x = np.fft.irfft(spec * np.exp(-((f / cutoff) ** 2)), n)
-    return x / (np.sqrt(np.mean(x * x)) + 1e-12)
+    return coloured_noise(rng, n, sr, lambda f: np.exp(-((f / cutoff) ** 2)))
 
 
 def _place(out: np.ndarray, element: np.ndarray, start: int) -> None:
