@@ -203,13 +203,15 @@ def _downmix(frames: np.ndarray) -> np.ndarray:
 
 
 def _read(f: sf.SoundFile, n: int, path: Path, position: int, sample_rate: int) -> np.ndarray:
+    """Up to ``n`` frames from ``position`` on, float32 [frames, channels]."""
     try:
         return f.read(n, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
-        t = position / sample_rate
+        start, end = position / sample_rate, min(position + n, f.frames) / sample_rate
         raise AudioError(
-            f"{path}: unreadable audio data after {_format_time(t)} ({t:.3f} s): {e} "
-            "(the file is damaged; copy it again or cut that part out)"
+            f"{path}: unreadable audio data between {_format_time(start)} and "
+            f"{_format_time(end)} ({start:.3f}..{end:.3f} s): {str(e).strip()} "
+            "(the file is damaged; copy it again, or cut out that part)"
         ) from None
 
 
@@ -231,12 +233,19 @@ def load(path: str | os.PathLike, sample_rate: int = 48000) -> np.ndarray:
     field recordings (this holds the whole file in memory twice)."""
     sample_rate = _check_rate(sample_rate)
     path = Path(path)
+    parts = []
     with _open(path) as f:
         info = _info_from(path, f)
-        frames = _read(f, -1, path, 0, info.sample_rate)
-    _check_finite(frames, path, 0, info.sample_rate)
-    mono = _downmix(frames)
-    del frames
+        # Block by block, so a decoding error or a NaN is reported at its real time.
+        block = max(1, MAX_BLOCK_VALUES // info.channels)
+        position = 0
+        while len(frames := _read(f, block, path, position, info.sample_rate)):
+            _check_finite(frames, path, position, info.sample_rate)
+            position += len(frames)
+            parts.append(_downmix(frames))
+            del frames
+    mono = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    del parts
     if info.sample_rate != sample_rate:
         mono = soxr.resample(mono, info.sample_rate, sample_rate, quality=RESAMPLE_QUALITY)
     return np.ascontiguousarray(mono, dtype=np.float32)

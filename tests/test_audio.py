@@ -495,3 +495,20 @@ def test_peak_memory_does_not_grow_with_length(tmp_path):
     peak_long, n_long = _peak_streaming(long)
     assert (n_short, n_long) == (60, 720)
     assert peak_long <= peak_short * 1.02 + 65536, (peak_short, peak_long)
+
+
+def test_truncated_flac_streams_up_to_the_damage(tmp_path):
+    """A FLAC cut off (power loss while copying): the windows before the cut come out,
+    then an AudioError says where the data became unreadable."""
+    path = tmp_path / "cut.flac"
+    _write(path, SR, 1, 10.0, "FLAC")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    got = []
+    windows = iter_windows(path, window_s=1.0, hop_s=1.0, block_s=0.5)
+    with pytest.raises(AudioError, match="unreadable audio data between") as e:
+        got.extend(windows)  # extend keeps what came before the exception
+    assert len(got) >= 3, [w.offset_s for w in got]
+    assert str(path) in str(e.value)
+    with pytest.raises(AudioError, match="unreadable"):
+        load(path)
