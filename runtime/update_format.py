@@ -22,11 +22,14 @@ Layout (all integers big-endian)::
 The header carries ``body_sha256``, so the signature covers the body too. The body:
 
 * ``codes``: ``rows x ceil(bits/8)`` bytes, packed MSB-first (numpy.packbits), row-major.
-* ``rows``: ``rows x 24`` bytes, `ROW_DTYPE` little-endian records: the index of the
-  row's recording in ``tables["recordings"]``, window offset and duration in seconds,
-  and capture time (UTC seconds since the epoch, NaN where unknown).
-* ``tables``: UTF-8 JSON ``{"recordings": [{"path", "station", "clock"}, ...]}``; a
-  path is relative to the station's audio folder and never absolute or with ``..``.
+* ``rows``: ``rows x 30`` bytes, `ROW_DTYPE` little-endian records: the row's recording
+  (index into ``tables["recordings"]``), its clock source (index into
+  ``tables["clocks"]``), the window's offset into the recording and its length in
+  seconds, and its capture time (UTC seconds since the epoch).
+* ``tables``: UTF-8 JSON ``{"recordings": [{"path", "station", "content_hash",
+  "start_utc", "sample_rate", "duration_s"}, ...], "clocks": ["gps", ...]}``; a path is
+  relative (to the source station's audio folder) and never absolute or with ``..``,
+  ``station`` names the station that recorded it.
 
 The update id is derived from the content (fingerprint, bits, body checksum), so two
 builds of the same codes carry the same id and applying either twice changes nothing.
@@ -41,6 +44,7 @@ import base64
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import struct
@@ -62,9 +66,13 @@ MAX_ROWS = 2**32 - 1
 MAX_BITS = 256
 MAX_PATH_CHARS = 1024
 MAX_RECORDINGS = 10_000_000
-ROW_DTYPE = np.dtype([("recording", "<u4"), ("offset_s", "<f8"), ("duration_s", "<f4"),
-                      ("time", "<f8")])
-assert ROW_DTYPE.itemsize == 24  # packed: part of the file format
+ROW_DTYPE = np.dtype([("recording", "<u4"), ("clock", "<u2"), ("offset_s", "<f8"),
+                      ("length_s", "<f8"), ("capture_utc", "<f8")])
+assert ROW_DTYPE.itemsize == 30  # packed: part of the file format
+MAX_CLOCKS = 256
+_CLOCK = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")  # as cvahash.store_types
+_CONTENT_HASH = re.compile(r"^[A-Za-z0-9:_.+/=-]{0,128}$")
+_RECORDING_KEYS = {"path", "station", "content_hash", "start_utc", "sample_rate", "duration_s"}
 PUBLIC_KEY_TAG = "cvahash-ed25519"
 SUFFIX = ".cvaup"
 _CHUNK = 1 << 20
@@ -196,7 +204,8 @@ class UpdatePackage:
     key_id: str
     codes: np.ndarray        # uint8 [rows, ceil(bits/8)]
     rows: np.ndarray         # ROW_DTYPE [rows]
-    recordings: list[dict[str, str]] = field(default_factory=list)
+    recordings: list[dict[str, Any]] = field(default_factory=list)
+    clocks: list[str] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -223,8 +232,9 @@ def update_id_for(fingerprint: str, bits: int, body_sha256: str) -> str:
 
 
 def pack_update(*, private_key, fingerprint: str, bits: int, codes: np.ndarray,
-                rows: np.ndarray, recordings: list[dict[str, str]], created: str,
-                since: str | None = None, source: dict[str, str] | None = None) -> bytes:
+                rows: np.ndarray, recordings: list[dict[str, Any]], clocks: list[str],
+                created: str, since: str | None = None,
+                source: dict[str, str] | None = None) -> bytes:
     """The bytes of a signed update. Inputs are checked with the same rules as the reader,
     so a workstation can never write a file a station would refuse."""
     nbytes = (int(bits) + 7) // 8
@@ -233,8 +243,8 @@ def pack_update(*, private_key, fingerprint: str, bits: int, codes: np.ndarray,
     if codes.ndim != 2 or codes.shape[1] != nbytes or rows.shape != (codes.shape[0],):
         raise ValueError(f"codes must be uint8 [n, {nbytes}] and rows ROW_DTYPE [n]; got "
                          f"{codes.shape} and {rows.shape}")
-    tables = json.dumps({"recordings": recordings}, separators=(",", ":"),
-                        ensure_ascii=False).encode()
+    tables = json.dumps({"recordings": recordings, "clocks": clocks}, separators=(",", ":"),
+                        ensure_ascii=False, allow_nan=False).encode()
     body = codes.tobytes() + rows.tobytes() + tables
     body_sha = hashlib.sha256(body).hexdigest()
     header = {
@@ -246,7 +256,7 @@ def pack_update(*, private_key, fingerprint: str, bits: int, codes: np.ndarray,
     }
     _check_header(header)
     _check_tables(json.loads(tables), codes.shape[0])
-    _check_rows(rows, len(recordings))
+    _check_rows(rows, len(recordings), len(clocks))
     return sign_raw(private_key, json.dumps(header, sort_keys=True).encode(), body)
 
 
@@ -374,15 +384,16 @@ def _read(f: BinaryIO, name: str, trusted: list[TrustedKey]) -> UpdatePackage:
         tables = json.loads(tables_raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise _reject("bad-tables", f"{name}: the metadata tables are not valid JSON") from None
-    recordings = _check_tables(tables, header["rows"], name)
+    recordings, clocks = _check_tables(tables, header["rows"], name)
     nbytes = (header["bits"] + 7) // 8
     rows_arr = rows.view(ROW_DTYPE)
-    _check_rows(rows_arr, len(recordings), name)
+    _check_rows(rows_arr, len(recordings), len(clocks), name)
     return UpdatePackage(
         update_id=header["update_id"], created=header["created"],
         fingerprint=header["fingerprint"], bits=header["bits"], since=header["since"],
         source=header["source"], key_id=key_id.hex(),
-        codes=codes.reshape(header["rows"], nbytes), rows=rows_arr, recordings=recordings)
+        codes=codes.reshape(header["rows"], nbytes), rows=rows_arr, recordings=recordings,
+        clocks=clocks)
 
 
 def _read_hashed(f: BinaryIO, length: int, digest, name: str) -> np.ndarray:
@@ -490,33 +501,55 @@ def check_recording_path(path: Any) -> str:
     return path
 
 
-def _check_tables(tables: Any, nrows: int, name: str = "update") -> list[dict[str, str]]:
+def _is_number(value: Any) -> bool:
+    if _is_int(value):
+        return abs(value) < 2**53  # huge JSON integers would overflow a float later
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _check_tables(tables: Any, nrows: int, name: str = "update"):
+    """The recordings and clocks tables, each entry checked; returns both lists."""
     def bad(message: str):
         return _reject("bad-tables", f"{name}: metadata: {message}")
 
-    if not isinstance(tables, dict) or set(tables) != {"recordings"} or \
-            not isinstance(tables["recordings"], list):
-        raise bad('expected {"recordings": [...]}')
-    recordings = tables["recordings"]
-    if len(recordings) > MAX_RECORDINGS:
-        raise bad(f"more than {MAX_RECORDINGS} recordings")
+    if (not isinstance(tables, dict) or set(tables) != {"recordings", "clocks"}
+            or not isinstance(tables["recordings"], list)
+            or not isinstance(tables["clocks"], list)):
+        raise bad('expected {"recordings": [...], "clocks": [...]}')
+    recordings, clocks = tables["recordings"], tables["clocks"]
+    if len(recordings) > MAX_RECORDINGS or len(clocks) > MAX_CLOCKS:
+        raise bad(f"more than {MAX_RECORDINGS} recordings or {MAX_CLOCKS} clock sources")
+    for i, clock in enumerate(clocks):
+        if not isinstance(clock, str) or not _CLOCK.match(clock):
+            raise bad(f"clock source {i}: expected a short lowercase word such as 'gps'")
     for i, rec in enumerate(recordings):
-        if not isinstance(rec, dict) or set(rec) != {"path", "station", "clock"}:
-            raise bad(f"recording {i}: expected path, station and clock")
+        if not isinstance(rec, dict) or set(rec) != _RECORDING_KEYS:
+            raise bad(f"recording {i}: expected the keys {sorted(_RECORDING_KEYS)}")
         try:
             check_recording_path(rec["path"])
         except ValueError as exc:
             raise _reject("unsafe-path", f"{name}: recording {i} path {str(rec['path'])[:80]!r}"
                           f" {exc}; refusing the whole update") from None
-        for key in ("station", "clock"):
-            if not isinstance(rec[key], str) or len(rec[key]) > 256:
-                raise bad(f"recording {i}: {key}: expected a short string")
-    if nrows and not recordings:
-        raise bad("rows refer to recordings, but the recordings table is empty")
-    return recordings
+        if not isinstance(rec["station"], str) or len(rec["station"]) > 256:
+            raise bad(f"recording {i}: station: expected a string of at most 256 characters")
+        if not isinstance(rec["content_hash"], str) or not _CONTENT_HASH.match(
+                rec["content_hash"]):
+            raise bad(f"recording {i}: content_hash: expected at most 128 hash characters")
+        for key in ("start_utc", "duration_s"):
+            value = rec[key]
+            if value is not None and not (_is_number(value) and (key != "duration_s"
+                                                                  or value >= 0)):
+                raise bad(f"recording {i}: {key}: expected a finite number or null")
+        rate = rec["sample_rate"]
+        if rate is not None and not (_is_int(rate) and 0 < rate <= 10_000_000):
+            raise bad(f"recording {i}: sample_rate: expected a positive integer or null")
+    if nrows and not (recordings and clocks):
+        raise bad("rows refer to recordings and clocks, but a table is empty")
+    return recordings, clocks
 
 
-def _check_rows(rows: np.ndarray, nrecordings: int, name: str = "update") -> None:
+def _check_rows(rows: np.ndarray, nrecordings: int, nclocks: int,
+                name: str = "update") -> None:
     def bad(message: str):
         return _reject("bad-rows", f"{name}: rows: {message}")
 
@@ -525,10 +558,13 @@ def _check_rows(rows: np.ndarray, nrecordings: int, name: str = "update") -> Non
     if int(rows["recording"].max()) >= nrecordings:
         raise bad(f"a row refers to recording {int(rows['recording'].max())}, "
                   f"but there are {nrecordings}")
-    offset, duration, time = rows["offset_s"], rows["duration_s"], rows["time"]
+    if int(rows["clock"].max()) >= nclocks:
+        raise bad(f"a row refers to clock source {int(rows['clock'].max())}, "
+                  f"but there are {nclocks}")
+    offset, length, capture = rows["offset_s"], rows["length_s"], rows["capture_utc"]
     if not (np.isfinite(offset).all() and (offset >= 0).all()):
         raise bad("offset_s must be finite and >= 0")
-    if not (np.isfinite(duration).all() and (duration > 0).all()):
-        raise bad("duration_s must be finite and > 0")
-    if np.isinf(time).any():
-        raise bad("time must be finite or NaN (unknown)")
+    if not (np.isfinite(length).all() and (length > 0).all()):
+        raise bad("length_s must be finite and > 0")
+    if not np.isfinite(capture).all():
+        raise bad("capture_utc must be finite")

@@ -38,19 +38,30 @@ def make_parts(n=4, bits=64, seed=0):
     codes = rng.integers(0, 256, size=(n, (bits + 7) // 8), dtype=np.uint8)
     rows = np.zeros(n, dtype=ROW_DTYPE)
     rows["recording"] = np.arange(n) % 2
+    rows["clock"] = np.arange(n) % 2
     rows["offset_s"] = np.arange(n) * 5.0
-    rows["duration_s"] = 10.0
-    rows["time"] = 1.7e9 + np.arange(n) * 5.0
-    rows["time"][-1] = np.nan  # unknown capture time is allowed
-    recordings = [{"path": "2026/site-a/rec01.flac", "station": "rpi4-a", "clock": "gps"},
-                  {"path": "2026/site-a/rec02.flac", "station": "rpi4-a", "clock": "rtc"}]
+    rows["length_s"] = 10.0
+    rows["capture_utc"] = 1.7e9 + np.arange(n) * 5.0
+    recordings = [recording("2026/site-a/rec01.flac"),
+                  recording("2026/site-a/rec02.flac", start_utc=None, sample_rate=None)]
     return codes, rows, recordings
+
+
+def recording(path, **changes):
+    rec = {"path": path, "station": "rpi4-a", "content_hash": "sha256:ab12",
+           "start_utc": 1.7e9, "sample_rate": 48000, "duration_s": 3600.0}
+    rec.update(changes)
+    return rec
+
+
+CLOCKS = ["gps", "rtc"]
 
 
 def make_update(n=4, bits=64, seed=0, key=KEY, fingerprint=FP) -> bytes:
     codes, rows, recordings = make_parts(n, bits, seed)
     return pack_update(private_key=key, fingerprint=fingerprint, bits=bits, codes=codes,
-                       rows=rows, recordings=recordings, created="2026-11-26T12:00:00+00:00",
+                       rows=rows, recordings=recordings, clocks=CLOCKS,
+                       created="2026-11-26T12:00:00+00:00",
                        source={"station": "rpi4-a"})
 
 
@@ -76,7 +87,7 @@ def test_round_trip(tmp_path):
     assert update.fingerprint == FP and update.bits == 64 and update.count == 4
     np.testing.assert_array_equal(update.codes, codes)
     assert update.rows.tobytes() == rows.tobytes()
-    assert update.recordings == recordings
+    assert update.recordings == recordings and update.clocks == CLOCKS
     assert update.source == {"station": "rpi4-a"}
     assert update.key_id == TRUSTED[0].key_id_hex
     assert VALID.startswith(MAGIC)
@@ -97,7 +108,8 @@ def test_every_bit_width(bits):
 def test_empty_update():
     codes = np.zeros((0, 8), np.uint8)
     data = pack_update(private_key=KEY, fingerprint=FP, bits=64, codes=codes,
-                       rows=np.zeros(0, ROW_DTYPE), recordings=[], created="2026-11-26")
+                       rows=np.zeros(0, ROW_DTYPE), recordings=[], clocks=[],
+                       created="2026-11-26")
     assert read_update(data, TRUSTED).count == 0
 
 
@@ -167,10 +179,10 @@ def signed_with_header(**changes) -> bytes:
 
 def test_huge_declared_lengths_are_refused_before_allocation():
     big = 2**32 - 1
-    data = signed_with_header(rows=big, sections={"codes": big * 8, "rows": big * 24,
+    data = signed_with_header(rows=big, sections={"codes": big * 8, "rows": big * 30,
                                                   "tables": 10})
     assert rejected(data).reason == "truncated"
-    assert rejected(signed_with_header(sections={"codes": 32, "rows": 96,
+    assert rejected(signed_with_header(sections={"codes": 32, "rows": 120,
                                                  "tables": 2**40})).reason == "too-large"
     prefix = PREFIX.pack(MAGIC, 1, TRUSTED[0].key_id, 2**32 - 1)
     assert rejected(prefix + b"x" * 100).reason == "too-large"
@@ -191,11 +203,11 @@ def test_signed_but_invalid_headers_are_refused(changes, reason):
     assert rejected(signed_with_header(**changes)).reason == reason
 
 
-def body_with(recordings=None, rows=None, n=4):
+def body_with(recordings=None, rows=None, clocks=CLOCKS, n=4):
     codes, base_rows, base_recs = make_parts(n)
     rows = base_rows if rows is None else rows
     recordings = base_recs if recordings is None else recordings
-    tables = json.dumps({"recordings": recordings}).encode()
+    tables = json.dumps({"recordings": recordings, "clocks": clocks}).encode()
     body = codes.tobytes() + rows.tobytes() + tables
     import hashlib
 
@@ -211,7 +223,7 @@ def body_with(recordings=None, rows=None, n=4):
 @pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "a/../../b", "a//b",
                                   "./a", "C:/x", "a\\..\\b", "a\x00b", "", "x" * 2000])
 def test_path_traversal_in_recordings_is_refused(path):
-    recs = [{"path": path, "station": "s", "clock": "gps"}] * 2
+    recs = [recording(path)] * 2
     error = rejected(body_with(recordings=recs))
     assert error.reason == "unsafe-path" and "recording 0" in str(error)
     with pytest.raises(ValueError):
@@ -231,17 +243,38 @@ def test_bad_rows_are_refused():
     rows["offset_s"][1] = np.nan
     assert rejected(body_with(rows=rows)).reason == "bad-rows"
     _, rows, _ = make_parts()
-    rows["time"][1] = np.inf
+    rows["capture_utc"][1] = np.nan
     assert rejected(body_with(rows=rows)).reason == "bad-rows"
-    assert rejected(body_with(recordings=[{"path": "a.wav"}])).reason == "bad-tables"
+    _, rows, _ = make_parts()
+    rows["clock"][1] = 2
+    assert rejected(body_with(rows=rows)).reason == "bad-rows"
+    _, rows, _ = make_parts()
+    rows["length_s"][0] = 0
+    assert rejected(body_with(rows=rows)).reason == "bad-rows"
+
+
+@pytest.mark.parametrize("tables_change", [
+    {"recordings": [{"path": "a.wav"}] * 2},
+    {"recordings": [recording("a", station=5)] * 2},
+    {"recordings": [recording("a", start_utc=10**400)] * 2},
+    {"recordings": [recording("a", start_utc=1e308 * 10)] * 2},
+    {"recordings": [recording("a", sample_rate=-1)] * 2},
+    {"recordings": [recording("a", duration_s=-1.0)] * 2},
+    {"recordings": [recording("a", content_hash="x" * 200)] * 2},
+    {"clocks": ["GPS!", "rtc"]},
+    {"clocks": []},
+])
+def test_bad_tables_are_refused(tables_change):
+    kwargs = {"recordings": None, "clocks": CLOCKS}
+    kwargs.update(tables_change)
+    assert rejected(body_with(**kwargs)).reason == "bad-tables"
 
 
 def test_writer_refuses_what_the_reader_would_refuse():
     codes, rows, _ = make_parts()
     with pytest.raises(UpdateRejected):
         pack_update(private_key=KEY, fingerprint=FP, bits=64, codes=codes, rows=rows,
-                    recordings=[{"path": "../x", "station": "s", "clock": "gps"}] * 2,
-                    created="2026-11-26")
+                    recordings=[recording("../x")] * 2, clocks=CLOCKS, created="2026-11-26")
 
 
 def test_keys_other_than_the_trusted_ones_are_refused():
