@@ -1,0 +1,106 @@
+"""`cvahash search "TEXT" --db DIR` (or `--like FILE[@START_S]`): find windows by sound.
+
+Prints a table of the k nearest windows (rank, Hamming distance, recording, start-end,
+capture time UTC, station), or one JSON document with ``--json``; ``--clips OUT`` writes
+WAV snippets of the hits cut from the original recordings and ``--spectrograms OUT``
+a PNG per hit. Notes (a truncated query, a recording that is gone) go to stderr.
+
+Exit codes: 0 ok (also when nothing matched the filters), 1 error, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """\
+examples:
+  cvahash search "woodpecker drumming on dead tree" --db /data/store
+  cvahash search "owl hooting" --db /data/store -k 5 --since 2024-06-01 --station ridge-2
+  cvahash search --like calls/wren.wav@12.5 --db /data/store --clips /tmp/wren-hits
+  cvahash search "frog chorus" --db /data/store --json | jq '.hits[0]'
+
+the bundle: --bundle DIR, else the bundle the store was indexed with, else $CVAHASH_BUNDLE.
+times are UTC unless they carry a zone; --until with a bare date includes that whole day.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "search", help="find windows that sound like TEXT (or like a recorded example)",
+        description="Search a code store by typed text, or by example with --like.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("text", nargs="?", metavar="TEXT", help="what you want to hear, in words")
+    p.add_argument("--like", metavar="FILE[@START_S]",
+                   help="query by example: the 10 s of FILE from START_S (seconds or mm:ss, "
+                        "default 0)")
+    p.add_argument("--db", required=True, metavar="DIR", help="code store folder")
+    p.add_argument("--bundle", metavar="DIR", help="model bundle folder (see below)")
+    p.add_argument("-k", type=int, default=20, metavar="N", help="number of results (default 20)")
+    p.add_argument("--since", metavar="TIME", help="only windows captured at or after TIME")
+    p.add_argument("--until", metavar="TIME", help="only windows captured before TIME")
+    p.add_argument("--station", metavar="NAME", help="only windows from this station")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.add_argument("--clips", metavar="OUT", help="write a WAV snippet per hit into folder OUT")
+    p.add_argument("--context", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds of audio kept either side of a hit in --clips (default 1)")
+    p.add_argument("--spectrograms", metavar="OUT", help="write a spectrogram PNG per hit into OUT")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="ONNX Runtime and search threads (default 0: one per core)")
+    p.set_defaults(func=run, _parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    parser = args._parser
+    if (args.text is None) == (args.like is None):
+        parser.error("give either TEXT or --like FILE[@START_S] (exactly one)")
+    if args.k < 1:
+        parser.error(f"-k {args.k}: the number of results must be at least 1")
+    if not 0 <= args.context <= 60:
+        parser.error(f"--context {args.context}: must be between 0 and 60 seconds")
+
+    from cvahash import report
+    from cvahash.search import (
+        open_store_and_bundle, parse_like, parse_when, prepare_query, search_like, search_text,
+    )
+
+    # Check what the user typed before loading anything: bad input changes nothing.
+    if args.text is not None:
+        prepare_query(args.text)
+    else:
+        like_path, like_start = parse_like(args.like)
+    filters = {
+        "since": parse_when(args.since) if args.since else None,
+        "until": parse_when(args.until, end_of_day=True) if args.until else None,
+        "station": args.station,
+    }
+    if filters["since"] and filters["until"] and filters["since"] >= filters["until"]:
+        parser.error(f"--since {args.since} is not before --until {args.until}")
+
+    store, bundle = open_store_and_bundle(args.db, args.bundle, mode="r", threads=args.threads)
+    try:
+        if args.text is not None:
+            result = search_text(store, bundle, args.text, args.k, **filters)
+        else:
+            result = search_like(store, bundle, like_path, like_start, args.k, **filters)
+    finally:
+        store.close()
+
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        print(report.to_json(result))
+    elif result.hits:
+        print(report.format_table(result.hits))
+    else:
+        print("no windows match (the store is empty or the filters exclude everything)",
+              file=sys.stderr)
+    if args.clips:
+        saved = report.write_clips(result.hits, args.clips, context_s=args.context)
+        for line in report.saved_summary("WAV snippets", saved, args.clips):
+            print(line, file=sys.stderr)
+    if args.spectrograms:
+        saved = report.write_spectrograms(result.hits, args.spectrograms, bundle.frontend_params)
+        for line in report.saved_summary("spectrograms", saved, args.spectrograms):
+            print(line, file=sys.stderr)
+    return 0
