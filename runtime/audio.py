@@ -185,7 +185,7 @@ def _format_time(seconds: float) -> str:
 
 
 def _check_finite(frames: np.ndarray, path: Path, first_frame: int, sample_rate: int) -> None:
-    """Refuse NaN/Inf samples (float files only can hold them), naming where they are."""
+    """Refuse NaN/Inf samples (only float files can hold them), naming where they are."""
     if frames.dtype.kind == "f" and not np.isfinite(frames).all():
         frame, channel = np.argwhere(~np.isfinite(frames))[0]
         t = (first_frame + int(frame)) / sample_rate
