@@ -41,6 +41,7 @@ int cvh_within(int isa, const uint8_t *query, const uint8_t *codes, size_t n, si
                const int64_t *ranges, size_t nranges, int32_t **out_dist, int64_t **out_ids,
                size_t *out_count);
 void cvh_free(void *p);
+uint64_t cvh_stream_read(const uint8_t *data, size_t nbytes, int threads);
 int cvh_distances(int isa, const uint8_t *query, const uint8_t *codes, size_t nrows,
                   size_t nbytes, uint16_t *out);
 """

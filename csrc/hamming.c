@@ -310,9 +310,11 @@ static void merge_query(topk_t *const *states, int nthreads, uint32_t maxd, size
         }
 }
 
+/* threads = 0: every core, but no thread gets fewer than MIN_ROWS_PER_THREAD rows.
+ * An explicit count is honoured down to one block per thread. */
 static int choose_threads(int threads, size_t rows) {
     int t = threads > 0 ? threads : cvh_cpu_count();
-    size_t cap = rows / MIN_ROWS_PER_THREAD;
+    size_t cap = rows / (threads > 0 ? BLOCK : MIN_ROWS_PER_THREAD);
     if (cap < 1) cap = 1;
     if ((size_t)t > cap) t = (int)cap;
     if (t > 256) t = 256;
@@ -506,4 +508,51 @@ int cvh_within(int isa, const uint8_t *query, const uint8_t *codes, size_t n, si
     uint32_t limit = radius >= (int64_t)(8 * nbytes) ? (uint32_t)(8 * nbytes + 1) : (uint32_t)radius + 1;
     return search(isa, query, 1, codes, n, nbytes, SIZE_MAX, limit, threads, filter_kind, mask,
                   ranges, nranges, NULL, NULL, out_dist, out_ids, out_count);
+}
+
+/* ---------------------------------------------------- bandwidth floor */
+
+typedef struct {
+    const uint64_t *p;
+    size_t words;
+    uint64_t sum;
+} stream_job_t;
+
+static void *stream_job(void *arg) {
+    stream_job_t *j = arg;
+    uint64_t a = 0, b = 0, c = 0, d = 0;
+    size_t i = 0;
+    for (; i + 4 <= j->words; i += 4) {
+        a += j->p[i];
+        b ^= j->p[i + 1];
+        c += j->p[i + 2];
+        d ^= j->p[i + 3];
+    }
+    for (; i < j->words; i++) a += j->p[i];
+    j->sum = a + b + c + d;
+    return NULL;
+}
+
+uint64_t cvh_stream_read(const uint8_t *data, size_t nbytes, int threads) {
+    int t = threads > 0 ? threads : cvh_cpu_count();
+    if (t > 64) t = 64;
+    size_t words = nbytes / 8, per = (words + (size_t)t - 1) / (size_t)t;
+    stream_job_t jobs[64];
+    pthread_t tids[64];
+    int started = 0;
+    for (int i = 0; i < t; i++) {
+        size_t lo = (size_t)i * per < words ? (size_t)i * per : words;
+        size_t hi = lo + per < words ? lo + per : words;
+        jobs[i] = (stream_job_t){(const uint64_t *)data + lo, hi - lo, 0};
+    }
+    for (int i = 1; i < t; i++) {
+        if (pthread_create(&tids[i], NULL, stream_job, &jobs[i]) != 0) break;
+        started = i;
+    }
+    stream_job(&jobs[0]);
+    for (int i = started + 1; i < t; i++) stream_job(&jobs[i]); /* threads that did not start */
+    for (int i = 1; i <= started; i++) pthread_join(tids[i], NULL);
+    uint64_t s = 0;
+    for (int i = 0; i < t; i++) s += jobs[i].sum;
+    return s;
 }

@@ -76,4 +76,8 @@ void cvh_free(void *p);
 int cvh_distances(int isa, const uint8_t *query, const uint8_t *codes, size_t nrows,
                   size_t nbytes, uint16_t *out);
 
+/* Reads nbytes of data (8-byte aligned) with `threads` threads and returns a
+ * checksum: the memory-bandwidth floor the benchmark compares searches with. */
+uint64_t cvh_stream_read(const uint8_t *data, size_t nbytes, int threads);
+
 #endif
