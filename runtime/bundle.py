@@ -1,0 +1,397 @@
+"""The model bundle on the device: verify it, load it, turn text and log-mel into codes.
+
+A bundle is a directory written by ``cvahash export`` (docs/bundle.md):
+
+    manifest.json   format version, bits, source model, front-end parameters, tokenizer
+                    settings, precision, sha256 and size of every file, fingerprint
+    text.onnx       input_ids, attention_mask (int64 [batch, seq]) -> logits float32 [batch, bits]
+    audio.onnx      input_features float32 [batch, 1, frames, mels] -> logits float32 [batch, bits]
+    tokenizer.json  a ``tokenizers`` file; padding and truncation come from the manifest
+
+`ModelBundle.open` checks the format version, every file's sha256 and the fingerprint
+*before* anything is loaded, and raises `BundleError` naming the file otherwise.
+ONNX Runtime sessions are created lazily: a search only loads the text graph, indexing
+only the audio graph. This module needs numpy, onnxruntime and tokenizers only; it never
+imports torch or transformers.
+
+Codes: bit i is 1 where logit i > 0, packed MSB-first per byte (``numpy.packbits``),
+``ceil(bits / 8)`` bytes per row (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvahash.errors import BundleError, InvalidArgument
+
+__all__ = [
+    "FORMAT_VERSION", "MANIFEST_NAME", "BUNDLE_FILES", "ModelBundle", "TokenizedText",
+    "sha256_file", "fingerprint_of", "check_bundle", "pack_codes",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+TEXT_GRAPH = "text.onnx"
+AUDIO_GRAPH = "audio.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+BUNDLE_FILES = (TEXT_GRAPH, AUDIO_GRAPH, TOKENIZER_FILE)
+# Manifest keys every reader of format 1 relies on.
+REQUIRED_KEYS = ("format_version", "bits", "frontend", "tokenizer", "precision", "files",
+                 "fingerprint")
+DEFAULT_AUDIO_BATCH = 8
+
+
+# ---------------------------------------------------------------- hashing and fingerprint
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (graphs are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint_of(manifest: Mapping[str, Any]) -> str:
+    """The bundle's fingerprint: 16 hex chars of sha256 over a canonical JSON of what
+    decides the codes: bits, front-end parameters, tokenizer settings and the sha256 of
+    text.onnx, audio.onnx and tokenizer.json.
+
+    Two bundles with the same fingerprint turn the same input into the same codes; code
+    stores and update packages bind to it. Descriptive fields (source model, precision
+    label, quantisation report, creation time) are left out on purpose: they are covered
+    by the graph hashes where they matter.
+    """
+    files = manifest.get("files") or {}
+    semantic = {
+        "bits": manifest.get("bits"),
+        "frontend": manifest.get("frontend"),
+        "tokenizer": manifest.get("tokenizer"),
+        "sha256": {name: (files.get(name) or {}).get("sha256") for name in BUNDLE_FILES},
+    }
+    canonical = json.dumps(semantic, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
+
+
+def pack_codes(logits: np.ndarray) -> np.ndarray:
+    """Logits [n, bits] -> packed codes uint8 [n, ceil(bits/8)]: bit i = logit i > 0, MSB first."""
+    logits = np.asarray(logits)
+    if logits.ndim != 2:
+        raise InvalidArgument(f"pack_codes: logits must be 2-D [n, bits], got shape {logits.shape}")
+    return np.ascontiguousarray(np.packbits(logits > 0, axis=1))
+
+
+# ---------------------------------------------------------------- manifest checks
+
+
+def _read_manifest(root: Path) -> dict:
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a model bundle directory (it does not exist or is a "
+                          "file); make one with `cvahash export RUN_DIR --out DIR`")
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; {root} is not a complete model bundle "
+                          "(re-copy it or export it again)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable or not valid JSON ({exc}); re-copy the bundle") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: expected a JSON object at the top level")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BundleError(f"{path}: key 'format_version' is missing or not an integer")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format {version} is newer than this cvahash reads "
+                          f"(format {FORMAT_VERSION}); upgrade cvahash on this device")
+    if version < 1:
+        raise BundleError(f"{path}: bundle format {version} is not valid")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{path}: missing key(s) {', '.join(missing)}")
+    bits = manifest["bits"]
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+        raise BundleError(f"{path}: key 'bits' must be a positive integer, got {bits!r}")
+    if not isinstance(manifest["files"], dict):
+        raise BundleError(f"{path}: key 'files' must be an object of file name -> sha256")
+    return manifest
+
+
+def check_bundle(root: str | Path) -> dict:
+    """Verify a bundle without loading any model; return its manifest.
+
+    Checks, in order: manifest.json readable and of a known format; every required file
+    listed and present; every listed file's size and sha256; the fingerprint recomputed
+    from the manifest. Raises `BundleError` naming the first file that fails.
+    """
+    root = Path(root)
+    manifest = _read_manifest(root)
+    files = manifest["files"]
+    for name in BUNDLE_FILES:
+        if name not in files:
+            raise BundleError(f"{root / MANIFEST_NAME}: does not list {name}; the bundle is "
+                              "incomplete (export it again)")
+    for name, entry in files.items():
+        path = root / name
+        # Names come from the manifest: refuse anything that would leave the directory.
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise BundleError(f"{root / MANIFEST_NAME}: file name {name!r} is not a plain "
+                              "file name inside the bundle")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise BundleError(f"{root / MANIFEST_NAME}: files.{name} needs a 'sha256' string")
+        if not path.is_file():
+            raise BundleError(f"{path}: missing from the bundle (listed in manifest.json); "
+                              "re-copy the bundle")
+        size = entry.get("bytes")
+        if size is not None and path.stat().st_size != size:
+            raise BundleError(f"{path}: is {path.stat().st_size} bytes, manifest.json says "
+                              f"{size}; the file is truncated or replaced (re-copy the bundle)")
+        digest = sha256_file(path)
+        if digest != entry["sha256"].lower():
+            raise BundleError(f"{path}: sha256 {digest[:16]}... does not match manifest.json "
+                              f"({entry['sha256'][:16]}...); the file was changed or damaged "
+                              "(re-copy the bundle)")
+    expected = fingerprint_of(manifest)
+    if manifest["fingerprint"] != expected:
+        raise BundleError(f"{root / MANIFEST_NAME}: fingerprint {manifest['fingerprint']!r} does "
+                          f"not match its contents ({expected}); manifest.json was edited")
+    return manifest
+
+
+# ---------------------------------------------------------------- the bundle
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """Token ids and mask (int64 [n, seq]) as the text graph takes them, and which texts
+    were cut to the bundle's ``max_length`` (bool [n])."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    truncated: np.ndarray
+
+
+class ModelBundle:
+    """A verified model bundle; turns text and log-mel spectrograms into packed codes.
+
+    Use `ModelBundle.open`. Thread-safe: sessions are created once under a lock and
+    ONNX Runtime sessions may be run from several threads.
+    """
+
+    def __init__(self, root: Path, manifest: dict, *, threads: int, providers):
+        self.path = root
+        self._manifest = manifest
+        self._threads = threads
+        self._providers = list(providers) if providers else None
+        self._sessions: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._tokenizer = None
+        self.providers_in_use: dict[str, list[str]] = {}
+        from cvahash.frontend import FrontendParams
+
+        try:
+            self._frontend = FrontendParams.from_dict(manifest["frontend"])
+        except (InvalidArgument, TypeError) as exc:
+            raise BundleError(f"{root / MANIFEST_NAME}: key 'frontend': {exc}") from exc
+        tok = manifest["tokenizer"]
+        if not isinstance(tok, dict) or not isinstance(tok.get("max_length"), int):
+            raise BundleError(f"{root / MANIFEST_NAME}: key 'tokenizer' needs an integer "
+                              "'max_length'")
+
+    @classmethod
+    def open(cls, path: str | Path, *, threads: int = 0,
+             providers: Sequence[str] | None = None) -> ModelBundle:
+        """Verify the bundle at ``path`` (format, sha256 of every file, fingerprint) and
+        return it; no graph is loaded yet.
+
+        ``threads``: ONNX Runtime intra-op threads (0 = its default, one per core).
+        ``providers``: execution providers in order of preference, e.g.
+        ``["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]``;
+        those not available in this onnxruntime build are dropped (CPU is always the
+        last resort). None means CPU only.
+        """
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise InvalidArgument(f"threads must be an integer >= 0, got {threads!r}")
+        root = Path(path)
+        manifest = check_bundle(root)
+        return cls(root, manifest, threads=threads, providers=providers)
+
+    # -- what the bundle is
+    @property
+    def manifest(self) -> dict:
+        """A copy of manifest.json as a dict."""
+        return json.loads(json.dumps(self._manifest))
+
+    @property
+    def bits(self) -> int:
+        return int(self._manifest["bits"])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes per packed code: ceil(bits / 8)."""
+        return math.ceil(self.bits / 8)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self._manifest["fingerprint"])
+
+    @property
+    def frontend_params(self):
+        """The `cvahash.frontend.FrontendParams` the model was trained with."""
+        return self._frontend
+
+    @property
+    def precision(self) -> str:
+        return str(self._manifest["precision"])
+
+    def __repr__(self) -> str:
+        return (f"ModelBundle({str(self.path)!r}, bits={self.bits}, "
+                f"fingerprint={self.fingerprint!r}, precision={self.precision!r})")
+
+    # -- sessions
+    def _choose_providers(self) -> list[str]:
+        import onnxruntime as ort
+
+        available = set(ort.get_available_providers())
+        wanted = self._providers or ["CPUExecutionProvider"]
+        chosen = [p for p in wanted if p in available]
+        if "CPUExecutionProvider" not in chosen:
+            chosen.append("CPUExecutionProvider")
+        return chosen
+
+    def _session(self, branch: str):
+        with self._lock:
+            if branch in self._sessions:
+                return self._sessions[branch]
+            import onnxruntime as ort
+
+            name = TEXT_GRAPH if branch == "text" else AUDIO_GRAPH
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self._threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3  # ORT's own warnings are noise on a station
+            providers = self._choose_providers()
+            try:
+                session = ort.InferenceSession(str(self.path / name), sess_options=options,
+                                               providers=providers)
+            except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+                raise BundleError(f"{self.path / name}: onnxruntime cannot load it ({exc})") from exc
+            used = session.get_providers()
+            self.providers_in_use[branch] = used
+            log.info("bundle %s: %s graph on %s (%s threads)", self.fingerprint, branch,
+                     used[0], self._threads or "default")
+            self._sessions[branch] = session
+            return session
+
+    def close(self) -> None:
+        """Drop the ONNX Runtime sessions (they are recreated on the next use)."""
+        with self._lock:
+            self._sessions.clear()
+
+    # -- text
+    def _load_tokenizer(self):
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            settings = self._manifest["tokenizer"]
+            path = self.path / TOKENIZER_FILE
+            try:
+                tok = Tokenizer.from_file(str(path))
+            except Exception as exc:  # tokenizers raises a plain Exception
+                raise BundleError(f"{path}: the tokenizers package cannot read it ({exc})") from exc
+            tok.no_padding()
+            tok.enable_truncation(max_length=int(settings["max_length"]))
+            if settings.get("padding", "max_length") == "max_length":
+                tok.enable_padding(pad_id=int(settings.get("pad_id", 1)),
+                                   pad_token=str(settings.get("pad_token", "<pad>")),
+                                   length=int(settings["max_length"]))
+            else:  # "longest": pad to the longest text of the batch
+                tok.enable_padding(pad_id=int(settings.get("pad_id", 1)),
+                                   pad_token=str(settings.get("pad_token", "<pad>")))
+            self._tokenizer = tok
+        return self._tokenizer
+
+    @staticmethod
+    def _check_texts(texts) -> list[str]:
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise InvalidArgument("texts must be a list of strings (wrap a single query in [ ])")
+        if len(texts) == 0:
+            raise InvalidArgument("texts is empty: give at least one query")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InvalidArgument(f"text {i} is a {type(t).__name__}, not a string")
+            if not t.strip():
+                raise InvalidArgument(f"text {i} is empty or only whitespace; type what you "
+                                      "want to hear, e.g. 'woodpecker drumming'")
+        return list(texts)
+
+    def tokenize(self, texts: Sequence[str]) -> TokenizedText:
+        """Token ids as the model saw them in training (same ids as transformers), with
+        padding and truncation from the manifest; ``truncated[i]`` tells whether text i
+        was longer than ``max_length`` tokens and was cut."""
+        texts = self._check_texts(texts)
+        encodings = self._load_tokenizer().encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
+        return TokenizedText(ids, mask, truncated)
+
+    def text_logits(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 [n, bits] logits of the text graph."""
+        tokens = self.tokenize(texts)
+        session = self._session("text")
+        feeds = {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
+        return np.asarray(session.run(None, feeds)[0], dtype=np.float32)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Packed codes uint8 [n, ceil(bits/8)] of text queries (empty text: ValueError)."""
+        return pack_codes(self.text_logits(texts))
+
+    # -- audio
+    def _check_features(self, features) -> np.ndarray:
+        x = np.asarray(features)
+        p = self._frontend
+        want = (1, p.n_frames, p.n_mels)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise InvalidArgument(f"audio features must have shape [batch, {want[0]}, {want[1]}, "
+                                  f"{want[2]}] (cvahash.frontend.log_mel with this bundle's "
+                                  f"frontend_params), got {x.shape}")
+        if x.shape[0] == 0:
+            raise InvalidArgument("audio features hold no windows (batch size 0)")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise InvalidArgument(f"audio features must be float32, got {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            bad = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
+            raise InvalidArgument(f"audio features of window {bad} contain NaN or infinity")
+        return x
+
+    def audio_logits(self, features, *, batch_size: int = DEFAULT_AUDIO_BATCH) -> np.ndarray:
+        """float32 [B, bits] logits of the audio graph for log-mel ``features`` float32
+        [B, 1, frames, mels], run ``batch_size`` windows at a time to bound memory."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgument(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        x = self._check_features(features)
+        session = self._session("audio")
+        name = session.get_inputs()[0].name
+        out = np.empty((len(x), self.bits), dtype=np.float32)
+        for start in range(0, len(x), batch_size):
+            out[start:start + batch_size] = session.run(None, {name: x[start:start + batch_size]})[0]
+        return out
+
+    def encode_audio(self, features, *, batch_size: int = DEFAULT_AUDIO_BATCH) -> np.ndarray:
+        """Packed codes uint8 [B, ceil(bits/8)] of log-mel windows float32 [B, 1, frames, mels]."""
+        return pack_codes(self.audio_logits(features, batch_size=batch_size))
