@@ -1,0 +1,975 @@
+"""The code store: a season of codes and their metadata on a station's SD card.
+
+A store is a directory::
+
+    codes-000000.bin   128-byte header + fixed-size code rows (see store_format), mmapped
+    meta.sqlite        metadata in SQLite (WAL): recordings, segments, tags (see store_meta)
+    writer.lock        flock()ed by the one process that may write
+
+Data model. Row r of the code file is one window of audio. Windows are described by
+*segments* (store_types.Segment): n consecutive rows from one recording on a regular
+hop, so a recording or a capture run costs one metadata row; irregular windows are
+one-row segments. ``append`` extends the last segment when new windows continue its
+grid, so a daemon appending a few windows at a time still writes one segment per run.
+Every API hands out per-window metadata (store_types.Window / Hit). Times are UTC
+epoch seconds (float); aware datetimes are accepted as input.
+
+Commit protocol (why a power cut at any instant is safe):
+  1. the new code rows are written after the last committed row and fdatasync()ed;
+  2. one SQLite transaction (synchronous=FULL) records recordings, segments, tags and
+     the new ``committed_rows``.
+SQLite's committed_rows is the truth. A cut before 2 leaves an uncommitted tail in the
+code file that readers never look at and the next writer truncates. A code file
+*shorter* than committed_rows (a card that lost data) is repaired when opened in "a"
+mode: segments and tags beyond the rows the file holds are dropped, with a logged
+warning; mode "r" refuses it (StoreCorrupt) and says to open it for appending once.
+A damaged header, a database SQLite cannot read, or metadata that fails its
+checksums or does not hold together is refused with StoreCorrupt; nothing guesses.
+
+Durability promise. ``append`` buffers in memory and commits when the buffer holds
+``commit_every_windows`` windows, when the oldest buffered window is
+``commit_every_s`` seconds old (checked at each append; call ``flush`` from a timer
+for an idle daemon), when ``commit=True`` or ``tag=`` is given, and on ``flush`` and
+``close``. Rows below ``durable_rows`` are durable: after ``flush()`` returns, or an
+``append`` after which ``pending_rows == 0``, everything appended so far survives a
+power cut. One append call is never split across commits.
+
+Readers and one writer. Mode "a" takes an exclusive flock (a second writer gets
+StoreError). Any number of "r" stores (other processes or threads) may read at the
+same time: each search reads committed_rows and segments in one SQLite read
+transaction and scans only that prefix of the code file, so it sees a consistent
+prefix and never a torn row; the next search sees newer commits. A CodeStore object
+is safe to share between threads (one lock per object).
+
+Retention. ``forget(recording)`` removes a recording's windows from the metadata (its
+rows stay in the file but are never searched); ``compact()`` writes a new code file
+without forgotten rows (``codes-<generation+1>.bin``), switches to it in one SQLite
+transaction, then deletes the old file. Row numbers change on compact.
+
+Exactly-once batches (SD-card updates): ``append(..., tag="update-id")`` records the
+tag in the same transaction as the rows; ``has_tag`` says whether it was applied and a
+second append with the same tag changes nothing.
+
+Schema upgrades are explicit: a store with an older schema is refused with a message
+naming ``CodeStore.migrate(dir)``; a newer one asks for a newer cvahash.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FingerprintMismatch, InvalidArgument, InvalidCodes, StoreCorrupt, StoreError
+from .store_format import (
+    HEADER_SIZE,
+    MAX_FINGERPRINT,
+    CodeHeader,
+    HeaderError,
+    code_file_name,
+    fsync_dir,
+    write_all,
+    write_new_code_file,
+)
+from .store_meta import (
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    MetadataCorrupt,
+    SegmentTable,
+    read_info,
+    recording_crc,
+    segment_crc,
+)
+from .store_types import Hit, Recording, Segment, Window, to_utc_seconds, try_extend
+
+__all__ = ["CodeStore", "Hit", "Recording", "Segment", "Window"]
+
+log = logging.getLogger(__name__)
+
+META_FILE = "meta.sqlite"
+LOCK_FILE = "writer.lock"
+
+
+def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+    uri = f"file:{path}?mode={'ro' if read_only else 'rw'}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
+                           timeout=30.0)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    if not read_only:
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class CodeStore:
+    """Codes of one bundle fingerprint plus their metadata, in one directory.
+
+    Open with ``CodeStore.create`` or ``CodeStore.open``; use as a context manager or
+    call ``close()``. See the module docstring for the data model and promises.
+    """
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, directory, bits: int, fingerprint: str, **options) -> CodeStore:
+        """Make a new, empty store in ``directory`` (which must not exist or be empty)
+        and open it for appending. ``options`` are those of ``open``."""
+        directory = Path(directory)
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
+                or not 1 <= bits <= 65535:
+            raise InvalidArgument(f"bits must be an integer in 1..65535, got {bits!r}")
+        if not isinstance(fingerprint, str) or not fingerprint or not fingerprint.isascii() \
+                or len(fingerprint) > MAX_FINGERPRINT:
+            raise InvalidArgument(f"fingerprint must be a non-empty ASCII string of at most "
+                                  f"{MAX_FINGERPRINT} characters, got {fingerprint!r}")
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+            raise StoreError(f"cannot create a code store in {directory}: it already exists "
+                             "and is not an empty directory; open it with CodeStore.open or "
+                             "choose another path")
+        # Build it under a temporary name and rename: a cut during create leaves either
+        # nothing or a complete store, never a half-made one.
+        parent = directory.parent.resolve()
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".{directory.name}.creating-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        store_id = uuid.uuid4()
+        header = CodeHeader(bits=int(bits), fingerprint=fingerprint, store_id=store_id.bytes,
+                            generation=0)
+        write_new_code_file(tmp / code_file_name(0), header)
+        conn = sqlite3.connect(tmp / META_FILE, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.executescript(SCHEMA)
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO store_info VALUES (?, ?)", [
+                ("schema_version", SCHEMA_VERSION), ("store_id", store_id.hex),
+                ("bits", int(bits)), ("fingerprint", fingerprint), ("generation", 0),
+                ("committed_rows", 0), ("version", 0), ("layout", 0),
+                ("created_utc", time.time())])
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        (tmp / LOCK_FILE).touch()
+        fsync_dir(tmp)
+        if directory.exists():
+            directory.rmdir()
+        os.rename(tmp, directory)
+        fsync_dir(parent)
+        return cls.open(directory, "a", **options)
+
+    @classmethod
+    def open(cls, directory, mode: str = "r", *, fingerprint: str | None = None,
+             bits: int | None = None, commit_every_windows: int = 1,
+             commit_every_s: float = 300.0) -> CodeStore:
+        """Open a store for reading (``"r"``) or appending (``"a"``, one writer at a time).
+
+        ``fingerprint`` / ``bits``: refuse (FingerprintMismatch) a store made with another
+        bundle. ``commit_every_windows`` / ``commit_every_s``: append batching (mode "a").
+        """
+        if mode not in ("r", "a"):
+            raise InvalidArgument(f'mode must be "r" or "a", got {mode!r}')
+        if isinstance(commit_every_windows, bool) or int(commit_every_windows) < 1:
+            raise InvalidArgument(f"commit_every_windows must be >= 1, got "
+                                  f"{commit_every_windows!r}")
+        if not float(commit_every_s) > 0:
+            raise InvalidArgument(f"commit_every_s must be > 0, got {commit_every_s!r}")
+        store = cls.__new__(cls)
+        store._init(Path(directory), mode, int(commit_every_windows), float(commit_every_s))
+        try:
+            store._open()
+            store.require(fingerprint, bits)
+        except BaseException:
+            store._release()
+            raise
+        return store
+
+    def _init(self, directory: Path, mode: str, every_windows: int, every_s: float) -> None:
+        self.directory = directory
+        self.mode = mode
+        self.commit_every_windows = every_windows
+        self.commit_every_s = every_s
+        self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._fd: int | None = None
+        self._mm: mmap.mmap | None = None
+        self._mm_rows = 0
+        self._segments = SegmentTable()
+        self._pending_codes: list[np.ndarray] = []
+        self._pending_segs: list[Segment] = []
+        self._pending_rows = 0
+        self._pending_since: float | None = None
+        self._extends_row: int | None = None   # committed segment the first pending one grows
+        self._version = None
+        self._layout = None
+        self._generation = None
+        self._closed = False
+
+    def _open(self) -> None:
+        d = self.directory
+        if not (d / META_FILE).is_file():
+            raise StoreError(f"{d} is not a code store (no {META_FILE}); create one with "
+                             "CodeStore.create or check the [store] path")
+        if self.mode == "a":
+            self._take_writer_lock()
+        try:
+            self._conn = _connect(d / META_FILE, read_only=self.mode == "r")
+            info = read_info(self._conn)
+        except sqlite3.DatabaseError as e:
+            raise StoreCorrupt(f"the metadata database {d / META_FILE} cannot be read ({e}); "
+                               "restore the store from a backup or re-index the recordings"
+                               ) from e
+        self._check_info(info)
+        self.bits = int(info["bits"])
+        self.nbytes = (self.bits + 7) // 8
+        self.fingerprint = str(info["fingerprint"])
+        self.store_id = str(info["store_id"])
+        if self.mode == "a":
+            self._remove_strays(int(info["generation"]))
+        self._refresh(force=True, opening=True)
+
+    def _take_writer_lock(self) -> None:
+        path = self.directory / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"another process (pid {holder}) is writing to the code store "
+                             f"{self.directory} ({path} is locked); stop it or open the store "
+                             'with mode="r"') from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _check_info(self, info: dict) -> None:
+        where = self.directory / META_FILE
+        needed = ("schema_version", "store_id", "bits", "fingerprint", "generation",
+                  "committed_rows", "version", "layout")
+        missing = [k for k in needed if k not in info]
+        if missing:
+            raise StoreCorrupt(f"{where} lacks store_info keys {missing}; it is not a complete "
+                               "code store")
+        schema = info["schema_version"]
+        if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+            raise StoreError(f"{where} has schema version {schema!r}; this cvahash reads up "
+                             f"to {SCHEMA_VERSION}: upgrade cvahash")
+        if schema < SCHEMA_VERSION:
+            raise StoreError(f"{where} has schema version {schema}, this cvahash uses "
+                             f"{SCHEMA_VERSION}; upgrade it once with "
+                             f"CodeStore.migrate({str(self.directory)!r}) (back it up first)")
+        for key in ("bits", "generation", "committed_rows", "version", "layout"):
+            if not isinstance(info[key], int) or info[key] < 0:
+                raise StoreCorrupt(f"{where}: store_info {key} is {info[key]!r}")
+
+    def _remove_strays(self, generation: int) -> None:
+        """Delete code files a cut left behind (an interrupted compact or create)."""
+        current = code_file_name(generation)
+        for p in self.directory.iterdir():
+            if p.name.startswith("codes-") and p.name != current:
+                log.warning("code store %s: removing %s left by an interrupted compact",
+                            self.directory, p.name)
+                p.unlink()
+
+    # ------------------------------------------------------------------ state
+    def _refresh(self, force: bool = False, opening: bool = False) -> None:
+        """Bring the cached committed state up to date with SQLite (cheap when unchanged)."""
+        conn = self._conn
+        try:
+            if not force:
+                (version,) = conn.execute(
+                    "SELECT value FROM store_info WHERE key = 'version'").fetchone()
+                if version == self._version:
+                    return
+            conn.execute("BEGIN")
+            try:
+                info = read_info(conn)
+                self._check_info(info)
+                committed = info["committed_rows"]
+                incremental = (not force and info["layout"] == self._layout
+                               and info["generation"] == self._generation)
+                self._segments.load(conn, committed, incremental)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.DatabaseError as e:
+            raise StoreCorrupt(f"the metadata database {self.directory / META_FILE} cannot be "
+                               f"read ({e}); restore the store from a backup or re-index"
+                               ) from e
+        except MetadataCorrupt as e:
+            raise StoreCorrupt(f"the metadata in {self.directory / META_FILE} is damaged: {e}; "
+                               "restore the store from a backup or re-index") from e
+        if info["generation"] != self._generation:
+            self._open_code_file(info)
+        self._committed = committed
+        self._version, self._layout = info["version"], info["layout"]
+        self._generation = info["generation"]
+        self._check_file_length(opening)
+
+    def _open_code_file(self, info: dict) -> None:
+        path = self.directory / code_file_name(info["generation"])
+        try:
+            fd = os.open(path, os.O_RDWR if self.mode == "a" else os.O_RDONLY)
+        except FileNotFoundError:
+            raise StoreCorrupt(f"the code file {path} is missing; the store cannot be read "
+                               "without it: restore it from a backup") from None
+        try:
+            header = CodeHeader.unpack(os.pread(fd, HEADER_SIZE, 0))
+        except HeaderError as e:
+            os.close(fd)
+            raise StoreCorrupt(f"the code file {path} is damaged: {e}; restore it from a "
+                               "backup") from None
+        mismatch = [name for name, a, b in (
+            ("bits", header.bits, int(info["bits"])),
+            ("fingerprint", header.fingerprint, str(info["fingerprint"])),
+            ("store id", header.store_id.hex(), str(info["store_id"])),
+            ("generation", header.generation, int(info["generation"])))
+            if a != b]
+        if mismatch:
+            os.close(fd)
+            raise StoreCorrupt(f"the code file {path} does not belong to the metadata in "
+                               f"{self.directory / META_FILE} (different {', '.join(mismatch)})"
+                               "; restore the matching file from a backup")
+        self._drop_map()
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
+
+    def _file_rows(self) -> tuple[int, int]:
+        size = os.fstat(self._fd).st_size
+        return (size - HEADER_SIZE) // self.nbytes, size
+
+    def _check_file_length(self, opening: bool) -> None:
+        rows, size = self._file_rows()
+        path = self.directory / code_file_name(self._generation)
+        if rows < self._committed:
+            if self.mode == "r":
+                raise StoreCorrupt(
+                    f"the code file {path} holds {rows} rows but {self._committed} were "
+                    "committed (the card lost data); open the store once in append mode "
+                    '(CodeStore.open(dir, "a")) to keep the rows that remain')
+            self._recover_to(rows)
+        elif opening and self.mode == "a" and size != HEADER_SIZE + self._committed * self.nbytes:
+            # an append cut before its commit: those rows were never acknowledged
+            log.info("code store %s: dropping %d bytes of uncommitted tail", self.directory,
+                     size - HEADER_SIZE - self._committed * self.nbytes)
+            os.ftruncate(self._fd, HEADER_SIZE + self._committed * self.nbytes)
+            os.fsync(self._fd)
+
+    def _recover_to(self, rows: int) -> None:
+        """Drop metadata beyond the ``rows`` rows the code file still holds (mode "a")."""
+        lost = self._committed - rows
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cut = conn.execute("SELECT first_row, n_rows, recording, first_offset_s, hop_s, "
+                               "length_s, capture_start_utc, clock_source FROM segments "
+                               "WHERE first_row < ? AND first_row + n_rows > ?",
+                               (rows, rows)).fetchall()
+            for seg in cut:
+                n = rows - seg[0]
+                conn.execute("UPDATE segments SET n_rows = ?, crc = ? WHERE first_row = ?",
+                             (n, segment_crc(seg[0], n, *seg[2:]), seg[0]))
+            conn.execute("DELETE FROM segments WHERE first_row >= ?", (rows,))
+            conn.execute("DELETE FROM tags WHERE first_row IS NOT NULL AND first_row + n_rows > ?",
+                         (rows,))
+            conn.execute("DELETE FROM recordings WHERE id NOT IN "
+                         "(SELECT DISTINCT recording FROM segments)")
+            self._bump(conn, committed_rows=rows, layout=True)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.warning("code store %s: the code file lost its last %d rows (power cut or card "
+                    "fault); their metadata was dropped, %d rows remain", self.directory,
+                    lost, rows)
+        os.ftruncate(self._fd, HEADER_SIZE + rows * self.nbytes)
+        os.fsync(self._fd)
+        self._refresh(force=True)
+
+    def _bump(self, conn, committed_rows: int, layout: bool = False,
+              generation: int | None = None) -> None:
+        updates = [("committed_rows", committed_rows)]
+        if generation is not None:
+            updates.append(("generation", generation))
+        conn.executemany("UPDATE store_info SET value = ? WHERE key = ?",
+                         [(v, k) for k, v in updates])
+        conn.execute("UPDATE store_info SET value = value + 1 WHERE key = 'version'")
+        if layout:
+            conn.execute("UPDATE store_info SET value = value + 1 WHERE key = 'layout'")
+
+    def _view(self, rows: int) -> np.ndarray:
+        """Read-only uint8 (rows, nbytes) view of the first ``rows`` code rows."""
+        if rows == 0:
+            return np.zeros((0, self.nbytes), np.uint8)
+        if rows > self._mm_rows:
+            self._drop_map()
+            file_rows, _ = self._file_rows()
+            self._mm = mmap.mmap(self._fd, HEADER_SIZE + file_rows * self.nbytes,
+                                 prot=mmap.PROT_READ)
+            self._mm_rows = file_rows
+        return np.frombuffer(self._mm, np.uint8, rows * self.nbytes,
+                             HEADER_SIZE).reshape(rows, self.nbytes)
+
+    def _drop_map(self) -> None:
+        # Views handed out keep the old map alive (numpy holds a reference); we just
+        # stop using it. Closing it here would fail while views exist.
+        self._mm, self._mm_rows = None, 0
+
+    def _live(self, refresh: bool = True) -> None:
+        if self._closed:
+            raise StoreError(f"the code store {self.directory} is closed")
+        if refresh:
+            self._refresh()
+
+    # ------------------------------------------------------------------ properties
+    def __len__(self) -> int:
+        """Searchable (committed, not forgotten) windows."""
+        with self._lock:
+            self._live()
+            return self._segments.live_rows
+
+    @property
+    def durable_rows(self) -> int:
+        """Committed code rows (including forgotten ones not yet compacted); rows below
+        this number survive a power cut."""
+        with self._lock:
+            self._live()
+            return self._committed
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows appended but not yet committed (lost on a power cut)."""
+        return self._pending_rows
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Read-only view of every committed code row (forgotten rows included)."""
+        with self._lock:
+            self._live()
+            return self._view(self._committed)
+
+    def require(self, fingerprint: str | None = None, bits: int | None = None) -> None:
+        """Raise FingerprintMismatch unless the store was made for this bundle."""
+        if fingerprint is not None and fingerprint != self.fingerprint:
+            raise FingerprintMismatch(
+                f"the code store {self.directory} holds codes of bundle fingerprint "
+                f"{self.fingerprint!r} ({self.bits} bits), not {fingerprint!r}; use a store "
+                "made with this bundle or re-index with it into a new store")
+        if bits is not None and bits != self.bits:
+            raise FingerprintMismatch(
+                f"the code store {self.directory} holds {self.bits}-bit codes (fingerprint "
+                f"{self.fingerprint!r}), not {bits}-bit ones")
+
+    # ------------------------------------------------------------------ appending
+    def _check_codes(self, codes, what: str) -> np.ndarray:
+        arr = np.asarray(codes)
+        if arr.dtype != np.uint8:
+            raise InvalidCodes(f"{what} must be packed uint8 codes (numpy.packbits), got "
+                               f"dtype {arr.dtype}")
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != self.nbytes:
+            raise FingerprintMismatch(
+                f"{what} have shape {arr.shape}: {arr.shape[-1] if arr.ndim else 0} bytes per "
+                f"code, but the code store {self.directory} holds {self.bits}-bit codes "
+                f"({self.nbytes} bytes, fingerprint {self.fingerprint!r})")
+        if self.bits % 8 and len(arr) and (arr[:, -1] & ((1 << (8 - self.bits % 8)) - 1)).any():
+            raise FingerprintMismatch(
+                f"{what} set bits past bit {self.bits}: they are wider than the "
+                f"{self.bits}-bit codes of the store {self.directory}")
+        return arr
+
+    def _as_segments(self, windows, n: int) -> list[Segment]:
+        if isinstance(windows, (Segment, Window)):
+            windows = [windows]
+        windows = list(windows)
+        if not all(isinstance(w, (Segment, Window)) for w in windows):
+            raise InvalidArgument("windows must be a Segment, a Window, or a list of them")
+        segs = []
+        for w in windows:
+            if isinstance(w, Window):
+                segs.append(w.as_segment().checked(1))
+            else:
+                rows = w.n_rows if w.n_rows is not None else (n if len(windows) == 1 else None)
+                if rows is None:
+                    raise InvalidArgument("every Segment in a list needs n_rows")
+                segs.append(w.checked(rows))
+        total = sum(s.n_rows for s in segs)
+        if total != n:
+            raise InvalidArgument(f"the windows describe {total} rows but {n} codes were given")
+        return segs
+
+    def append(self, codes, windows, *, tag: str | None = None, fingerprint: str | None = None,
+               commit: bool = False) -> range:
+        """Add code rows and their windows; return the rows they got.
+
+        ``codes``: uint8 (n, nbytes). ``windows``: a Segment (n_rows may be None), a list
+        of Segments whose n_rows sum to n, or a list of n Windows. ``tag``: apply this
+        batch at most once (if ``has_tag(tag)``, nothing is appended and an empty range
+        is returned); a tagged append commits at once. ``commit=True`` commits now.
+        See the module docstring for when rows become durable.
+        """
+        with self._lock:
+            self._live(refresh=False)
+            if self.mode != "a":
+                raise StoreError(f'the code store {self.directory} is open read-only; open it '
+                                 'with mode="a" to append')
+            self.require(fingerprint)
+            arr = self._check_codes(codes, "codes")
+            segs = self._as_segments(windows, len(arr))
+            if tag is not None:
+                if not isinstance(tag, str) or not tag:
+                    raise InvalidArgument(f"tag must be a non-empty string, got {tag!r}")
+                if self.has_tag(tag):
+                    return range(self._committed, self._committed)
+            first = self._committed + self._pending_rows
+            row = first
+            for seg in segs:
+                seg = Segment(**{**seg.__dict__, "first_row": row})
+                row += seg.n_rows
+                last = self._pending_segs[-1] if self._pending_segs else self._committed_tail()
+                grown = None if last is None else try_extend(last, seg)
+                if grown is None:
+                    self._pending_segs.append(seg)
+                elif self._pending_segs:
+                    self._pending_segs[-1] = grown
+                else:
+                    self._pending_segs.append(grown)
+                    self._extends_row = grown.first_row
+            if len(arr):
+                self._pending_codes.append(np.array(arr, dtype=np.uint8, order="C", copy=True))
+            self._pending_rows += len(arr)
+            if self._pending_since is None:
+                self._pending_since = time.monotonic()
+            if (tag is not None or commit or self._pending_rows >= self.commit_every_windows
+                    or time.monotonic() - self._pending_since >= self.commit_every_s):
+                self._commit(tag, first)
+            return range(first, first + len(arr))
+
+    def _committed_tail(self) -> Segment | None:
+        t = self._segments
+        if len(t) == 0 or t.first_row[-1] + t.n_rows[-1] != self._committed:
+            return None
+        return t.segment(len(t) - 1)
+
+    def flush(self) -> int:
+        """Commit everything appended so far; return ``durable_rows``."""
+        with self._lock:
+            self._live(refresh=False)
+            if self.mode == "a" and (self._pending_rows or self._pending_segs):
+                self._commit(None, None)
+            return self._committed
+
+    def _commit(self, tag: str | None, tag_first: int | None) -> None:
+        n = self._pending_rows
+        rows = (np.concatenate(self._pending_codes) if len(self._pending_codes) > 1
+                else self._pending_codes[0] if self._pending_codes
+                else np.zeros((0, self.nbytes), np.uint8))
+        path = self.directory / code_file_name(self._generation)
+        try:
+            if n:
+                write_all(self._fd, rows, HEADER_SIZE + self._committed * self.nbytes)
+                os.fdatasync(self._fd)
+        except OSError as e:
+            self._raise_write_error(e, path)
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rec_ids = self._segments.rec_ids
+                new_ids = {}
+                for seg in self._pending_segs:
+                    rec = seg.recording
+                    if rec.key in rec_ids or rec.key in new_ids:
+                        continue
+                    cur = conn.execute(
+                        "INSERT INTO recordings (path, content_hash, station, start_utc, "
+                        "sample_rate, duration_s, crc) VALUES (?, ?, ?, ?, ?, ?, 0)",
+                        (rec.path, rec.content_hash, rec.station, rec.start_utc,
+                         rec.sample_rate, rec.duration_s))
+                    rid = cur.lastrowid
+                    conn.execute("UPDATE recordings SET crc = ? WHERE id = ?",
+                                 (recording_crc(rid, rec), rid))
+                    new_ids[rec.key] = rid
+                for seg in self._pending_segs:
+                    rid = rec_ids.get(seg.recording.key, new_ids.get(seg.recording.key))
+                    fields = (seg.first_row, seg.n_rows, rid, seg.first_offset_s, seg.hop_s,
+                              seg.length_s, seg.capture_start_utc, seg.clock_source)
+                    conn.execute("INSERT OR REPLACE INTO segments VALUES (?,?,?,?,?,?,?,?,?)",
+                                 fields + (segment_crc(*fields),))
+                if tag is not None:
+                    conn.execute("INSERT INTO tags VALUES (?, ?, ?, ?)",
+                                 (tag, time.time(), tag_first,
+                                  self._committed + n - tag_first))
+                self._bump(conn, committed_rows=self._committed + n)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            if isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower():
+                self._raise_write_error(OSError(errno.ENOSPC, str(e)), self.directory / META_FILE)
+            raise StoreError(f"could not commit to {self.directory / META_FILE}: {e}; the "
+                             "appended rows are still buffered, call flush() to retry") from e
+        self._pending_codes, self._pending_segs = [], []
+        self._pending_rows, self._pending_since, self._extends_row = 0, None, None
+        self._refresh()
+
+    def _raise_write_error(self, e: OSError, path: Path):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(f"the disk holding {path} is full: {self._pending_rows} appended "
+                             "rows are not stored yet (still buffered; flush() retries). Free "
+                             "space, e.g. forget old recordings and compact()") from e
+        raise StoreError(f"could not write {path}: {e}; the appended rows are still "
+                         "buffered, flush() retries") from e
+
+    def has_tag(self, tag: str) -> bool:
+        """Whether a tagged append with this tag was committed."""
+        with self._lock:
+            self._live(refresh=False)
+            return self._conn.execute("SELECT 1 FROM tags WHERE tag = ?",
+                                      (tag,)).fetchone() is not None
+
+    def has_recording(self, path: str, content_hash: str = "") -> bool:
+        """Whether committed windows of this recording (same path and content hash) exist."""
+        with self._lock:
+            self._live()
+            return (str(path), content_hash) in self._segments.rec_ids
+
+    # ------------------------------------------------------------------ reading
+    def _allowed(self, since, until, station, recording):
+        """The kernel's ``allowed`` for these filters and whether any row is eligible.
+
+        Row ranges come from segments (a time window inside a run is one contiguous
+        range); when the ranges would be many and short a boolean mask is cheaper.
+        Unfiltered with no forgotten rows: None (the kernel's fastest path).
+        """
+        t = self._segments
+        n = self._committed
+        since = None if since is None else to_utc_seconds(since, "since")
+        until = None if until is None else to_utc_seconds(until, "until")
+        seg_mask = None
+        if station is not None or recording is not None:
+            ok = np.ones(len(t), bool)
+            if station is not None:
+                stations = {station} if isinstance(station, str) else set(station)
+                ids = [i for i, r in t.recordings.items() if r.station in stations]
+                ok &= np.isin(t.rec_id, np.asarray(ids, np.int64))
+            if recording is not None:
+                wanted = ({recording} if isinstance(recording, (str, Recording))
+                          else set(recording))
+                paths = {w.path if isinstance(w, Recording) else str(w) for w in wanted}
+                keys = {w.key for w in wanted if isinstance(w, Recording)}
+                ids = [i for i, r in t.recordings.items()
+                       if (r.key in keys if keys else r.path in paths)]
+                ok &= np.isin(t.rec_id, np.asarray(ids, np.int64))
+            seg_mask = ok
+        elif since is None and until is None and t.live_rows == n:
+            return None, n
+        ranges = t.row_ranges(seg_mask, since, until)
+        eligible = int((ranges[:, 1] - ranges[:, 0]).sum())
+        if len(ranges) > max(64, n // 256):
+            mask = np.zeros(n, bool)
+            for s, e in ranges:
+                mask[s:e] = True
+            return mask, eligible
+        return ranges, eligible
+
+    def search_rows(self, queries, k: int, *, since=None, until=None, station=None,
+                    recording=None, fingerprint: str | None = None, threads: int = 0):
+        """Like ``search`` but return the kernel's arrays ``(distances, rows)``."""
+        from . import hamming
+
+        with self._lock:
+            self._live()
+            self.require(fingerprint)
+            q = self._check_codes(queries, "query codes")
+            allowed, eligible = self._allowed(since, until, station, recording)
+            codes = self._view(self._committed)
+        if eligible == 0 or len(codes) == 0:
+            return (np.zeros((len(q), 0), np.int32), np.zeros((len(q), 0), np.int64))
+        return hamming.knn(q, codes, k, threads=threads, allowed=allowed)
+
+    def search(self, queries, k: int, *, since=None, until=None, station=None,
+               recording=None, fingerprint: str | None = None,
+               threads: int = 0) -> list[list[Hit]]:
+        """The k nearest windows to each query code, with their metadata.
+
+        ``queries``: uint8 (nq, nbytes) or one (nbytes,). Filters: ``since``/``until``
+        keep windows whose capture time lies in [since, until) (aware datetime or UTC
+        epoch seconds); ``station``: a station name or several; ``recording``: a path, a
+        Recording, or several. Returns one list of Hits per query, nearest first, ties
+        by row. Only committed rows are searched.
+        """
+        with self._lock:
+            dist, rows = self.search_rows(queries, k, since=since, until=until,
+                                          station=station, recording=recording,
+                                          fingerprint=fingerprint, threads=threads)
+            windows = self._windows(rows.ravel())
+        out, i = [], 0
+        for qd in dist:
+            hits = []
+            for d in qd:
+                w = windows[i]
+                hits.append(Hit(recording=w.recording, offset_s=w.offset_s,
+                                length_s=w.length_s, capture_utc=w.capture_utc,
+                                clock_source=w.clock_source, row=w.row, distance=int(d)))
+                i += 1
+            out.append(hits)
+        return out
+
+    def _windows(self, rows: np.ndarray) -> list[Window]:
+        t = self._segments
+        rows = np.asarray(rows, np.int64)
+        seg = t.locate(rows)
+        if (seg < 0).any():
+            bad = rows[seg < 0][:5].tolist()
+            raise InvalidArgument(f"rows {bad} of the code store {self.directory} hold no "
+                                  f"window (forgotten, or beyond its {self._committed} rows)")
+        j = rows - t.first_row[seg]
+        hop = t.hop[seg]
+        offsets = (t.first_offset[seg] + j * hop).tolist()
+        captures = (t.capture_start[seg] + j * hop).tolist()
+        lengths, recs = t.length[seg].tolist(), t.rec_id[seg].tolist()
+        return [Window(recording=t.recordings[recs[i]], offset_s=offsets[i],
+                       length_s=lengths[i], capture_utc=captures[i],
+                       clock_source=t.clock[s], row=r)
+                for i, (s, r) in enumerate(zip(seg.tolist(), rows.tolist()))]
+
+    def read(self, rows) -> tuple[np.ndarray, list[Window]]:
+        """Codes (a copy, uint8 (m, nbytes)) and windows of the given committed rows."""
+        with self._lock:
+            self._live()
+            rows = np.atleast_1d(np.asarray(rows, np.int64))
+            windows = self._windows(rows)
+            return self._view(self._committed)[rows].copy(), windows
+
+    def iter_segments(self) -> Iterator[tuple[Segment, np.ndarray]]:
+        """Every segment in row order with a copy of its codes, from one snapshot.
+
+        Feeding them to another store's ``append`` copies a store (the merge tool).
+        """
+        with self._lock:
+            self._live()
+            t = self._segments
+            segs = [t.segment(i) for i in range(len(t))]
+            codes = self._view(self._committed)
+        for seg in segs:
+            yield seg, codes[seg.first_row:seg.first_row + seg.n_rows].copy()
+
+    def recordings(self) -> list[Recording]:
+        """Every recording with committed windows."""
+        with self._lock:
+            self._live()
+            return list(self._segments.recordings.values())
+
+    def stats(self) -> dict:
+        """rows, bytes on disk, time span and stations of the committed store."""
+        with self._lock:
+            self._live()
+            t = self._segments
+            files = [self.directory / code_file_name(self._generation)] + [
+                self.directory / (META_FILE + s) for s in ("", "-wal", "-shm")]
+            sizes = {p.name: p.stat().st_size for p in files if p.exists()}
+            stations: dict[str, int] = {}
+            for rid, n in zip(t.rec_id.tolist(), t.n_rows.tolist()):
+                name = t.recordings[rid].station
+                stations[name] = stations.get(name, 0) + n
+            if len(t):
+                last = t.capture_start + (t.n_rows - 1) * t.hop
+                span = (float(t.capture_start.min()), float((last + t.length).max()))
+            else:
+                span = (None, None)
+            code_bytes = sizes.get(code_file_name(self._generation), 0)
+            return {
+                "rows": t.live_rows, "file_rows": self._committed,
+                "forgotten_rows": self._committed - t.live_rows,
+                "pending_rows": self._pending_rows, "segments": len(t),
+                "recordings": len(t.recordings), "bits": self.bits,
+                "fingerprint": self.fingerprint, "code_bytes": code_bytes,
+                "metadata_bytes": sum(sizes.values()) - code_bytes,
+                "first_capture_utc": span[0], "last_capture_end_utc": span[1],
+                "stations": stations,
+            }
+
+    # ------------------------------------------------------------------ retention
+    def forget(self, recording) -> int:
+        """Remove the windows of a recording (a path: every version of it; or a Recording)
+        from search; return how many rows. ``compact()`` reclaims their space."""
+        with self._lock:
+            self._writable("forget recordings")
+            self.flush()
+            t = self._segments
+            if isinstance(recording, Recording):
+                ids = [t.rec_ids[recording.key]] if recording.key in t.rec_ids else []
+            else:
+                ids = [i for i, r in t.recordings.items() if r.path == str(recording)]
+            if not ids:
+                return 0
+            rows = int(t.n_rows[np.isin(t.rec_id, ids)].sum())
+            conn = self._conn
+            marks = ",".join("?" * len(ids))
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(f"DELETE FROM segments WHERE recording IN ({marks})", ids)
+                conn.execute(f"DELETE FROM recordings WHERE id IN ({marks})", ids)
+                self._bump(conn, self._committed, layout=True)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._refresh()
+            return rows
+
+    def compact(self) -> int:
+        """Rewrite the code file without forgotten rows; return how many rows it freed.
+
+        Needs free space for the kept rows. Row numbers change; readers switch to the
+        new file at their next search.
+        """
+        with self._lock:
+            self._writable("compact")
+            self.flush()
+            t = self._segments
+            dead = self._committed - t.live_rows
+            if dead == 0:
+                return 0
+            old_path = self.directory / code_file_name(self._generation)
+            gen = self._generation + 1
+            header = CodeHeader(bits=self.bits, fingerprint=self.fingerprint,
+                                store_id=bytes.fromhex(self.store_id), generation=gen)
+            codes = self._view(self._committed)
+            keep = np.concatenate([np.arange(s, s + n) for s, n in
+                                   zip(t.first_row.tolist(), t.n_rows.tolist())] or
+                                  [np.zeros(0, np.int64)])
+            try:
+                write_new_code_file(self.directory / code_file_name(gen), header, codes[keep])
+            except OSError as e:
+                (self.directory / (code_file_name(gen) + ".tmp")).unlink(missing_ok=True)
+                self._raise_write_error(e, self.directory / code_file_name(gen))
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                new_first = (np.cumsum(t.n_rows) - t.n_rows).tolist()
+                for i, nf in enumerate(new_first):
+                    s = t.segment(i)
+                    rid = t.rec_ids[s.recording.key]
+                    fields = (nf, s.n_rows, rid, s.first_offset_s, s.hop_s, s.length_s,
+                              s.capture_start_utc, s.clock_source)
+                    conn.execute("UPDATE segments SET first_row = ?, crc = ? WHERE first_row = ?",
+                                 (nf, segment_crc(*fields), s.first_row))
+                conn.execute("UPDATE tags SET first_row = NULL, n_rows = NULL")
+                self._bump(conn, len(keep), layout=True, generation=gen)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._refresh(force=True)
+            old_path.unlink(missing_ok=True)
+            fsync_dir(self.directory)
+            return dead
+
+    def _writable(self, what: str) -> None:
+        self._live(refresh=False)
+        if self.mode != "a":
+            raise StoreError(f'cannot {what}: the code store {self.directory} is open '
+                             'read-only; open it with mode="a"')
+
+    # ------------------------------------------------------------------ integrity
+    def check(self) -> dict:
+        """Verify the whole store (SQLite integrity, header, file length, metadata
+        checksums and layout); return ``stats()`` or raise StoreCorrupt."""
+        with self._lock:
+            self._live(refresh=False)
+            try:
+                result = [r[0] for r in self._conn.execute("PRAGMA integrity_check")]
+            except sqlite3.DatabaseError as e:
+                result = [str(e)]
+            if result != ["ok"]:
+                raise StoreCorrupt(f"{self.directory / META_FILE} fails SQLite's integrity "
+                                   f"check: {'; '.join(result[:5])}")
+            self._refresh(force=True)
+            fd = self._fd
+            path = self.directory / code_file_name(self._generation)
+            try:
+                CodeHeader.unpack(os.pread(fd, HEADER_SIZE, 0))
+            except HeaderError as e:
+                raise StoreCorrupt(f"the code file {path} is damaged: {e}") from None
+            rows, _ = self._file_rows()
+            if rows < self._committed:
+                raise StoreCorrupt(f"the code file {path} holds {rows} rows, "
+                                   f"{self._committed} committed")
+            return self.stats()
+
+    @classmethod
+    def migrate(cls, directory) -> int:
+        """Upgrade a store's schema to this cvahash's version; return the old version."""
+        directory = Path(directory)
+        store = cls.__new__(cls)
+        store._init(directory, "a", 1, 1.0)
+        try:
+            store._take_writer_lock()
+            conn = _connect(directory / META_FILE, read_only=False)
+            try:
+                old = read_info(conn).get("schema_version")
+                version = old
+                conn.execute("BEGIN IMMEDIATE")
+                while isinstance(version, int) and version < SCHEMA_VERSION:
+                    if version not in MIGRATIONS:
+                        raise StoreError(f"no migration from schema {version} for {directory}")
+                    MIGRATIONS[version](conn)
+                    version += 1
+                    conn.execute("UPDATE store_info SET value = ? WHERE key = 'schema_version'",
+                                 (version,))
+                conn.execute("COMMIT")
+                return old
+            finally:
+                conn.close()
+        finally:
+            store._release()
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Commit what is buffered (mode "a"), then release files and the writer lock."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self.mode == "a" and self._conn is not None:
+                    self.flush()
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        self._closed = True
+        self._drop_map()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"CodeStore({str(self.directory)!r}, mode={self.mode!r}, bits={self.bits}, "
+                f"fingerprint={self.fingerprint!r})")

@@ -1,0 +1,245 @@
+"""The SQLite side of a code store: schema, migrations, and the in-memory segment table.
+
+Tables (schema version 1)::
+
+    store_info(key, value)            schema_version, store_id, bits, fingerprint,
+                                      generation, committed_rows, version, layout, created_utc
+    recordings(id, path, content_hash, station, start_utc, sample_rate, duration_s, crc)
+    segments(first_row, n_rows, recording, first_offset_s, hop_s, length_s,
+             capture_start_utc, clock_source, crc)
+    tags(tag, applied_utc, first_row, n_rows)
+
+``committed_rows`` is the truth about the code file: rows below it are durable and
+described by segments (or forgotten), bytes past it are an uncommitted tail.
+``version`` is bumped by every commit so readers notice changes with one query;
+``layout`` is bumped when rows are removed or renumbered (forget, compact, recovery),
+which makes readers reload every segment instead of only the new ones.
+Each recording and segment row carries a CRC32 of its fields, so a flipped byte in the
+database is refused instead of returning wrong metadata.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import zlib
+
+import numpy as np
+
+from .store_types import Recording, Segment
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE store_info (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE recordings (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    station TEXT NOT NULL,
+    start_utc REAL,
+    sample_rate INTEGER,
+    duration_s REAL,
+    crc INTEGER NOT NULL,
+    UNIQUE (path, content_hash)
+);
+CREATE TABLE segments (
+    first_row INTEGER PRIMARY KEY,
+    n_rows INTEGER NOT NULL,
+    recording INTEGER NOT NULL REFERENCES recordings(id),
+    first_offset_s REAL NOT NULL,
+    hop_s REAL NOT NULL,
+    length_s REAL NOT NULL,
+    capture_start_utc REAL NOT NULL,
+    clock_source TEXT NOT NULL,
+    crc INTEGER NOT NULL
+);
+CREATE INDEX segments_by_recording ON segments (recording);
+CREATE TABLE tags (
+    tag TEXT PRIMARY KEY,
+    applied_utc REAL NOT NULL,
+    first_row INTEGER,
+    n_rows INTEGER
+) WITHOUT ROWID;
+"""
+
+# from_version -> function(conn) that upgrades the schema by one version inside the
+# caller's transaction. Run only by CodeStore.migrate(), never implicitly on open.
+MIGRATIONS: dict[int, object] = {}
+
+_SEG_COLUMNS = ("first_row, n_rows, recording, first_offset_s, hop_s, length_s, "
+                "capture_start_utc, clock_source, crc")
+_REC_COLUMNS = "id, path, content_hash, station, start_utc, sample_rate, duration_s, crc"
+
+
+def _opt(x) -> bytes:
+    return b"-" if x is None else repr(x).encode()
+
+
+def recording_crc(rec_id: int, rec: Recording) -> int:
+    data = b"\x1f".join((str(rec_id).encode(), rec.path.encode(), rec.content_hash.encode(),
+                         rec.station.encode(), _opt(rec.start_utc), _opt(rec.sample_rate),
+                         _opt(rec.duration_s)))
+    return zlib.crc32(data)
+
+
+def segment_crc(first_row, n_rows, rec_id, first_offset_s, hop_s, length_s, capture_start_utc,
+                clock_source) -> int:
+    data = struct.pack("<qqqdddd", first_row, n_rows, rec_id, first_offset_s, hop_s, length_s,
+                       capture_start_utc) + clock_source.encode()
+    return zlib.crc32(data)
+
+
+def _crc_or_none(fn, *fields):
+    # a damaged row can hold values of the wrong type; that fails the check too
+    try:
+        return fn(*fields)
+    except (TypeError, ValueError, AttributeError, struct.error, OverflowError):
+        return None
+
+
+class MetadataCorrupt(Exception):
+    """The metadata does not hold together; the message says what is wrong."""
+
+
+def read_info(conn: sqlite3.Connection) -> dict:
+    return dict(conn.execute("SELECT key, value FROM store_info").fetchall())
+
+
+class SegmentTable:
+    """Every segment and recording of the committed state, as numpy columns.
+
+    Loaded fully on open and after a layout change, incrementally after commits.
+    """
+
+    def __init__(self):
+        self.first_row = np.zeros(0, np.int64)
+        self.n_rows = np.zeros(0, np.int64)
+        self.rec_id = np.zeros(0, np.int64)
+        self.first_offset = np.zeros(0, np.float64)
+        self.hop = np.zeros(0, np.float64)
+        self.length = np.zeros(0, np.float64)
+        self.capture_start = np.zeros(0, np.float64)
+        self.clock: list[str] = []
+        self.recordings: dict[int, Recording] = {}
+        self.rec_ids: dict[tuple[str, str], int] = {}
+
+    def __len__(self) -> int:
+        return len(self.first_row)
+
+    @property
+    def live_rows(self) -> int:
+        return int(self.n_rows.sum())
+
+    def load(self, conn: sqlite3.Connection, committed_rows: int, incremental: bool) -> None:
+        """Read recordings and segments from ``conn`` (inside the caller's read transaction)."""
+        if not incremental or len(self) == 0:
+            self.__init__()
+            keep, since_row, since_rec = 0, -1, -1
+        else:
+            keep = len(self) - 1          # the last segment may have grown: re-read it
+            since_row = int(self.first_row[-1])
+            since_rec = max(self.recordings, default=-1)
+        for row in conn.execute(f"SELECT {_REC_COLUMNS} FROM recordings WHERE id > ? "
+                                "ORDER BY id", (since_rec,)):
+            rec_id, path, content_hash, station, start, rate, duration, crc = row
+            rec = Recording(path=path, station=station, start_utc=start, sample_rate=rate,
+                            duration_s=duration, content_hash=content_hash)
+            if _crc_or_none(recording_crc, rec_id, rec) != crc:
+                raise MetadataCorrupt(f"recording {rec_id} ({path!r}) fails its checksum")
+            self.recordings[rec_id] = rec
+            self.rec_ids[rec.key] = rec_id
+        rows = conn.execute(f"SELECT {_SEG_COLUMNS} FROM segments WHERE first_row >= ? "
+                            "ORDER BY first_row", (since_row,)).fetchall()
+        for r in rows:
+            if _crc_or_none(segment_crc, *r[:8]) != r[8]:
+                raise MetadataCorrupt(f"segment at row {r[0]} fails its checksum")
+        cols = list(zip(*rows)) if rows else [()] * 9
+
+        def cat(old, new, dtype):
+            return np.concatenate([old[:keep], np.asarray(new, dtype=dtype)])
+
+        self.first_row = cat(self.first_row, cols[0], np.int64)
+        self.n_rows = cat(self.n_rows, cols[1], np.int64)
+        self.rec_id = cat(self.rec_id, cols[2], np.int64)
+        self.first_offset = cat(self.first_offset, cols[3], np.float64)
+        self.hop = cat(self.hop, cols[4], np.float64)
+        self.length = cat(self.length, cols[5], np.float64)
+        self.capture_start = cat(self.capture_start, cols[6], np.float64)
+        self.clock = self.clock[:keep] + list(cols[7])
+        self.validate(committed_rows)
+
+    def validate(self, committed_rows: int) -> None:
+        """Segments sorted, disjoint, inside the committed rows, pointing at recordings."""
+        if len(self) == 0:
+            return
+        ends = self.first_row + self.n_rows
+        if (self.n_rows < 1).any() or self.first_row[0] < 0:
+            raise MetadataCorrupt("a segment has no rows or a negative first row")
+        if (self.first_row[1:] < ends[:-1]).any():
+            raise MetadataCorrupt("segments overlap")
+        if ends[-1] > committed_rows:
+            raise MetadataCorrupt(f"segments describe {int(ends[-1])} rows but only "
+                                  f"{committed_rows} are committed")
+        if ((self.n_rows > 1) & ~(self.hop > 0)).any():
+            raise MetadataCorrupt("a segment of several rows has no positive hop")
+        known = np.fromiter(self.recordings, np.int64, len(self.recordings))
+        if not np.isin(self.rec_id, known).all():
+            raise MetadataCorrupt("a segment points at a recording that does not exist")
+
+    def segment(self, i: int) -> Segment:
+        return Segment(recording=self.recordings[int(self.rec_id[i])],
+                       first_offset_s=float(self.first_offset[i]),
+                       length_s=float(self.length[i]),
+                       capture_start_utc=float(self.capture_start[i]),
+                       hop_s=float(self.hop[i]), n_rows=int(self.n_rows[i]),
+                       clock_source=self.clock[i], first_row=int(self.first_row[i]))
+
+    def locate(self, rows: np.ndarray) -> np.ndarray:
+        """Index of the segment holding each row, -1 for rows no segment holds."""
+        idx = np.searchsorted(self.first_row, rows, side="right") - 1
+        ok = idx >= 0
+        ok[ok] = rows[ok] < self.first_row[idx[ok]] + self.n_rows[idx[ok]]
+        return np.where(ok, idx, -1)
+
+    def row_ranges(self, seg_mask: np.ndarray | None = None, since: float | None = None,
+                   until: float | None = None) -> np.ndarray:
+        """Merged, sorted [start, end) row ranges of the selected segments' windows whose
+        capture time lies in [since, until). int64 (r, 2)."""
+        sel = np.ones(len(self), bool) if seg_mask is None else seg_mask
+        first, n = self.first_row[sel], self.n_rows[sel]
+        lo, hi = np.zeros_like(n), n.copy()
+        if since is not None or until is not None:
+            cap0, hop = self.capture_start[sel], self.hop[sel]
+            if since is not None:
+                lo = self._first_at_or_after(cap0, hop, n, since)
+            if until is not None:
+                hi = self._first_at_or_after(cap0, hop, n, until)
+        keep = hi > lo
+        starts, ends = first[keep] + lo[keep], first[keep] + hi[keep]
+        if len(starts) == 0:
+            return np.zeros((0, 2), np.int64)
+        # merge ranges that touch (consecutive segments of one run)
+        breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+        out = np.empty((len(breaks) + 1, 2), np.int64)
+        out[:, 0] = starts[np.concatenate([[0], breaks])]
+        out[:, 1] = ends[np.concatenate([breaks - 1, [len(ends) - 1]])]
+        return out
+
+    @staticmethod
+    def _first_at_or_after(cap0, hop, n, t) -> np.ndarray:
+        """Smallest j in [0, n] with cap0 + j*hop >= t (exactly as windows are computed)."""
+        j = np.zeros_like(n)
+        step = hop > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            guess = np.ceil((t - cap0[step]) / hop[step])
+        guess = np.clip(np.nan_to_num(guess, nan=0.0, posinf=2**62, neginf=-1), -1, n[step] + 1)
+        j[step] = guess.astype(np.int64)
+        c, h = cap0[step], hop[step]
+        jj = j[step]
+        # fix the rounding of the division so the answer agrees with cap0 + j*hop >= t
+        jj = np.where((jj > 0) & (c + (jj - 1) * h >= t), jj - 1, jj)
+        jj = np.where(c + jj * h < t, jj + 1, jj)
+        j[step] = jj
+        j[~step] = np.where(cap0[~step] >= t, 0, 1)
+        return np.clip(j, 0, n)

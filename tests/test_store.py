@@ -1,0 +1,277 @@
+"""Code store behaviour: appending, metadata, filters against a brute-force reference,
+tags, retention, mismatches, the writer lock, and a reader racing a writer."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+from cvahash.errors import FingerprintMismatch, InvalidArgument, InvalidCodes, StoreError
+from cvahash.store import CodeStore, Recording, Segment, Window
+from oracle import hamming_matrix, knn_reference
+from test_store_support import BASE, BITS, FP, check_rows, row_codes, windows_for
+
+
+@pytest.fixture
+def store(tmp_path):
+    with CodeStore.create(tmp_path / "store", BITS, FP) as s:
+        yield s
+
+
+def test_create_open_and_header_facts(tmp_path):
+    path = tmp_path / "s"
+    s = CodeStore.create(path, 72, "abc123")
+    assert (s.bits, s.nbytes, s.fingerprint, len(s), s.durable_rows) == (72, 9, "abc123", 0, 0)
+    s.close()
+    with CodeStore.open(path) as r:
+        assert (r.bits, r.fingerprint, len(r)) == (72, "abc123", 0)
+        assert r.search(np.zeros((1, 9), np.uint8), 5) == [[]]
+    with pytest.raises(StoreError, match="already exists"):
+        CodeStore.create(path, 64, "x")
+    with pytest.raises(StoreError, match="not a code store"):
+        CodeStore.open(tmp_path / "nowhere")
+    # no half-made store is left behind by create
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_regular_windows_cost_one_segment(store):
+    for first in range(0, 37, 5):          # a daemon appending a few windows at a time
+        n = min(5, 37 - first)
+        store.append(row_codes(range(first, first + n)), windows_for(first, n, per_window=True))
+    assert store.stats()["segments"] == 1 and len(store) == 37
+    store.append(row_codes(range(37, 100)), windows_for(37, 63, per_window=False))
+    assert store.stats()["segments"] == 3      # recordings 1 and 2 (0 was 37 rows)
+    check_rows(store)
+    segs = list(store.iter_segments())
+    assert [s.n_rows for s, _ in segs] == [37, 37, 26]
+    np.testing.assert_array_equal(np.concatenate([c for _, c in segs]), row_codes(range(100)))
+
+
+def test_irregular_windows_stay_exact(store):
+    rec = Recording(path="odd.flac", station="x", content_hash="z")
+    times = [0.0, 1.5, 2.0, 7.25, 7.5, 30.0]
+    wins = [Window(recording=rec, offset_s=t, length_s=2.0, capture_utc=BASE + 2 * t,
+                   clock_source="rtc") for t in times]
+    store.append(row_codes(range(6)), wins)
+    _, got = store.read(range(6))
+    assert [w.offset_s for w in got] == times
+    assert [w.capture_utc for w in got] == [BASE + 2 * t for t in times]
+
+
+def test_batching_and_flush(tmp_path):
+    path = tmp_path / "s"
+    CodeStore.create(path, BITS, FP).close()
+    with CodeStore.open(path, "a", commit_every_windows=10) as w, CodeStore.open(path) as r:
+        w.append(row_codes(range(4)), windows_for(0, 4, False))
+        assert (w.pending_rows, w.durable_rows, len(r)) == (4, 0, 0)
+        w.append(row_codes(range(4, 12)), windows_for(4, 8, False))
+        assert (w.pending_rows, w.durable_rows, len(r)) == (0, 12, 12)
+        w.append(row_codes(range(12, 13)), windows_for(12, 1, False))
+        assert w.flush() == 13 and len(r) == 13
+        w.append(row_codes(range(13, 14)), windows_for(13, 1, False), commit=True)
+        assert len(r) == 14
+        w.append(row_codes(range(14, 15)), windows_for(14, 1, False))
+    with CodeStore.open(path) as r:            # close() commits what was buffered
+        assert len(r) == 15
+        check_rows(r)
+
+
+def test_tags_apply_once(store):
+    got = store.append(row_codes(range(10)), windows_for(0, 10, False), tag="update-7")
+    assert got == range(10) and store.has_tag("update-7") and not store.has_tag("other")
+    again = store.append(row_codes(range(10)), windows_for(0, 10, False), tag="update-7")
+    assert len(again) == 0 and len(store) == 10
+
+
+def test_has_recording(store):
+    store.append(row_codes(range(3)), windows_for(0, 3, False))
+    assert store.has_recording("rec-00000.wav", "h0")
+    assert not store.has_recording("rec-00000.wav", "other-hash")
+    assert not store.has_recording("rec-00001.wav", "h1")
+
+
+def test_mismatched_codes_are_refused_showing_both(store, tmp_path):
+    with pytest.raises(FingerprintMismatch, match=r"f00dfeed.*not 'other'"):
+        store.append(row_codes(range(1)), windows_for(0, 1, False), fingerprint="other")
+    with pytest.raises(FingerprintMismatch, match=r"16 bytes per code.*64-bit"):
+        store.append(row_codes(range(1), 16), windows_for(0, 1, False))
+    with pytest.raises(FingerprintMismatch, match="64-bit"):
+        store.search(row_codes(range(1), 4), 3)
+    with pytest.raises(InvalidCodes, match="uint8"):
+        store.append(np.zeros((1, 8), np.int32), windows_for(0, 1, False))
+    with pytest.raises(InvalidArgument, match="describe 2 rows but 1"):
+        store.append(row_codes(range(1)), windows_for(0, 2, False))
+    with pytest.raises(FingerprintMismatch, match="not 'zzz'"):
+        CodeStore.open(store.directory, fingerprint="zzz")
+    with pytest.raises(FingerprintMismatch, match="not 128-bit"):
+        CodeStore.open(store.directory, bits=128)
+    s60 = CodeStore.create(tmp_path / "s60", 60, "fp")
+    with pytest.raises(FingerprintMismatch, match="past bit 60"):
+        s60.append(np.full((1, 8), 255, np.uint8), windows_for(0, 1, False))
+    s60.close()
+    with pytest.raises(InvalidArgument, match="naive datetime"):
+        store.search(row_codes(range(1)), 3, since=datetime(2024, 1, 1))
+    assert len(store) == 0
+
+
+def test_one_writer_at_a_time(store):
+    with pytest.raises(StoreError, match=r"another process \(pid \d+\) is writing"):
+        CodeStore.open(store.directory, "a")
+    with CodeStore.open(store.directory) as reader, \
+            pytest.raises(StoreError, match="read-only"):
+            reader.append(row_codes(range(1)), windows_for(0, 1, False))
+
+
+def test_forget_and_compact(store):
+    store.append(row_codes(range(111)), windows_for(0, 111, False))
+    with CodeStore.open(store.directory) as reader:
+        assert store.forget("rec-00001.wav") == 37
+        assert len(store) == 74 and len(reader) == 74 and store.durable_rows == 111
+        assert not store.has_recording("rec-00001.wav", "h1")
+        _, rows = reader.search_rows(row_codes([40]), 200)
+        assert not np.isin(rows, np.arange(37, 74)).any() and rows.shape[1] == 74
+        assert store.compact() == 37
+        assert store.durable_rows == 74 and reader.durable_rows == 74
+        codes, wins = reader.read(range(74))
+        kept = np.r_[0:37, 74:111]
+        np.testing.assert_array_equal(codes, row_codes(kept))
+        assert [w.recording.path for w in wins[36:38]] == ["rec-00000.wav", "rec-00002.wav"]
+        assert store.stats()["forgotten_rows"] == 0
+    assert len(list(store.directory.glob("codes-*.bin"))) == 1
+
+
+def test_stats(store):
+    store.append(row_codes(range(50)), windows_for(0, 50, False))
+    st = store.stats()
+    assert st["rows"] == 50 and st["stations"] == {"st0": 37, "st1": 13}
+    assert st["first_capture_utc"] == BASE and st["last_capture_end_utc"] == BASE + 5 * 49 + 10
+    assert st["code_bytes"] == 128 + 50 * 8 and st["metadata_bytes"] > 0
+
+
+# ----------------------------------------------------------------------- search vs reference
+def _varied_store(path, rng):
+    """Stations interleaved in time, regular and irregular windows, a forgotten recording.
+    Returns the store and per-row expected metadata built without the store's arithmetic."""
+    store = CodeStore.create(path, BITS, FP, commit_every_windows=50)
+    meta = []           # per row: (path, station, capture_utc, alive)
+    codes = []
+    for i in range(24):
+        rec = Recording(path=f"r{i}.wav", station=f"s{i % 4}", content_hash=str(i))
+        cap0 = BASE + float(rng.integers(0, 3)) * 3600 + float(rng.integers(0, 3600))
+        n = int(rng.integers(1, 60))
+        c = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+        if i % 3 == 2:      # irregular
+            gaps = np.cumsum(rng.uniform(0.1, 20, n))
+            store.append(c, [Window(recording=rec, offset_s=float(g), length_s=3.0,
+                                    capture_utc=cap0 + float(g)) for g in gaps])
+            meta += [(rec.path, rec.station, cap0 + float(g)) for g in gaps]
+        else:
+            hop = float(rng.choice([1.0, 2.5, 5.0]))
+            store.append(c, Segment(recording=rec, first_offset_s=0.0, length_s=10.0,
+                                    capture_start_utc=cap0, hop_s=hop))
+            meta += [(rec.path, rec.station, cap0 + j * hop) for j in range(n)]
+        codes.append(c)
+    store.flush()
+    store.forget("r5.wav")
+    alive = np.array([m[0] != "r5.wav" for m in meta])
+    return store, meta, np.concatenate(codes), alive
+
+
+def test_search_matches_brute_force_with_every_filter(tmp_path):
+    rng = np.random.default_rng(7)
+    store, meta, codes, alive = _varied_store(tmp_path / "s", rng)
+    caps = np.array([m[2] for m in meta])
+    utc = timezone.utc
+    cases = [{}, {"station": "s1"}, {"station": ["s0", "s3"]}, {"recording": "r7.wav"},
+             {"recording": ["r2.wav", "r5.wav", "r9.wav"]},
+             {"recording": Recording(path="r4.wav", station="s0", content_hash="4")},
+             {"station": "nowhere"}]
+    for _ in range(12):
+        a, b = np.sort(rng.choice(caps, 2))
+        cases.append({"since": float(a), "until": float(b)})
+        cases.append({"since": float(a), "station": "s2"})
+        cases.append({"until": datetime.fromtimestamp(float(b), utc), "recording": "r8.wav"})
+    queries = np.concatenate([codes[rng.integers(0, len(codes), 3)],
+                              rng.integers(0, 256, (2, 8), dtype=np.uint8)])
+    with CodeStore.open(store.directory) as reader:
+        for f in cases:
+            ok = alive.copy()
+            if "station" in f:
+                st = {f["station"]} if isinstance(f["station"], str) else set(f["station"])
+                ok &= [m[1] in st for m in meta]
+            if "recording" in f:
+                r = f["recording"]
+                r = [r] if isinstance(r, (str, Recording)) else r
+                paths = {x.path if isinstance(x, Recording) else x for x in r}
+                ok &= [m[0] in paths for m in meta]
+            if "since" in f:
+                ok &= caps >= f["since"]
+            if "until" in f:
+                u = f["until"]
+                ok &= caps < (u.timestamp() if isinstance(u, datetime) else u)
+            for k in (1, 7, 1000):
+                d_ref, i_ref = knn_reference(queries, codes, k, allowed=ok)
+                d, i = reader.search_rows(queries, k, **f)
+                np.testing.assert_array_equal(i, i_ref, err_msg=str(f))
+                np.testing.assert_array_equal(d, d_ref, err_msg=str(f))
+            hits = reader.search(queries, 7, **f)
+            for q, qhits in enumerate(hits):
+                for h in qhits:
+                    assert (h.recording.path, h.recording.station) == meta[h.row][:2]
+                    assert abs(h.capture_utc - caps[h.row]) < 1e-4
+                    assert h.distance == hamming_matrix(queries[q:q + 1], codes[h.row:h.row + 1])[0, 0]
+    store.close()
+
+
+def test_time_filter_boundaries_are_half_open(store):
+    store.append(row_codes(range(37)), windows_for(0, 37, False))
+    _, rows = store.search_rows(row_codes([0]), 100, since=BASE + 5 * 10, until=BASE + 5 * 20)
+    assert sorted(rows[0].tolist()) == list(range(10, 20))
+    _, rows = store.search_rows(row_codes([0]), 100, since=BASE + 5 * 10 + 1e-3)
+    assert rows[0].min() == 11
+
+
+# ----------------------------------------------------------------------- concurrency
+def test_reader_never_sees_a_torn_row(tmp_path):
+    path = tmp_path / "s"
+    writer = CodeStore.create(path, BITS, FP, commit_every_windows=7)
+    stop = threading.Event()
+    problems = []
+
+    def read_loop():
+        with CodeStore.open(path) as reader:
+            seen = 0
+            while not stop.is_set() or seen < 2000:
+                n = reader.durable_rows
+                if n < seen:
+                    problems.append(f"rows went back from {seen} to {n}")
+                seen = max(seen, n)
+                if n == 0:
+                    continue
+                target = int(np.random.default_rng(n).integers(0, n))
+                d, rows = reader.search_rows(row_codes([target]), 5)
+                if d[0, 0] != 0:
+                    problems.append(f"row {target} not found exactly among {n} rows")
+                codes, wins = reader.read(rows[0])
+                if not np.array_equal(codes, row_codes(rows[0])):
+                    problems.append(f"torn rows among {rows[0].tolist()}")
+                if any(abs(w.capture_utc - (BASE + 5.0 * w.row)) > 1e-4 for w in wins):
+                    problems.append("metadata does not match its rows")
+                if stop.is_set() and n >= 2000:
+                    break
+
+    t = threading.Thread(target=read_loop)
+    t.start()
+    rng = np.random.default_rng(1)
+    row = 0
+    while row < 2000:
+        n = int(rng.integers(1, 30))
+        writer.append(row_codes(range(row, row + n)), windows_for(row, n, bool(rng.random() < .3)))
+        row += n
+    writer.flush()
+    stop.set()
+    t.join(timeout=60)
+    writer.close()
+    assert not t.is_alive() and problems == []
