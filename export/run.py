@@ -107,6 +107,12 @@ def save_run(run_dir: str | Path, model: HashingModel, config: RunConfig, tokeni
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     if not (run_dir / "tokenizer" / "tokenizer.json").exists():
+        # Calls with padding=/truncation= leave that state in the fast tokenizer; the saved
+        # tokenizer.json should not carry it (run.json holds the settings, FINDINGS.md).
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_padding()
+            backend.no_truncation()
         tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     if not (run_dir / "base" / "config.json").exists():
         if base is None:
