@@ -44,6 +44,7 @@ __all__ = [
     "Progress",
     "Skipped",
     "content_hash",
+    "find_recordings",
     "index_recordings",
 ]
 
@@ -133,6 +134,7 @@ class Progress:
         self.t0 = time.monotonic()
         self._last = 0.0
         self._width = 0
+        self._done = 0
 
     def update(self, done_files: int, windows: int, audio_s: float, current: str = "",
                final: bool = False) -> None:  # fmt: skip
@@ -153,8 +155,10 @@ class Progress:
             pad = max(self._width - len(text), 0)
             self._width = len(text)
             self.stream.write("\r" + text + " " * pad + ("\n" if final else ""))
-        elif final or current:
+        elif final or done_files != self._done:
+            # Not a terminal (journald, a log file): one line per finished file.
             self.stream.write(text + "\n")
+        self._done = done_files
         self.stream.flush()
 
     def note(self, line: str) -> None:
@@ -251,6 +255,21 @@ def _segments(recording, offsets, lengths, start_utc: float, clock: str, hop_s: 
     return segs
 
 
+def find_recordings(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The audio files under ``paths`` (`cvahash.audio.find_audio`); AudioError when a
+    path does not exist or there are none at all."""
+    from cvahash import audio
+
+    paths = [Path(p) for p in paths]
+    files = audio.find_audio(paths)
+    if not files:
+        raise AudioError(
+            f"no audio files under {', '.join(map(str, paths))} (looked for "
+            f"{', '.join(sorted(audio.AUDIO_EXTENSIONS))}; hidden files are ignored)"
+        )
+    return files
+
+
 def index_recordings(
     paths: Iterable[str | os.PathLike],
     store,
@@ -273,13 +292,7 @@ def index_recordings(
     hop_s = float(hop_s or params.max_length_s)
     if not (0 < hop_s <= params.max_length_s * 100):
         raise InvalidArgument(f"--hop {hop_s}: must be above 0 seconds")
-    paths = [Path(p) for p in paths]
-    files = audio.find_audio(paths)
-    if not files:
-        raise AudioError(
-            f"no audio files under {', '.join(map(str, paths))} (looked for "
-            f"{', '.join(sorted(audio.AUDIO_EXTENSIONS))}; hidden files are ignored)"
-        )
+    files = find_recordings(paths)
     report = IndexReport()
     progress = progress or Progress(len(files), enabled=False)
     t0 = time.monotonic()
@@ -317,7 +330,7 @@ def index_recordings(
             t = time.perf_counter()
             segs = _segments(recording, offsets, lengths,
                              0.0 if start is None else start.timestamp(), clock, hop_s)  # fmt: skip
-            store.append(np.concatenate(codes), segs)
+            store.append(np.concatenate(codes), segs, commit=True)
             report.timings["store"] += time.perf_counter() - t
         except (AudioError, InvalidArgument, OSError) as e:
             # A problem with this file: skip it. Store and bundle errors are not caught:

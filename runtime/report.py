@@ -36,6 +36,7 @@ __all__ = [
     "Saved",
     "clip_name",
     "format_clock",
+    "format_info",
     "format_span",
     "format_table",
     "display_paths",
@@ -270,3 +271,33 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _bytes(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)  # pragma: no cover
+
+
+def format_info(info: dict) -> str:
+    """``cvahash info`` as aligned "key: value" lines (see `cvahash.search.store_info`)."""
+    stations = ", ".join(f"{name} ({n} windows)" for name, n in info["stations"].items()) or "-"
+    span = (f"{info['first_capture']} .. {info['last_capture_end']}"
+            if info["first_capture"] else "- (empty)")
+    rows = [
+        ("store", info["store"]),
+        ("windows", f"{info['windows']}" + (f" ({info['forgotten_windows']} forgotten)"
+                                             if info["forgotten_windows"] else "")),
+        ("recordings", f"{info['recordings']} ({info['audio_hours']:.2f} h of audio)"),
+        ("time span (UTC)", span),
+        ("stations", stations),
+        ("code width", f"{info['bits']} bits"),
+        ("fingerprint", info["fingerprint"]),
+        ("bundle", info["bundle"] or "- (not recorded; pass --bundle to search)"),
+        ("size", f"{_bytes(info['bytes'])} (codes {_bytes(info['code_bytes'])}, "
+                 f"metadata {_bytes(info['metadata_bytes'])})"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)

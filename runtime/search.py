@@ -19,6 +19,7 @@ with the same kernel; the store refuses queries from another bundle's fingerprin
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cvahash.errors import BundleError, CvahashError, InvalidArgument
+from cvahash.errors import BundleError, InvalidArgument
 
 __all__ = [
     "BUNDLE_ENV",
@@ -235,11 +236,137 @@ def resolve_bundle(explicit: str | os.PathLike | None, recorded: str | None) -> 
     )
 
 
+# --- opening a store with its bundle --------------------------------------------------
+
+# A small file beside the store's own files that remembers which bundle folder indexed
+# it, so `search` works without --bundle. The store itself only binds the fingerprint.
+INDEXED_WITH = "indexed-with.json"
+
+
+def recorded_bundle(store_dir: str | os.PathLike) -> str | None:
+    """The bundle folder recorded at index time, or None."""
+    try:
+        data = json.loads((Path(store_dir) / INDEXED_WITH).read_text(encoding="utf-8"))
+        return str(data["bundle"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def record_bundle(store_dir: str | os.PathLike, bundle) -> None:
+    """Remember ``bundle``'s folder (absolute) and fingerprint in the store folder
+    (temp file + rename: a cut leaves the old record or the new one)."""
+    path = Path(store_dir) / INDEXED_WITH
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"bundle": str(Path(bundle.path).resolve()),
+                               "fingerprint": bundle.fingerprint}) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _is_store(store_dir: Path) -> bool:
+    from cvahash.store import META_FILE
+
+    return (store_dir / META_FILE).is_file()
+
+
+def open_bundle_for(store_dir: str | os.PathLike, explicit, store_fingerprint: str | None,
+                    threads: int = 0):
+    """Open the bundle for a store and refuse one with another fingerprint, showing both."""
+    from cvahash.bundle import ModelBundle
+    from cvahash.errors import FingerprintMismatch
+
+    recorded = recorded_bundle(store_dir)
+    path = resolve_bundle(explicit, recorded)
+    bundle = ModelBundle.open(path, threads=threads)
+    if store_fingerprint is not None and bundle.fingerprint != store_fingerprint:
+        hint = f" (it was indexed with {recorded})" if recorded else ""
+        raise FingerprintMismatch(
+            f"the code store {store_dir} was made with bundle fingerprint {store_fingerprint}, "
+            f"but the bundle {path} has fingerprint {bundle.fingerprint}: codes of different "
+            f"bundles cannot be compared; pass the bundle that made the store{hint}, or index "
+            "into a new --db with this one"
+        )
+    return bundle
+
+
+def open_store_and_bundle(store_dir, bundle_dir=None, *, mode: str = "r", threads: int = 0,
+                          create: bool = False):
+    """``(CodeStore, ModelBundle)`` that belong together.
+
+    ``mode="r"``: the store must exist. ``mode="w"``: open for appending, or with
+    ``create`` make a new store bound to the bundle (and remember the bundle's folder).
+    The bundle is opened and checked before a store is created, so a bad bundle or a
+    mismatch leaves no new store behind. Raises StoreError, BundleError or
+    FingerprintMismatch (both fingerprints in the message).
+    """
+    from cvahash.errors import StoreError
+    from cvahash.store import CodeStore
+
+    store_dir = Path(store_dir)
+    if not _is_store(store_dir):
+        if mode == "w" and create:
+            if store_dir.exists() and (not store_dir.is_dir() or any(store_dir.iterdir())):
+                raise StoreError(
+                    f"{store_dir} exists and is not a code store (nor an empty folder); "
+                    "choose a new --db folder"
+                )
+            bundle = open_bundle_for(store_dir, bundle_dir, None, threads)
+            store = CodeStore.create(store_dir, bundle.bits, bundle.fingerprint)
+            record_bundle(store_dir, bundle)
+            return store, bundle
+        raise StoreError(
+            f"{store_dir} is not a code store (no metadata database there); make one with "
+            f"`cvahash index RECORDINGS --db {store_dir} --bundle BUNDLE`"
+        )
+    probe = CodeStore.open(store_dir, "r")
+    try:
+        fingerprint = probe.fingerprint
+    finally:
+        probe.close()
+    bundle = open_bundle_for(store_dir, bundle_dir, fingerprint, threads)
+    store = CodeStore.open(store_dir, "a" if mode == "w" else "r", fingerprint=fingerprint)
+    if mode == "w" and bundle_dir and recorded_bundle(store_dir) is None:
+        record_bundle(store_dir, bundle)
+    return store, bundle
+
+
+def store_info(store_dir: str | os.PathLike) -> dict[str, Any]:
+    """What ``cvahash info`` shows, as a JSON-ready dict (opens the store read-only)."""
+    from cvahash.errors import StoreError
+    from cvahash.report import jsonable
+    from cvahash.store import CodeStore
+
+    store_dir = Path(store_dir)
+    if not _is_store(store_dir):
+        raise StoreError(f"{store_dir} is not a code store (no metadata database there)")
+    with CodeStore.open(store_dir, "r") as store:
+        stats = store.stats()
+        recordings = store.recordings()
+    first, last = stats["first_capture_utc"], stats["last_capture_end_utc"]
+    audio_s = sum(r.duration_s or 0.0 for r in recordings)
+    return {
+        "store": str(store_dir),
+        "windows": stats["rows"],
+        "recordings": stats["recordings"],
+        "audio_hours": round(audio_s / 3600, 3),
+        "first_capture": None if first is None else jsonable(_utc(first)),
+        "last_capture_end": None if last is None else jsonable(_utc(last)),
+        "stations": {name or "(none)": n for name, n in sorted(stats["stations"].items())},
+        "bits": stats["bits"],
+        "fingerprint": stats["fingerprint"],
+        "bundle": recorded_bundle(store_dir),
+        "code_bytes": stats["code_bytes"],
+        "metadata_bytes": stats["metadata_bytes"],
+        "bytes": stats["code_bytes"] + stats["metadata_bytes"],
+        "forgotten_windows": stats["forgotten_rows"],
+    }
+
+
 # --- searching ------------------------------------------------------------------------
 
 
-def _hits(store, codes: np.ndarray, k: int, filters: dict[str, Any]) -> list[Hit]:
-    found = store.search(codes, k, **{n: v for n, v in filters.items() if v is not None})
+def _hits(store, codes: np.ndarray, k: int, filters: dict[str, Any], threads: int) -> list[Hit]:
+    found = store.search(codes, k, threads=threads,
+                         **{n: v for n, v in filters.items() if v is not None})[0]
     return [_to_hit(rank, h) for rank, h in enumerate(found, start=1)]
 
 
@@ -276,7 +403,7 @@ def _check_k(k: int) -> int:
     return k
 
 
-def search_text(store, bundle, text: str, k: int = 20, **filters) -> SearchResult:
+def search_text(store, bundle, text: str, k: int = 20, *, threads: int = 0, **filters) -> SearchResult:
     """Encode ``text`` with the bundle's text graph and return the ``k`` nearest windows
     (filters: ``since``, ``until``, ``station``, as the store takes them)."""
     k = _check_k(k)
@@ -289,7 +416,7 @@ def search_text(store, bundle, text: str, k: int = 20, **filters) -> SearchResul
             "tokens; the rest was ignored (a short description works best)"
         )
     codes = bundle.encode_text([query])
-    hits = _hits(store, codes, k, filters)
+    hits = _hits(store, codes, k, filters, threads)
     return SearchResult(query, "text", bundle.bits, bundle.fingerprint, k, hits, truncated,
                         notes, dict(filters))  # fmt: skip
 
@@ -329,8 +456,8 @@ def example_window(path: str | os.PathLike, start_s: float, params) -> np.ndarra
     return samples
 
 
-def search_like(store, bundle, path: str | os.PathLike, start_s: float = 0.0, k: int = 20,
-                **filters) -> SearchResult:  # fmt: skip
+def search_like(store, bundle, path: str | os.PathLike, start_s: float = 0.0, k: int = 20, *,
+                threads: int = 0, **filters) -> SearchResult:  # fmt: skip
     """Query by example: encode the window of ``path`` starting at ``start_s`` with the
     audio graph and return the ``k`` nearest stored windows."""
     from cvahash.frontend import log_mel
@@ -338,10 +465,9 @@ def search_like(store, bundle, path: str | os.PathLike, start_s: float = 0.0, k:
     k = _check_k(k)
     samples = example_window(path, start_s, bundle.frontend_params)
     codes = bundle.encode_audio(log_mel(samples, bundle.frontend_params))
-    hits = _hits(store, codes, k, filters)
+    hits = _hits(store, codes, k, filters, threads)
     return SearchResult(f"{path}@{start_s:g}", "like", bundle.bits, bundle.fingerprint, k, hits,
                         filters=dict(filters))  # fmt: skip
 
 
-__all__ += ["QueryError", "example_window", "parse_offset"]
-_ = CvahashError  # re-exported for callers that catch it from here
+__all__ += ["QueryError", "example_window", "open_store_and_bundle", "parse_offset", "store_info"]

@@ -46,18 +46,18 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvahash.index import Progress, index_recordings
+    from cvahash.index import Progress, find_recordings, index_recordings
     from cvahash.search import open_store_and_bundle
 
+    # Find the files and open the bundle before the store is created or opened for
+    # writing: a typo in a path or a bad bundle leaves no store behind.
+    files = find_recordings(args.paths)
     store, bundle = open_store_and_bundle(args.db, args.bundle, mode="w", threads=args.threads,
-                                          create=True, station=args.station)
+                                          create=True)
     try:
-        from cvahash.audio import find_audio
-
-        files = find_audio(args.paths)
         progress = Progress(len(files), enabled=not args.quiet)
-        report = index_recordings(files if files else args.paths, store, bundle,
-                                  station=args.station, hop_s=args.hop, progress=progress)
+        report = index_recordings(files, store, bundle, station=args.station, hop_s=args.hop,
+                                  progress=progress)
     finally:
         store.close()
     for line in report.summary():

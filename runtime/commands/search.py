@@ -80,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
     store, bundle = open_store_and_bundle(args.db, args.bundle, mode="r", threads=args.threads)
     try:
         if args.text is not None:
-            result = search_text(store, bundle, args.text, args.k, **filters)
+            result = search_text(store, bundle, args.text, args.k, threads=args.threads, **filters)
         else:
-            result = search_like(store, bundle, like_path, like_start, args.k, **filters)
+            result = search_like(store, bundle, like_path, like_start, args.k,
+                                 threads=args.threads, **filters)
     finally:
         store.close()
 
