@@ -26,25 +26,40 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import soundfile as sf
-
 from cvahash.errors import InvalidArgument
 
-from .synth_backgrounds import (BACKGROUNDS, HELDOUT_BACKGROUNDS, SNR_RANGE_DB,
-                                TRAIN_BACKGROUNDS, BackgroundStream, render_background)
+from .synth_backgrounds import (
+    BACKGROUNDS,
+    HELDOUT_BACKGROUNDS,
+    SNR_RANGE_DB,
+    BackgroundStream,
+    render_background,
+)
 from .synth_calls import CALL_TYPES, CALLS, CallType, call_type
 from .synth_captions import SourceWords, attributes_for, caption, heldout_markers, queries_for
 
 __all__ = [
-    "CALL_TYPES", "CALLS", "CallType", "call_type", "BACKGROUNDS", "HELDOUT_BACKGROUNDS",
-    "generate_corpus", "make_soundscape", "queries_for", "heldout_markers", "render_clip",
-    "events_path", "DEFAULT_SAMPLE_RATE", "FORMATS",
+    "BACKGROUNDS",
+    "CALLS",
+    "CALL_TYPES",
+    "DEFAULT_SAMPLE_RATE",
+    "FORMATS",
+    "HELDOUT_BACKGROUNDS",
+    "CallType",
+    "call_type",
+    "events_path",
+    "generate_corpus",
+    "heldout_markers",
+    "make_soundscape",
+    "queries_for",
+    "render_clip",
 ]
 
 # Content stops at 14 kHz, so 32 kHz loses nothing and makes the corpus a third smaller
@@ -83,7 +98,7 @@ def _trim(x: np.ndarray, floor: float = 1e-3) -> tuple[int, int]:
 def assign_splits(n: int, seed: int) -> list[str]:
     """Split of each clip index: a seeded permutation, 10% val, 10% test (at least one
     each once n >= 3)."""
-    counts = {k: int(round(f * n)) for k, f in SPLIT_FRACTIONS.items()}
+    counts = {k: round(f * n) for k, f in SPLIT_FRACTIONS.items()}
     if n >= 3:
         counts = {k: max(1, c) for k, c in counts.items()}
     order = np.random.default_rng([seed, 5]).permutation(n)
@@ -111,7 +126,7 @@ def render_clip(index: int, seed: int, split: str, sample_rate: int = DEFAULT_SA
     sr = _check_rate(sample_rate)
     rng = np.random.default_rng([seed, 1, index])
     duration = float(np.round(rng.uniform(*CLIP_SECONDS), 2))
-    n = int(round(duration * sr))
+    n = round(duration * sr)
     heldout = split == "test" and rng.random() < HELDOUT_PHRASING_SHARE
     background = _choice(rng, _TEST_BG_WEIGHTS if split == "test" else _TRAIN_BG_WEIGHTS)
     snr_db = float(np.round(rng.uniform(*SNR_RANGE_DB[background]), 2))
@@ -234,8 +249,7 @@ def generate_corpus(out_dir, n: int = 3000, seed: int = 0, *,
     manifest = out / "manifest.jsonl"
     tmp = out / "manifest.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
     os.replace(tmp, manifest)
     return manifest
 
@@ -298,7 +312,7 @@ def make_soundscape(path, duration_s: float, events_per_minute: float, seed: int
         raise InvalidArgument(f"unknown call types {unknown or '(none given)'}; "
                               f"known: {', '.join(CALLS)}")
 
-    total = int(round(duration_s * sr))
+    total = round(duration_s * sr)
     bg_rms = 10 ** (background_dbfs / 20)
     plan = _plan_events(labels, total, sr, events_per_minute, seed, snr_db)
     events = [{"label": ev.call.label,

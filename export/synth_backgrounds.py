@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synth_calls import coloured_noise, fast_fft_len
+from .synth_calls import coloured_noise
 
 BACKGROUNDS = ("pink", "rain", "wind", "stream", "quiet")
 HELDOUT_BACKGROUNDS = ("stream",)
@@ -47,29 +47,27 @@ def _quiet(rng, n, sr):
     return _unit(rumble + 0.1 * _pink(rng, n, sr))
 
 
-def _convolve_fft(impulses: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    size = fast_fft_len(len(impulses) + len(kernel) - 1)
-    y = np.fft.irfft(np.fft.rfft(impulses, size) * np.fft.rfft(kernel, size), size)
-    return y[: len(impulses)]
-
-
 def _droplets(rng, n, sr, rate, f_lo, f_hi, n_templates=6):
     """Poisson droplets: short rising damped sinusoids (bubble resonances) at `rate`/s."""
-    out = np.zeros(n)
     m = int(0.02 * sr)
     t = np.arange(m) / sr
+    kernels = np.empty((n_templates, m))
+    for k in range(n_templates):
+        f = min(rng.uniform(f_lo, f_hi), 0.45 * sr)
+        chirp = f * (1 + 0.8 * t / t[-1])
+        kernels[k] = (np.sin(2 * np.pi * np.cumsum(chirp) / sr)
+                      * np.exp(-t / rng.uniform(0.002, 0.006)))
     count = rng.poisson(rate * n / sr)
     where = rng.integers(0, n, count)
     which = rng.integers(0, n_templates, count)
     amp = rng.lognormal(0.0, 0.7, count)
-    for k in range(n_templates):
-        f = min(rng.uniform(f_lo, f_hi), 0.45 * sr)
-        chirp = f * (1 + 0.8 * t / t[-1])
-        kernel = np.sin(2 * np.pi * np.cumsum(chirp) / sr) * np.exp(-t / rng.uniform(0.002, 0.006))
-        imp = np.zeros(n)
-        np.add.at(imp, where[which == k], amp[which == k])
-        out += _convolve_fft(imp, kernel)
-    return out
+    out = np.zeros(n + m)
+    # drops are sparse: add each kernel where it falls, in groups to bound the temporaries
+    for g in range(0, count, 1024):
+        sl = slice(g, g + 1024)
+        idx = (where[sl, None] + np.arange(m)).ravel()
+        out += np.bincount(idx, (amp[sl, None] * kernels[which[sl]]).ravel(), n + m)
+    return out[:n]
 
 
 def _rain(rng, n, sr):

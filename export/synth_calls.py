@@ -16,8 +16,8 @@ between about 100 Hz and 14 kHz, the model's mel range being 50 Hz-14 kHz.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -31,7 +31,7 @@ def _limit(sr: int) -> float:
 
 
 def _n(sr: int, seconds: float) -> int:
-    return max(1, int(round(seconds * sr)))
+    return max(1, round(seconds * sr))
 
 
 def _env(n: int, sr: int, attack: float, release: float) -> np.ndarray:
@@ -231,7 +231,7 @@ def _rising_chirp_series(rng, sr, dur, p, t):
     ps, ts = _ps(p), _ts(t)
 
     def bout():
-        chirp = lambda: _tone(sr, _sweep(sr, rng.uniform(0.06, 0.09), 2500 * ps, 4500 * ps),  # noqa: E731
+        chirp = lambda: _tone(sr, _sweep(sr, rng.uniform(0.06, 0.09), 2500 * ps, 4500 * ps),
                               (1, 0.1), 0.01, 0.02)
         return _repeat(rng, sr, rng.uniform(1.0, 2.0), chirp, rng.uniform(0.13, 0.2) / ts, 0.1)
     return _repeat(rng, sr, dur, bout, rng.uniform(2.6, 3.5))
@@ -245,7 +245,7 @@ def _fast_trill(rng, sr, dur, p, t):
     ps, ts = _ps(p), _ts(t, 0.3)
 
     def bout():
-        el = lambda: _tone(sr, _sweep(sr, 0.022, 6000 * ps, 4500 * ps), (1, 0.1), 0.004, 0.008)  # noqa: E731
+        el = lambda: _tone(sr, _sweep(sr, 0.022, 6000 * ps, 4500 * ps), (1, 0.1), 0.004, 0.008)
         return _trill(rng, sr, rng.uniform(1.5, 3.0), el, rng.uniform(16, 22) * ts)
     return _repeat(rng, sr, dur, bout, rng.uniform(3.5, 5.0))
 
@@ -254,7 +254,7 @@ def _slow_trill(rng, sr, dur, p, t):
     ps, ts = _ps(p), _ts(t, 0.3)
 
     def bout():
-        el = lambda: _tone(sr, _sweep(sr, 0.06, 3000 * ps, 4000 * ps), (1, 0.15), 0.008, 0.015)  # noqa: E731
+        el = lambda: _tone(sr, _sweep(sr, 0.06, 3000 * ps, 4000 * ps), (1, 0.15), 0.008, 0.015)
         return _trill(rng, sr, rng.uniform(1.5, 3.0), el, rng.uniform(5, 8) * ts)
     return _repeat(rng, sr, dur, bout, rng.uniform(3.5, 5.0))
 
@@ -380,7 +380,7 @@ def _bullfrog_call(rng, sr, dur, p, t):
     def rum():
         n = _n(sr, rng.uniform(0.5, 0.9))
         f = f0 * (1 + 0.04 * np.sin(np.pi * np.arange(n) / n))
-        amps = [np.exp(-(((k * f0) - 300) / 250) ** 2) + 0.1 / k for k in range(1, 25)]
+        amps = [np.exp(-(((k * f0) - 300 * ps) / 250) ** 2) + 0.1 / k for k in range(1, 25)]
         return _tone(sr, f, amps, 0.06, 0.12)
     return _repeat(rng, sr, dur, rum, rng.uniform(1.0, 1.5) / ts, 0.1)
 
@@ -503,7 +503,7 @@ def _crow_cawing(rng, sr, dur, p, t):
         f0 = rng.uniform(550, 700) * ps
         f = f0 * np.linspace(1.05, 0.9, n)
         rough = 1 + 0.5 * _lowpass_noise(rng, n, sr, 60.0)
-        voiced = _harmonic(f, sr, _formant_amps(f0, 1500, 900, 12)) * rough
+        voiced = _harmonic(f, sr, _formant_amps(f0, 1500 * ps, 900, 12)) * rough
         return (voiced + 0.3 * _bandnoise(rng, n, sr, 600, 5000)) * _env(n, sr, 0.02, 0.06)
     return _repeat(rng, sr, dur, caw, rng.uniform(0.45, 0.7) / ts, 0.15)
 
@@ -514,7 +514,7 @@ def _goose_honking(rng, sr, dur, p, t):
     def honk():
         n = _n(sr, rng.uniform(0.15, 0.3))
         f0 = 380 * ps
-        return _tone(sr, f0 * np.linspace(0.95, 1.05, n), _formant_amps(f0, 1200, 500, 14),
+        return _tone(sr, f0 * np.linspace(0.95, 1.05, n), _formant_amps(f0, 1200 * ps, 500, 14),
                      0.02, 0.04)
     return _repeat(rng, sr, dur, honk, rng.uniform(0.35, 0.7) / ts, 0.2)
 
@@ -553,8 +553,8 @@ def _deer_barking(rng, sr, dur, p, t):
     def bark():
         n = _n(sr, rng.uniform(0.12, 0.2))
         f0 = rng.uniform(400, 550) * ps
-        voiced = _harmonic(f0 * np.linspace(1.1, 0.85, n), sr, _formant_amps(f0, 1400, 1000, 12))
-        noise = _bandnoise(rng, n, sr, 300, 4000)
+        voiced = _harmonic(f0 * np.linspace(1.1, 0.85, n), sr, _formant_amps(f0, 1400 * ps, 1000, 12))
+        noise = _bandnoise(rng, n, sr, 300 * ps, 4000 * ps)
         return (voiced + 0.6 * noise) * _env(n, sr, 0.005, 0.08)
     return _repeat(rng, sr, dur, bark, rng.uniform(1.0, 2.5) / ts, 0.2)
 
