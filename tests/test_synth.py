@@ -5,13 +5,13 @@ Everything runs at 16 kHz on a few dozen clips so the file takes seconds, not mi
 
 from __future__ import annotations
 
+import itertools
 import json
 import tracemalloc
 
 import numpy as np
 import pytest
 import soundfile as sf
-
 from cvahash.cli import main
 from cvahash.errors import InvalidArgument
 from cvahash.export import synth
@@ -221,7 +221,7 @@ def test_soundscape_events_are_where_the_energy_is(tmp_path):
     assert sidecar["events"] == events and len(events) >= 5
     audio, sr = sf.read(str(path), dtype="float64")
     assert sr == SR and len(audio) == 180 * SR
-    for prev, ev in zip(events, events[1:]):
+    for prev, ev in itertools.pairwise(events):
         assert prev["end_s"] <= ev["start_s"]
     # a stretch with no event anywhere near it
     busy = np.zeros(len(audio), dtype=bool)
