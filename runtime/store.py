@@ -65,7 +65,6 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -85,13 +84,16 @@ from .store_meta import (
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
-    MetadataCorrupt,
     SegmentTable,
+    db_failure,
     read_info,
     recording_crc,
     segment_crc,
+    sql_errors,
 )
-from .store_types import Hit, Recording, Segment, Window, to_utc_seconds, try_extend
+from .store_search import StoreReading
+from .store_types import Hit, Recording, Segment, Window, try_extend
+from .store_upkeep import StoreUpkeep
 
 __all__ = ["CodeStore", "Hit", "Recording", "Segment", "Window"]
 
@@ -111,7 +113,7 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     return conn
 
 
-class CodeStore:
+class CodeStore(StoreReading, StoreUpkeep):
     """Codes of one bundle fingerprint plus their metadata, in one directory.
 
     Open with ``CodeStore.create`` or ``CodeStore.open``; use as a context manager or
@@ -222,13 +224,9 @@ class CodeStore:
                              "CodeStore.create or check the [store] path")
         if self.mode == "a":
             self._take_writer_lock()
-        try:
+        with sql_errors(d / META_FILE, "open the store"):
             self._conn = _connect(d / META_FILE, read_only=self.mode == "r")
             info = read_info(self._conn)
-        except sqlite3.DatabaseError as e:
-            raise StoreCorrupt(f"the metadata database {d / META_FILE} cannot be read ({e}); "
-                               "restore the store from a backup or re-index the recordings"
-                               ) from e
         self._check_info(info)
         self.bits = int(info["bits"])
         self.nbytes = (self.bits + 7) // 8
@@ -286,7 +284,7 @@ class CodeStore:
     def _refresh(self, force: bool = False, opening: bool = False) -> None:
         """Bring the cached committed state up to date with SQLite (cheap when unchanged)."""
         conn = self._conn
-        try:
+        with sql_errors(self.directory / META_FILE, "read the store's state"):
             if not force:
                 (version,) = conn.execute(
                     "SELECT value FROM store_info WHERE key = 'version'").fetchone()
@@ -301,14 +299,8 @@ class CodeStore:
                                and info["generation"] == self._generation)
                 self._segments.load(conn, committed, incremental)
             finally:
-                conn.execute("COMMIT")
-        except sqlite3.DatabaseError as e:
-            raise StoreCorrupt(f"the metadata database {self.directory / META_FILE} cannot be "
-                               f"read ({e}); restore the store from a backup or re-index"
-                               ) from e
-        except MetadataCorrupt as e:
-            raise StoreCorrupt(f"the metadata in {self.directory / META_FILE} is damaged: {e}; "
-                               "restore the store from a backup or re-index") from e
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
         if info["generation"] != self._generation:
             self._open_code_file(info)
         self._committed = committed
@@ -370,6 +362,16 @@ class CodeStore:
         """Drop metadata beyond the ``rows`` rows the code file still holds (mode "a")."""
         lost = self._committed - rows
         conn = self._conn
+        with sql_errors(self.directory / META_FILE, "drop the lost rows' metadata"):
+            self._drop_rows_from(conn, rows)
+        log.warning("code store %s: the code file lost its last %d rows (power cut or card "
+                    "fault); their metadata was dropped, %d rows remain", self.directory,
+                    lost, rows)
+        os.ftruncate(self._fd, HEADER_SIZE + rows * self.nbytes)
+        os.fsync(self._fd)
+        self._refresh(force=True)
+
+    def _drop_rows_from(self, conn, rows: int) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             cut = conn.execute("SELECT first_row, n_rows, recording, first_offset_s, hop_s, "
@@ -388,14 +390,9 @@ class CodeStore:
             self._bump(conn, committed_rows=rows, layout=True)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        log.warning("code store %s: the code file lost its last %d rows (power cut or card "
-                    "fault); their metadata was dropped, %d rows remain", self.directory,
-                    lost, rows)
-        os.ftruncate(self._fd, HEADER_SIZE + rows * self.nbytes)
-        os.fsync(self._fd)
-        self._refresh(force=True)
 
     def _bump(self, conn, committed_rows: int, layout: bool = False,
               generation: int | None = None) -> None:
@@ -615,13 +612,12 @@ class CodeStore:
                 self._bump(conn, committed_rows=self._committed + n)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as e:
-            if isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower():
-                self._raise_write_error(OSError(errno.ENOSPC, str(e)), self.directory / META_FILE)
-            raise StoreError(f"could not commit to {self.directory / META_FILE}: {e}; the "
-                             "appended rows are still buffered, call flush() to retry") from e
+        except (sqlite3.Error, UnicodeDecodeError) as e:
+            raise db_failure(e, self.directory / META_FILE, "commit appended rows",
+                             f"; {n} appended rows are still buffered, flush() retries") from e
         self._pending_codes, self._pending_segs = [], []
         self._pending_rows, self._pending_since, self._extends_row = 0, None, None
         self._refresh()
@@ -638,279 +634,15 @@ class CodeStore:
         """Whether a tagged append with this tag was committed."""
         with self._lock:
             self._live(refresh=False)
-            return self._conn.execute("SELECT 1 FROM tags WHERE tag = ?",
-                                      (tag,)).fetchone() is not None
+            with sql_errors(self.directory / META_FILE, "look up tags"):
+                return self._conn.execute("SELECT 1 FROM tags WHERE tag = ?",
+                                          (tag,)).fetchone() is not None
 
     def has_recording(self, path: str, content_hash: str = "") -> bool:
         """Whether committed windows of this recording (same path and content hash) exist."""
         with self._lock:
             self._live()
             return (str(path), content_hash) in self._segments.rec_ids
-
-    # ------------------------------------------------------------------ reading
-    def _allowed(self, since, until, station, recording):
-        """The kernel's ``allowed`` for these filters and whether any row is eligible.
-
-        Row ranges come from segments (a time window inside a run is one contiguous
-        range); when the ranges would be many and short a boolean mask is cheaper.
-        Unfiltered with no forgotten rows: None (the kernel's fastest path).
-        """
-        t = self._segments
-        n = self._committed
-        since = None if since is None else to_utc_seconds(since, "since")
-        until = None if until is None else to_utc_seconds(until, "until")
-        seg_mask = None
-        if station is not None or recording is not None:
-            ok = np.ones(len(t), bool)
-            if station is not None:
-                stations = {station} if isinstance(station, str) else set(station)
-                ids = [i for i, r in t.recordings.items() if r.station in stations]
-                ok &= np.isin(t.rec_id, np.asarray(ids, np.int64))
-            if recording is not None:
-                wanted = ({recording} if isinstance(recording, (str, Recording))
-                          else set(recording))
-                paths = {w.path if isinstance(w, Recording) else str(w) for w in wanted}
-                keys = {w.key for w in wanted if isinstance(w, Recording)}
-                ids = [i for i, r in t.recordings.items()
-                       if (r.key in keys if keys else r.path in paths)]
-                ok &= np.isin(t.rec_id, np.asarray(ids, np.int64))
-            seg_mask = ok
-        elif since is None and until is None and t.live_rows == n:
-            return None, n
-        ranges = t.row_ranges(seg_mask, since, until)
-        eligible = int((ranges[:, 1] - ranges[:, 0]).sum())
-        if len(ranges) > max(64, n // 256):
-            mask = np.zeros(n, bool)
-            for s, e in ranges:
-                mask[s:e] = True
-            return mask, eligible
-        return ranges, eligible
-
-    def search_rows(self, queries, k: int, *, since=None, until=None, station=None,
-                    recording=None, fingerprint: str | None = None, threads: int = 0):
-        """Like ``search`` but return the kernel's arrays ``(distances, rows)``."""
-        from . import hamming
-
-        with self._lock:
-            self._live()
-            self.require(fingerprint)
-            q = self._check_codes(queries, "query codes")
-            allowed, eligible = self._allowed(since, until, station, recording)
-            codes = self._view(self._committed)
-        if eligible == 0 or len(codes) == 0:
-            return (np.zeros((len(q), 0), np.int32), np.zeros((len(q), 0), np.int64))
-        return hamming.knn(q, codes, k, threads=threads, allowed=allowed)
-
-    def search(self, queries, k: int, *, since=None, until=None, station=None,
-               recording=None, fingerprint: str | None = None,
-               threads: int = 0) -> list[list[Hit]]:
-        """The k nearest windows to each query code, with their metadata.
-
-        ``queries``: uint8 (nq, nbytes) or one (nbytes,). Filters: ``since``/``until``
-        keep windows whose capture time lies in [since, until) (aware datetime or UTC
-        epoch seconds); ``station``: a station name or several; ``recording``: a path, a
-        Recording, or several. Returns one list of Hits per query, nearest first, ties
-        by row. Only committed rows are searched.
-        """
-        with self._lock:
-            dist, rows = self.search_rows(queries, k, since=since, until=until,
-                                          station=station, recording=recording,
-                                          fingerprint=fingerprint, threads=threads)
-            windows = self._windows(rows.ravel())
-        out, i = [], 0
-        for qd in dist:
-            hits = []
-            for d in qd:
-                w = windows[i]
-                hits.append(Hit(recording=w.recording, offset_s=w.offset_s,
-                                length_s=w.length_s, capture_utc=w.capture_utc,
-                                clock_source=w.clock_source, row=w.row, distance=int(d)))
-                i += 1
-            out.append(hits)
-        return out
-
-    def _windows(self, rows: np.ndarray) -> list[Window]:
-        t = self._segments
-        rows = np.asarray(rows, np.int64)
-        seg = t.locate(rows)
-        if (seg < 0).any():
-            bad = rows[seg < 0][:5].tolist()
-            raise InvalidArgument(f"rows {bad} of the code store {self.directory} hold no "
-                                  f"window (forgotten, or beyond its {self._committed} rows)")
-        j = rows - t.first_row[seg]
-        hop = t.hop[seg]
-        offsets = (t.first_offset[seg] + j * hop).tolist()
-        captures = (t.capture_start[seg] + j * hop).tolist()
-        lengths, recs = t.length[seg].tolist(), t.rec_id[seg].tolist()
-        return [Window(recording=t.recordings[recs[i]], offset_s=offsets[i],
-                       length_s=lengths[i], capture_utc=captures[i],
-                       clock_source=t.clock[s], row=r)
-                for i, (s, r) in enumerate(zip(seg.tolist(), rows.tolist()))]
-
-    def read(self, rows) -> tuple[np.ndarray, list[Window]]:
-        """Codes (a copy, uint8 (m, nbytes)) and windows of the given committed rows."""
-        with self._lock:
-            self._live()
-            rows = np.atleast_1d(np.asarray(rows, np.int64))
-            windows = self._windows(rows)
-            return self._view(self._committed)[rows].copy(), windows
-
-    def iter_segments(self) -> Iterator[tuple[Segment, np.ndarray]]:
-        """Every segment in row order with a copy of its codes, from one snapshot.
-
-        Feeding them to another store's ``append`` copies a store (the merge tool).
-        """
-        with self._lock:
-            self._live()
-            t = self._segments
-            segs = [t.segment(i) for i in range(len(t))]
-            codes = self._view(self._committed)
-        for seg in segs:
-            yield seg, codes[seg.first_row:seg.first_row + seg.n_rows].copy()
-
-    def recordings(self) -> list[Recording]:
-        """Every recording with committed windows."""
-        with self._lock:
-            self._live()
-            return list(self._segments.recordings.values())
-
-    def stats(self) -> dict:
-        """rows, bytes on disk, time span and stations of the committed store."""
-        with self._lock:
-            self._live()
-            t = self._segments
-            files = [self.directory / code_file_name(self._generation)] + [
-                self.directory / (META_FILE + s) for s in ("", "-wal", "-shm")]
-            sizes = {p.name: p.stat().st_size for p in files if p.exists()}
-            stations: dict[str, int] = {}
-            for rid, n in zip(t.rec_id.tolist(), t.n_rows.tolist()):
-                name = t.recordings[rid].station
-                stations[name] = stations.get(name, 0) + n
-            if len(t):
-                last = t.capture_start + (t.n_rows - 1) * t.hop
-                span = (float(t.capture_start.min()), float((last + t.length).max()))
-            else:
-                span = (None, None)
-            code_bytes = sizes.get(code_file_name(self._generation), 0)
-            return {
-                "rows": t.live_rows, "file_rows": self._committed,
-                "forgotten_rows": self._committed - t.live_rows,
-                "pending_rows": self._pending_rows, "segments": len(t),
-                "recordings": len(t.recordings), "bits": self.bits,
-                "fingerprint": self.fingerprint, "code_bytes": code_bytes,
-                "metadata_bytes": sum(sizes.values()) - code_bytes,
-                "first_capture_utc": span[0], "last_capture_end_utc": span[1],
-                "stations": stations,
-            }
-
-    # ------------------------------------------------------------------ retention
-    def forget(self, recording) -> int:
-        """Remove the windows of a recording (a path: every version of it; or a Recording)
-        from search; return how many rows. ``compact()`` reclaims their space."""
-        with self._lock:
-            self._writable("forget recordings")
-            self.flush()
-            t = self._segments
-            if isinstance(recording, Recording):
-                ids = [t.rec_ids[recording.key]] if recording.key in t.rec_ids else []
-            else:
-                ids = [i for i, r in t.recordings.items() if r.path == str(recording)]
-            if not ids:
-                return 0
-            rows = int(t.n_rows[np.isin(t.rec_id, ids)].sum())
-            conn = self._conn
-            marks = ",".join("?" * len(ids))
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(f"DELETE FROM segments WHERE recording IN ({marks})", ids)
-                conn.execute(f"DELETE FROM recordings WHERE id IN ({marks})", ids)
-                self._bump(conn, self._committed, layout=True)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            self._refresh()
-            return rows
-
-    def compact(self) -> int:
-        """Rewrite the code file without forgotten rows; return how many rows it freed.
-
-        Needs free space for the kept rows. Row numbers change; readers switch to the
-        new file at their next search.
-        """
-        with self._lock:
-            self._writable("compact")
-            self.flush()
-            t = self._segments
-            dead = self._committed - t.live_rows
-            if dead == 0:
-                return 0
-            old_path = self.directory / code_file_name(self._generation)
-            gen = self._generation + 1
-            header = CodeHeader(bits=self.bits, fingerprint=self.fingerprint,
-                                store_id=bytes.fromhex(self.store_id), generation=gen)
-            codes = self._view(self._committed)
-            keep = np.concatenate([np.arange(s, s + n) for s, n in
-                                   zip(t.first_row.tolist(), t.n_rows.tolist())] or
-                                  [np.zeros(0, np.int64)])
-            try:
-                write_new_code_file(self.directory / code_file_name(gen), header, codes[keep])
-            except OSError as e:
-                (self.directory / (code_file_name(gen) + ".tmp")).unlink(missing_ok=True)
-                self._raise_write_error(e, self.directory / code_file_name(gen))
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                new_first = (np.cumsum(t.n_rows) - t.n_rows).tolist()
-                for i, nf in enumerate(new_first):
-                    s = t.segment(i)
-                    rid = t.rec_ids[s.recording.key]
-                    fields = (nf, s.n_rows, rid, s.first_offset_s, s.hop_s, s.length_s,
-                              s.capture_start_utc, s.clock_source)
-                    conn.execute("UPDATE segments SET first_row = ?, crc = ? WHERE first_row = ?",
-                                 (nf, segment_crc(*fields), s.first_row))
-                conn.execute("UPDATE tags SET first_row = NULL, n_rows = NULL")
-                self._bump(conn, len(keep), layout=True, generation=gen)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            self._refresh(force=True)
-            old_path.unlink(missing_ok=True)
-            fsync_dir(self.directory)
-            return dead
-
-    def _writable(self, what: str) -> None:
-        self._live(refresh=False)
-        if self.mode != "a":
-            raise StoreError(f'cannot {what}: the code store {self.directory} is open '
-                             'read-only; open it with mode="a"')
-
-    # ------------------------------------------------------------------ integrity
-    def check(self) -> dict:
-        """Verify the whole store (SQLite integrity, header, file length, metadata
-        checksums and layout); return ``stats()`` or raise StoreCorrupt."""
-        with self._lock:
-            self._live(refresh=False)
-            try:
-                result = [r[0] for r in self._conn.execute("PRAGMA integrity_check")]
-            except sqlite3.DatabaseError as e:
-                result = [str(e)]
-            if result != ["ok"]:
-                raise StoreCorrupt(f"{self.directory / META_FILE} fails SQLite's integrity "
-                                   f"check: {'; '.join(result[:5])}")
-            self._refresh(force=True)
-            fd = self._fd
-            path = self.directory / code_file_name(self._generation)
-            try:
-                CodeHeader.unpack(os.pread(fd, HEADER_SIZE, 0))
-            except HeaderError as e:
-                raise StoreCorrupt(f"the code file {path} is damaged: {e}") from None
-            rows, _ = self._file_rows()
-            if rows < self._committed:
-                raise StoreCorrupt(f"the code file {path} holds {rows} rows, "
-                                   f"{self._committed} committed")
-            return self.stats()
 
     @classmethod
     def migrate(cls, directory) -> int:
@@ -920,7 +652,8 @@ class CodeStore:
         store._init(directory, "a", 1, 1.0)
         try:
             store._take_writer_lock()
-            conn = _connect(directory / META_FILE, read_only=False)
+            with sql_errors(directory / META_FILE, "migrate the schema"):
+                conn = _connect(directory / META_FILE, read_only=False)
             try:
                 old = read_info(conn).get("schema_version")
                 version = old
@@ -938,6 +671,7 @@ class CodeStore:
                 conn.close()
         finally:
             store._release()
+
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:

@@ -23,9 +23,11 @@ from __future__ import annotations
 import sqlite3
 import struct
 import zlib
+from contextlib import contextmanager
 
 import numpy as np
 
+from .errors import StoreCorrupt, StoreError
 from .store_types import Recording, Segment
 
 SCHEMA_VERSION = 1
@@ -100,6 +102,35 @@ def _crc_or_none(fn, *fields):
 
 class MetadataCorrupt(Exception):
     """The metadata does not hold together; the message says what is wrong."""
+
+
+def db_failure(e: Exception, db_path, what: str, note: str = "") -> StoreError:
+    """The StoreError a failed SQLite operation on ``db_path`` turns into.
+
+    Damage (SQLITE_CORRUPT, NOTADB, undecodable text, failed checksums) is StoreCorrupt;
+    a busy, read-only or full database is a plain StoreError.
+    """
+    name = getattr(e, "sqlite_errorname", "")
+    if (isinstance(e, (UnicodeDecodeError, MetadataCorrupt)) or name in (
+            "SQLITE_CORRUPT", "SQLITE_NOTADB")
+            or (isinstance(e, sqlite3.DatabaseError)
+                and not isinstance(e, sqlite3.OperationalError))):
+        return StoreCorrupt(f"the metadata database {db_path} is damaged ({e}) while trying "
+                            f"to {what}; restore the store from a backup or re-index the "
+                            f"recordings{note}")
+    if name == "SQLITE_FULL":
+        return StoreError(f"the disk holding {db_path} is full while trying to {what}; free "
+                          f"space (forget old recordings and compact()){note}")
+    return StoreError(f"could not {what} in {db_path}: {e}{note}")
+
+
+@contextmanager
+def sql_errors(db_path, what: str, note: str = ""):
+    """Turn SQLite failures inside the block into StoreError / StoreCorrupt."""
+    try:
+        yield
+    except (sqlite3.Error, UnicodeDecodeError, MetadataCorrupt) as e:
+        raise db_failure(e, db_path, what, note) from e
 
 
 def read_info(conn: sqlite3.Connection) -> dict:
