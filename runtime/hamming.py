@@ -16,11 +16,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
 from cvahash._hamming_cffi import ffi, lib
 from cvahash.errors import CvahashError, InvalidArgument, InvalidCodes
 
-__all__ = ["knn", "within", "active_isa", "available_isas", "KernelUnavailable", "MAX_NBYTES"]
+__all__ = ["MAX_NBYTES", "KernelUnavailable", "active_isa", "available_isas", "knn", "within"]
 
 MAX_NBYTES = lib.CVH_MAX_NBYTES
 _ISA_IDS = {ffi.string(lib.cvh_isa_name(i)).decode(): i for i in range(lib.CVH_ISA_COUNT)}
