@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
-
 from cvahash.errors import AudioError, CvahashError, InvalidArgument
 
 __all__ = [
@@ -192,7 +191,7 @@ def _background(gen: Iterator, depth: int = 2) -> Iterator:
                 if stop.is_set():
                     return
             q.put((_DONE, None))
-        except BaseException as e:  # handed to the consumer, which re-raises it
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
             q.put((_DONE, e))
 
     t = threading.Thread(target=work, name="cvahash-frontend", daemon=True)

@@ -20,10 +20,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-
 from cvahash.errors import InvalidArgument
 
-__all__ = ["encode_png", "write_png", "colorize", "VIRIDIS_ANCHORS"]
+__all__ = ["VIRIDIS_ANCHORS", "colorize", "encode_png", "write_png"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -35,11 +35,11 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Saved",
     "clip_name",
+    "display_paths",
     "format_clock",
     "format_info",
     "format_span",
     "format_table",
-    "display_paths",
     "to_json",
     "write_clips",
     "write_spectrograms",
@@ -142,7 +142,7 @@ def clip_name(rank: int, recording: str, start_s: float, suffix: str = ".wav") -
     """``rank_03_<recording stem>_<start>.wav``, e.g. ``rank_03_20240612_053000_1m20s.wav``:
     safe on every file system (other characters become ``-``)."""
     stem = _UNSAFE.sub("-", Path(recording).stem).strip("-")[:80] or "recording"
-    whole = int(math.floor(start_s))
+    whole = math.floor(start_s)
     h, rest = divmod(whole, 3600)
     m, s = divmod(rest, 60)
     start = (f"{h}h" if h else "") + (f"{m:02d}m" if h or m else "") + f"{s:02d}s"
@@ -153,12 +153,11 @@ def _read_span(path: Path, start_s: float, end_s: float):
     """Frames [start_s, end_s) of a recording at its own rate, float32 [n, channels],
     plus the soundfile info; raises the cvahash AudioError for missing/damaged files."""
     import soundfile as sf
-
     from cvahash import audio
 
     info = audio.probe(path)
-    first = max(0, int(math.floor(start_s * info.sample_rate)))
-    last = min(info.frames, int(math.ceil(end_s * info.sample_rate)))
+    first = max(0, math.floor(start_s * info.sample_rate))
+    last = min(info.frames, math.ceil(end_s * info.sample_rate))
     if last <= first:
         raise _gone(path, f"the file is only {info.duration_s:.1f} s long now")
     try:
@@ -186,7 +185,6 @@ def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: floa
     recording at its own sample rate and channels, 16-bit PCM (24-bit or float when the
     source was). Returns one `Saved` per hit, in order."""
     import soundfile as sf
-
     from cvahash.errors import CvahashError
 
     out = Path(out_dir)
@@ -231,7 +229,6 @@ def write_spectrograms(
     """Write ``rank_XX_<recording>_<start>.png`` per hit into ``out_dir``: the log-mel of
     exactly the hit's window (mono, resampled to the model's rate, as indexed)."""
     import soxr
-
     from cvahash.errors import CvahashError
     from cvahash.png import write_png
 
@@ -288,16 +285,16 @@ def format_info(info: dict) -> str:
             if info["first_capture"] else "- (empty)")
     rows = [
         ("store", info["store"]),
-        ("windows", f"{info['windows']}" + (f" ({info['forgotten_windows']} forgotten)"
-                                             if info["forgotten_windows"] else "")),
+        ("windows", f"{info['windows']}" + (
+            f" ({info['forgotten_windows']} forgotten)" if info["forgotten_windows"] else "")),
         ("recordings", f"{info['recordings']} ({info['audio_hours']:.2f} h of audio)"),
         ("time span (UTC)", span),
         ("stations", stations),
         ("code width", f"{info['bits']} bits"),
         ("fingerprint", info["fingerprint"]),
         ("bundle", info["bundle"] or "- (not recorded; pass --bundle to search)"),
-        ("size", f"{_bytes(info['bytes'])} (codes {_bytes(info['code_bytes'])}, "
-                 f"metadata {_bytes(info['metadata_bytes'])})"),
+        ("size", (f"{_bytes(info['bytes'])} (codes {_bytes(info['code_bytes'])}, "
+                  f"metadata {_bytes(info['metadata_bytes'])})")),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from cvahash.errors import BundleError, InvalidArgument
 
 __all__ = [

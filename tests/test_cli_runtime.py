@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from cvahash.cli import main
 from oracle import knn_reference
 
@@ -164,8 +163,8 @@ def test_index_reports_bad_files_and_exits_3(indexed, capsys):
 
 def test_reindexing_is_resumable_and_names_every_bad_file(indexed, tiny_bundle, capsys):
     before = json.loads(cli(capsys, "info", "--db", indexed["db"], "--json")[1])
-    rc, out, err = cli(capsys, "index", indexed["rec"], "--db", indexed["db"], "--station",
-                       "ridge-2")  # no --bundle: the store remembers it
+    rc, _, err = cli(capsys, "index", indexed["rec"], "--db", indexed["db"], "--station",
+                     "ridge-2")  # no --bundle: the store remembers it
     assert rc == 3
     assert "already in the store: 2" in err and "indexed 0 files" in err
     for bad in indexed["bad"]:
@@ -291,8 +290,8 @@ def test_query_by_example_finds_the_window_itself(indexed, capsys):
 
 
 def test_clips_and_spectrograms(indexed, capsys, tmp_path):
-    rc, out, err = cli(capsys, "search", "birdsong", "--db", indexed["db"], "-k", "3",
-                       "--clips", tmp_path / "clips", "--spectrograms", tmp_path / "spec")
+    rc, _, err = cli(capsys, "search", "birdsong", "--db", indexed["db"], "-k", "3",
+                     "--clips", tmp_path / "clips", "--spectrograms", tmp_path / "spec")
     assert rc == 0, err
     clips = sorted((tmp_path / "clips").iterdir())
     specs = sorted((tmp_path / "spec").iterdir())
@@ -312,7 +311,7 @@ def test_a_recording_that_is_gone_is_reported_per_hit(season, tiny_bundle, tmp_p
     db = tmp_path / "db"
     assert cli(capsys, "index", rec, "--db", db, "--bundle", tiny_bundle, "--quiet")[0] == 0
     os.unlink(doomed)
-    rc, out, err = cli(capsys, "search", "owl", "--db", db, "-k", "6", "--clips", tmp_path / "c")
+    rc, _, err = cli(capsys, "search", "owl", "--db", db, "-k", "6", "--clips", tmp_path / "c")
     assert rc == 0
     assert "wrote 2 of 6 WAV snippets" in err
     assert err.count("no longer exists") == 4

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from cvahash.errors import AudioError, StoreError
 from cvahash.frontend import FrontendParams, log_mel
 from cvahash.index import Progress, content_hash, find_recordings, index_recordings
@@ -216,9 +215,9 @@ def test_store_errors_stop_the_run_instead_of_skipping_files(tmp_path):
     write(tmp_path / "rec" / "a.wav", tone(10.0))
     with CodeStore.create(tmp_path / "db", 64, StandInBundle.fingerprint):
         pass
-    with CodeStore.open(tmp_path / "db", "r") as read_only:
-        with pytest.raises(StoreError, match="read-only"):
-            index_recordings([tmp_path / "rec"], read_only, StandInBundle())
+    with CodeStore.open(tmp_path / "db", "r") as read_only, \
+            pytest.raises(StoreError, match="read-only"):
+        index_recordings([tmp_path / "rec"], read_only, StandInBundle())
 
 
 def test_content_hash_sees_changes_anywhere_and_ignores_the_name(tmp_path):

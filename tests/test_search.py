@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from cvahash.errors import BundleError, CvahashError, InvalidArgument
 from cvahash.frontend import FrontendParams, log_mel
 from cvahash.png import VIRIDIS_ANCHORS, colorize, encode_png, write_png
@@ -251,7 +250,7 @@ def test_clips_are_cut_from_the_original_with_context(recording, tmp_path):
 
 
 def test_spectrograms_show_the_hit_window_with_frequency_upwards(recording, tmp_path):
-    path, original, sr = recording
+    path, _, _ = recording
     params = FrontendParams()
     hits = [_hit(1, path, 0.0), _hit(2, path, 20.0), _hit(3, tmp_path / "nope.wav", 0.0)]
     saved = write_spectrograms(hits, tmp_path / "spec", params)

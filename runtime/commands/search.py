@@ -61,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
 
     from cvahash import report
     from cvahash.search import (
-        open_store_and_bundle, parse_like, parse_when, prepare_query, search_like, search_text,
+        open_store_and_bundle,
+        parse_like,
+        parse_when,
+        prepare_query,
+        search_like,
+        search_text,
     )
 
     # Check what the user typed before loading anything: bad input changes nothing.

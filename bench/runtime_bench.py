@@ -1,0 +1,284 @@
+"""Field-station runtime benchmark: search and indexing with the full-size int8 bundle.
+
+What it measures (results go in docs/benchmarks/runtime.md):
+
+1. ``cvahash search`` cold: wall time from process start to printed results, and the
+   process's peak RSS (a fresh ``python -m cvahash search ...`` each time);
+2. warm query latency in one process: text encoding and the store search apart;
+3. indexing speed as a multiple of real time (``cvahash index`` on a long synthetic
+   recording, pinned to 2 cores with ``taskset`` where available), with the split
+   front-end / ONNX / store, and the index process's peak RSS.
+
+Inputs, cached under ``--cache`` because they take minutes to build:
+
+- the full-size bundle (the clap-htsat-unfused shape, 153.5M parameters) with RANDOM
+  weights, exported to int8 by the workstation toolchain (needs torch; timing only,
+  its codes mean nothing);
+- a store of ``--rows`` windows (default 10M) of random codes bound to that bundle,
+  appended through the CodeStore API as 24 h recordings of 10 s windows;
+- a ``--index-minutes`` long (default 120) synthetic recording.
+
+Usage::
+
+    python bench/runtime_bench.py --cache /var/tmp/cvahash-bench            # everything
+    python bench/runtime_bench.py --cache DIR --rows 1000000 --index-minutes 10   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+QUERY = "woodpecker drumming on a dead tree"
+WINDOW_S = 10.0
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- inputs ---------------------------------------------------------------------------
+
+
+def build_full_bundle(out: Path, bits: int) -> Path:
+    """Full-size random CLAP + hashing heads -> int8 bundle (dynamic quantisation only:
+    with random weights the static/QDQ candidates cost minutes and prove nothing)."""
+    from cvahash.export.bundle_writer import export_run
+    from cvahash.export.model import HashingModel, full_size_clap_config, reinit_weights
+    from cvahash.export.run import RunConfig, save_run
+    from cvahash.export.tokenizer import train_caption_tokenizer
+    from transformers import ClapModel
+
+    work = out.parent / (out.name + ".work")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    captions = [f"{a} {b} {c}" for a in ("a woodpecker", "an owl", "a frog", "a wren", "rain")
+                for b in ("drumming", "hooting", "calling", "singing", "falling")
+                for c in ("at night", "on a dead tree", "by the pond", "in the rain")]
+    tokenizer = train_caption_tokenizer(captions * 3, vocab_size=1000)
+    log("building the full-size random CLAP")
+    base = reinit_weights(ClapModel(full_size_clap_config()), seed=0)
+    model = HashingModel(base, bits)
+    save_run(work / "run", model, RunConfig(model="full-size-random", bits=bits, lora_rank=0),
+             tokenizer)
+    del model, base
+    log("exporting int8 (fp32 export, dynamic int8, checks) -- takes minutes")
+    export_run(work / "run", out, "int8", probe_limit=8,
+               text_methods=("dynamic-qint8",), audio_methods=("dynamic-qint8",))
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def build_store(out: Path, rows: int, bits: int, fingerprint: str, seed: int = 0) -> Path:
+    """``rows`` random codes as 24 h recordings of 10 s windows across 3 stations."""
+    from cvahash.store import CodeStore, Recording, Segment
+
+    per_rec = int(24 * 3600 / WINDOW_S)
+    nbytes = (bits + 7) // 8
+    rng = np.random.default_rng(seed)
+    tmp = out.parent / (out.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = datetime(2024, 3, 1, tzinfo=timezone.utc).timestamp()
+    with CodeStore.create(tmp, bits, fingerprint, commit_every_windows=2_000_000) as store:
+        done, i = 0, 0
+        while done < rows:
+            n = min(per_rec, rows - done)
+            rec = Recording(path=f"/data/station-{i % 3}/day-{i:05d}.flac",
+                            station=f"station-{i % 3}", start_utc=t0 + i * 86400,
+                            sample_rate=48000, duration_s=n * WINDOW_S, content_hash=f"bench-{i}")
+            seg = Segment(recording=rec, first_offset_s=0.0, length_s=WINDOW_S,
+                          capture_start_utc=t0 + i * 86400, hop_s=WINDOW_S, n_rows=n,
+                          clock_source="gps")
+            store.append(rng.integers(0, 256, (n, nbytes), dtype=np.uint8), [seg])
+            done += n
+            i += 1
+            if i % 200 == 0:
+                log(f"  store: {done}/{rows} windows")
+    os.replace(tmp, out)
+    return out
+
+
+def build_recording(path: Path, minutes: float, seed: int = 0) -> Path:
+    """Pink-ish noise with a chirp every few seconds, 48 kHz 16-bit WAV, written in blocks."""
+    import soundfile as sf
+
+    sr = 48000
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp.wav")
+    with sf.SoundFile(tmp, "w", sr, 1, subtype="PCM_16") as f:
+        for _ in range(int(minutes * 6)):  # 10 s blocks
+            x = np.cumsum(rng.standard_normal(10 * sr)) * 1e-3
+            x -= np.convolve(x, np.ones(4801) / 4801, mode="same")
+            t = np.arange(sr // 2) / sr
+            at = int(rng.integers(0, 9 * sr))
+            x[at:at + t.size] += 0.3 * np.sin(2 * np.pi * (rng.uniform(1e3, 6e3) * t + 3e3 * t * t))
+            f.write(np.clip(x, -1, 1).astype(np.float32))
+    os.replace(tmp, path)
+    return path
+
+
+# --- measurements ---------------------------------------------------------------------
+
+
+def measure_child(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd`` through a fresh Python parent so RUSAGE_CHILDREN is that command's alone."""
+    helper = (
+        "import json,resource,subprocess,sys,time,os\n"
+        "cmd=json.loads(sys.argv[1]); t=time.perf_counter()\n"
+        "p=subprocess.run(cmd,capture_output=True,text=True)\n"
+        "w=time.perf_counter()-t\n"
+        "r=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss*1024\n"
+        "print(json.dumps({'wall':w,'rss':r,'rc':p.returncode,'out':p.stdout,'err':p.stderr}))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", helper, json.dumps(cmd)], capture_output=True,
+                       text=True, env={**os.environ, **(env or {})}, check=False)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr)
+    return json.loads(p.stdout)
+
+
+def pin(cmd: list[str], cores: str) -> list[str]:
+    return (["taskset", "-c", cores] + cmd) if shutil.which("taskset") and cores else cmd
+
+
+def cold_search(store: Path, bundle: Path, repeats: int, cores: str) -> dict:
+    cmd = pin([sys.executable, "-m", "cvahash", "search", QUERY, "--db", str(store), "--bundle",
+               str(bundle), "-k", "20"], cores)
+    runs = []
+    for _ in range(repeats):
+        r = measure_child(cmd)
+        if r["rc"] != 0:
+            raise RuntimeError(f"search failed: {r['err'][-2000:]}")
+        runs.append(r)
+    return {"wall_s": [r["wall"] for r in runs], "rss": [r["rss"] for r in runs],
+            "table": runs[-1]["out"]}
+
+
+def warm_latency(store: Path, bundle_dir: Path, repeats: int, threads: int) -> dict:
+    from cvahash.bundle import ModelBundle
+    from cvahash.store import CodeStore
+
+    bundle = ModelBundle.open(bundle_dir, threads=threads)
+    enc, srch = [], []
+    with CodeStore.open(store, "r") as s:
+        for i in range(repeats + 2):
+            t = time.perf_counter()
+            q = bundle.encode_text([f"{QUERY} {i}"])
+            t1 = time.perf_counter()
+            s.search(q, 20, threads=threads)
+            t2 = time.perf_counter()
+            if i >= 2:  # the first calls load the graph and fault in the code file
+                enc.append(t1 - t)
+                srch.append(t2 - t1)
+        stats = s.stats()
+    return {"encode_ms": 1e3 * statistics.median(enc), "search_ms": 1e3 * statistics.median(srch),
+            "total_ms": 1e3 * statistics.median([a + b for a, b in zip(enc, srch)]),
+            "rows": stats["rows"], "bits": stats["bits"]}
+
+
+def index_speed(recording: Path, bundle: Path, cores: str, minutes: float) -> dict:
+    import re
+
+    with tempfile.TemporaryDirectory(prefix="cvahash-bench-") as tmp:
+        cmd = pin([sys.executable, "-m", "cvahash", "index", str(recording), "--db",
+                   str(Path(tmp) / "db"), "--bundle", str(bundle), "--quiet"], cores)
+        r = measure_child(cmd, env={"CVAHASH_TIMINGS": "1"})
+    if r["rc"] != 0:
+        raise RuntimeError(f"index failed: {r['err'][-2000:]}")
+    m = re.search(r"front-end ([\d.]+) s, encode ([\d.]+) s, store ([\d.]+) s", r["err"])
+    split = dict(zip(("frontend_s", "encode_s", "store_s"), map(float, m.groups()))) if m else {}
+    audio_s = minutes * 60
+    return {"wall_s": r["wall"], "rss": r["rss"], "x_realtime": audio_s / r["wall"],
+            "windows": int(audio_s / WINDOW_S), **split, "summary": r["err"].strip()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", required=True, type=Path, help="where the bundle, store and "
+                    "recording are kept between runs")
+    ap.add_argument("--rows", type=int, default=10_000_000, help="windows in the store")
+    ap.add_argument("--bits", type=int, default=64)
+    ap.add_argument("--index-minutes", type=float, default=120.0)
+    ap.add_argument("--cores", default="0,1", help="taskset core list for the timed commands")
+    ap.add_argument("--threads", type=int, default=2, help="threads for the warm latency")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    bundle = args.cache / f"bundle-full-int8-{args.bits}"
+    if not (bundle / "manifest.json").is_file():
+        log(f"building {bundle}")
+        build_full_bundle(bundle, args.bits)
+    from cvahash.bundle import ModelBundle
+
+    fingerprint = ModelBundle.open(bundle).fingerprint
+    store = args.cache / f"store-{args.rows}-{args.bits}-{fingerprint}"
+    if not store.is_dir():
+        log(f"building {store}")
+        build_store(store, args.rows, args.bits, fingerprint)
+    recording = args.cache / f"recording-{args.index_minutes:g}min.wav"
+    if not recording.is_file():
+        log(f"writing {recording}")
+        build_recording(recording, args.index_minutes)
+
+    results = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or ''}"
+                   f" {_cpu_model()}, Python {platform.python_version()}",
+        "bundle": str(bundle), "bundle_bytes": sum(p.stat().st_size for p in bundle.iterdir()),
+        "rows": args.rows, "bits": args.bits, "cores": args.cores,
+    }
+    log("cold search")
+    results["cold_search"] = cold_search(store, bundle, args.repeats, args.cores)
+    log("warm latency")
+    results["warm"] = warm_latency(store, bundle, 20, args.threads)
+    log("indexing")
+    results["index"] = index_speed(recording, bundle, args.cores, args.index_minutes)
+
+    c, w, ix = results["cold_search"], results["warm"], results["index"]
+    print(f"machine: {results['machine']}")
+    print(f"store: {args.rows} windows x {args.bits} bits; bundle {results['bundle_bytes'] / 1e6:.0f}"
+          f" MB int8 (random weights); timed commands pinned to cores {args.cores}")
+    print("| measurement | result | target |")
+    print("|---|---|---|")
+    print(f"| `cvahash search` cold, process start to printed results | median "
+          f"{statistics.median(c['wall_s']):.2f} s (runs: "
+          f"{', '.join(f'{x:.2f}' for x in c['wall_s'])}) | - |")
+    print(f"| warm query latency (text encode + search) | {w['total_ms']:.1f} ms "
+          f"({w['encode_ms']:.1f} + {w['search_ms']:.1f}) | - |")
+    print(f"| peak RSS of `search` | {max(c['rss']) / 2**20:.0f} MiB | <= 350 MB |")
+    print(f"| indexing speed ({args.index_minutes:g} min file, {ix['windows']} windows) | "
+          f"{ix['x_realtime']:.0f}x real time ({ix['wall_s']:.0f} s; front-end "
+          f"{ix.get('frontend_s', float('nan')):.0f} s, ONNX {ix.get('encode_s', float('nan')):.0f}"
+          f" s, store {ix.get('store_s', float('nan')):.1f} s) | >= 200x |")
+    print(f"| peak RSS of `index` | {ix['rss'] / 2**20:.0f} MiB | - |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
