@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from cvahash.errors import AudioError, CvahashError
 from cvahash.export.progress import Progress
 

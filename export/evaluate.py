@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from cvahash.export import metrics
 from cvahash.export.data import log_mel_features, read_manifest, select_split
 from cvahash.export.run import load_run

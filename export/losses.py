@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from cvahash.export.model import sign_ste
+from torch import nn
 
 OBJECTIVES = ("crovca", "contrastive", "clip")
 

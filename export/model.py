@@ -25,10 +25,9 @@ import copy
 from pathlib import Path
 
 import torch
+from cvahash.errors import CvahashError
 from torch import nn
 from transformers import ClapConfig, ClapModel
-
-from cvahash.errors import CvahashError
 
 HEAD_TYPES = ("crovca", "seed")
 LORA_TARGETS = ("query", "value")
@@ -50,16 +49,17 @@ def tiny_clap_config(vocab_size: int = 1000, **overrides) -> ClapConfig:
     defaults, and any other ClapConfig field (``projection_dim``...). HTSAT needs
     ``spec_size`` 256 for 1001 x 64 log-mel input; the audio input stays (B, 1, 1001, 64).
     """
-    text = dict(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=130, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    audio = dict(
-        spec_size=256, num_mel_bins=64, window_size=8, patch_size=8, patch_stride=(8, 8),
-        patch_embeds_hidden_size=16, depths=(1, 1), num_attention_heads=(2, 2),
-        hidden_size=32, enable_fusion=False, hidden_dropout_prob=0.0,
-    )
+    text = {
+        "vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 130,
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+    }
+    audio = {
+        "spec_size": 256, "num_mel_bins": 64, "window_size": 8, "patch_size": 8,
+        "patch_stride": (8, 8), "patch_embeds_hidden_size": 16, "depths": (1, 1),
+        "num_attention_heads": (2, 2), "hidden_size": 32, "enable_fusion": False,
+        "hidden_dropout_prob": 0.0,
+    }
     text.update(overrides.pop("text_config", None) or {})
     audio.update(overrides.pop("audio_config", None) or {})
     # HTSAT's final width is patch_embeds_hidden_size * 2**(stages-1); keep them in step.
@@ -70,7 +70,7 @@ def tiny_clap_config(vocab_size: int = 1000, **overrides) -> ClapConfig:
 
 def full_size_clap_config() -> ClapConfig:
     """The laion/clap-htsat-unfused shape (153.5M parameters), for timing with random weights."""
-    return ClapConfig(audio_config=dict(enable_fusion=False))
+    return ClapConfig(audio_config={"enable_fusion": False})
 
 
 def reinit_weights(model: nn.Module, seed: int) -> nn.Module:

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
 from cvahash.export.model import HashingModel, ModelLoadError
 
 RUN_FORMAT = 1

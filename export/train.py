@@ -24,13 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from cvahash.export.data import log_mel_features, read_manifest, select_split
 from cvahash.export.losses import make_objective
 from cvahash.export.model import HashingModel, build_tiny_clap, load_clap
 from cvahash.export.progress import Progress
-from cvahash.export.run import (RunConfig, build_model, load_checkpoint, read_run_config,
-                                save_run)
+from cvahash.export.run import RunConfig, build_model, load_checkpoint, read_run_config, save_run
 from cvahash.export.tokenizer import tokenize, train_caption_tokenizer
 
 
@@ -44,6 +42,9 @@ class TrainOptions:
     stop_after_steps: int | None = None  # checkpoint and return after this global step
     progress: bool = True
     tiny_vocab_size: int = 1000
+    # Runs without LoRA train heads on frozen-encoder embeddings. Pass one dict to several
+    # train() calls (a benchmark grid) and the embeddings are computed once per base model.
+    embedding_cache: dict | None = None
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -225,8 +226,13 @@ def train(config: RunConfig, manifest: str | Path, run_dir: str | Path,
 
     cached = None
     if config.objective != "clip" and not config.lora_rank:
-        cached = encode_all(model, features, input_ids, attention_mask, device,
-                            progress=options.progress)
+        key = (config.model, str(getattr(features, "filename", id(features))),
+               config.text_max_length, config.text_padding, str(device))
+        memo = options.embedding_cache if options.embedding_cache is not None else {}
+        if key not in memo:
+            memo[key] = encode_all(model, features, input_ids, attention_mask, device,
+                                   progress=options.progress)
+        cached = memo[key]
 
     use_amp = device.type == "cuda" and config.amp
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16

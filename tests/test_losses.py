@@ -7,8 +7,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from cvahash.export.losses import (ClipLoss, ContrastiveHashLoss, CroVCALoss, coding_rate,
-                                   make_objective)
+from cvahash.export.losses import (
+    ClipLoss,
+    ContrastiveHashLoss,
+    CroVCALoss,
+    coding_rate,
+    make_objective,
+)
 from cvahash.export.model import sign_ste
 
 

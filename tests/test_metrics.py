@@ -2,10 +2,16 @@
 
 import numpy as np
 import pytest
-
-from cvahash.export.metrics import (average_precision_at_k, cosine_similarities,
-                                    hamming_distances, precision_at_k, rank_by_distance,
-                                    relevance_matrix, rerank, retrieval_scores)
+from cvahash.export.metrics import (
+    average_precision_at_k,
+    cosine_similarities,
+    hamming_distances,
+    precision_at_k,
+    rank_by_distance,
+    relevance_matrix,
+    rerank,
+    retrieval_scores,
+)
 
 
 def test_ap_at_k_hand_computed():

@@ -13,11 +13,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 sf = pytest.importorskip("soundfile")
 
-from cvahash.export.data import ManifestError, log_mel_features, read_manifest  # noqa: E402
-from cvahash.export.model import HashingModel, build_tiny_clap  # noqa: E402
-from cvahash.export.run import RunConfig, load_checkpoint, load_run  # noqa: E402
-from cvahash.export.tokenizer import tokenize, train_caption_tokenizer  # noqa: E402
-from cvahash.export.train import TrainOptions, train  # noqa: E402
+from cvahash.export.data import ManifestError, log_mel_features, read_manifest
+from cvahash.export.model import HashingModel, build_tiny_clap
+from cvahash.export.run import RunConfig, load_checkpoint, load_run
+from cvahash.export.tokenizer import tokenize, train_caption_tokenizer
+from cvahash.export.train import TrainOptions, train
 
 CLASSES = {
     "tone": ["a steady high tone", "pure whistle tone", "high pitched beep"],
@@ -60,8 +60,8 @@ def corpus(tmp_path_factory):
 
 
 def small_config(**kw):
-    base = dict(model="tiny", bits=16, epochs=2, warmup_epochs=1, batch_size=8,
-                text_max_length=16, lora_rank=4, seed=3)
+    base = {"model": "tiny", "bits": 16, "epochs": 2, "warmup_epochs": 1, "batch_size": 8,
+            "text_max_length": 16, "lora_rank": 4, "seed": 3}
     base.update(kw)
     return RunConfig(**base)
 
@@ -107,8 +107,8 @@ def test_manifest_errors_name_the_line(tmp_path, corpus):
 
 
 def test_feature_cache_is_reused_and_matches_the_frontend(tmp_path, corpus):
-    from cvahash.frontend import log_mel
     from cvahash.export.data import load_audio
+    from cvahash.frontend import log_mel
 
     entries = read_manifest(corpus)[:3]
     first = log_mel_features(entries, tmp_path, progress=False)

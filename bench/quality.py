@@ -1,0 +1,164 @@
+"""Retrieval quality of CVA-Hash on the synthetic corpus: binary codes vs continuous embeddings.
+
+    .venv/bin/python bench/quality.py --out /tmp/cvahash-quality            # full grid
+    .venv/bin/python bench/quality.py --out /tmp/q --n 300 --quick          # smoke run
+    .venv/bin/python bench/quality.py --full-size-step                      # one LoRA step, 153M
+
+1. generate the synthetic corpus (cvahash.export.synth), relevance = sharing a label;
+2. pretrain a tiny CLAP from scratch with the ``clip`` objective (the stand-in foundation
+   model: no pretrained weights here);
+3. train CVA-Hash heads at each bit width, for both objectives (crovca, contrastive),
+   without LoRA (heads only, on embeddings computed once) and with LoRA;
+4. evaluate each on the test split: text->audio mAP@10 with Hamming codes vs cosine of
+   the same encoders, and the pretrained encoders' cosine (how hashing changed the
+   continuous embeddings).
+
+Prints a markdown table and writes results.json, table.md and map_vs_bits.png in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def full_size_step(batch: int = 16, rank: int = 8) -> dict:
+    """Time and peak memory of one LoRA training step of the full-size ClapConfig."""
+    import torch
+    from cvahash.export.losses import make_objective
+    from cvahash.export.model import HashingModel, full_size_clap_config
+    from transformers import ClapModel
+
+    torch.manual_seed(0)
+    model = HashingModel(ClapModel(full_size_clap_config()), bits=64)
+    model.add_lora(rank)
+    model.freeze_base()
+    model.train()
+    model.clap.eval()
+    opt = torch.optim.AdamW([{"params": model.head_parameters(), "lr": 1e-3},
+                             {"params": model.lora_parameters(), "lr": 1e-4}])
+    ids = torch.randint(5, 50000, (batch, 77))
+    mask = torch.ones_like(ids)
+    feats = torch.randn(batch, 1, 1001, 64) * 20 - 40
+    objective = make_objective("crovca")
+    times = []
+    for _ in range(2):  # the first step includes allocator warm-up; report both
+        t0 = time.perf_counter()
+        t, a = model(ids, mask, feats)
+        loss = sum(objective(t, a).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    n_params = sum(p.numel() for p in model.clap.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params": n_params, "trainable": n_train, "batch": batch, "lora_rank": rank,
+            "step_s": times, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "threads": torch.get_num_threads()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="/tmp/cvahash-quality")
+    ap.add_argument("--n", type=int, default=1500, help="clips in the corpus")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
+    ap.add_argument("--objectives", nargs="+", default=["crovca", "contrastive"])
+    ap.add_argument("--lora", type=int, nargs="+", default=[0, 8], help="LoRA ranks (0 = none)")
+    ap.add_argument("--clip-epochs", type=int, default=30)
+    ap.add_argument("--head-epochs", type=int, default=60, help="heads-only runs")
+    ap.add_argument("--lora-epochs", type=int, default=4, help="LoRA runs (1 head-only warm-up)")
+    ap.add_argument("--quick", action="store_true", help="few epochs: checks the pipeline only")
+    ap.add_argument("--full-size-step", action="store_true",
+                    help="only time one LoRA step of the full-size (153M) ClapConfig")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    if args.full_size_step:
+        print(json.dumps(full_size_step(), indent=2))
+        return 0
+    if args.quick:
+        args.clip_epochs, args.head_epochs, args.lora_epochs = 3, 10, 2
+
+    from cvahash.export.evaluate import evaluate_run, format_table, plot_map_vs_bits
+    from cvahash.export.run import RunConfig
+    from cvahash.export.synth import generate_corpus
+    from cvahash.export.train import TrainOptions, train
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    manifest = out / "corpus" / "manifest.jsonl"
+    if not manifest.exists():
+        generate_corpus(out / "corpus", n=args.n, seed=args.seed, workers=min(2, os.cpu_count() or 1))
+    t_corpus = time.monotonic() - t_start
+    print(f"corpus: {t_corpus:.0f}s", file=sys.stderr)
+
+    opts = TrainOptions(progress=sys.stderr.isatty(), embedding_cache={})
+    clip_dir = out / "clip"
+    clip_cfg = RunConfig(model="tiny", objective="clip", lora_rank=0, epochs=args.clip_epochs,
+                         batch_size=64, lr_base=2e-3, text_max_length=32, seed=args.seed)
+    t0 = time.monotonic()
+    train(clip_cfg, manifest, clip_dir, opts)
+    t_clip = time.monotonic() - t0
+    print(f"clip pretraining: {t_clip:.0f}s", file=sys.stderr)
+
+    results, timings = [], {"corpus_s": t_corpus, "clip_pretrain_s": t_clip}
+    for rank in args.lora:
+        for objective in args.objectives:
+            for bits in args.bits:
+                name = f"{objective}-{bits}b-lora{rank}"
+                cfg = RunConfig(model=str(clip_dir), bits=bits, objective=objective,
+                                lora_rank=rank, seed=args.seed, text_max_length=32,
+                                epochs=args.lora_epochs if rank else args.head_epochs,
+                                warmup_epochs=1 if rank else 0, batch_size=64,
+                                lr_head=2e-3, lr_lora=5e-4)
+                t0 = time.monotonic()
+                train(cfg, manifest, out / name, opts)
+                r = evaluate_run(out / name, manifest, progress=False)
+                r["train_s"] = time.monotonic() - t0
+                results.append(r)
+                t2a = r["text_to_audio"]
+                print(f"{name}: binary {t2a['binary']['mAP@10']:.3f} continuous "
+                      f"{t2a['continuous']['mAP@10']:.3f} ({r['train_s']:.0f}s)", file=sys.stderr)
+    timings["total_s"] = time.monotonic() - t_start
+
+    table = markdown_table(results)
+    print(table)
+    (out / "table.md").write_text(table + "\n")
+    (out / "table.txt").write_text(format_table(results) + "\n")
+    plot_map_vs_bits(results, out / "map_vs_bits.png")
+    meta = {"argv": sys.argv, "machine": platform.platform(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "timings": timings,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
+    print(json.dumps(meta, indent=1), file=sys.stderr)
+    return 0
+
+
+def markdown_table(results: list[dict]) -> str:
+    rows = [("| objective | LoRA | bits | binary mAP@10 | continuous mAP@10 | ratio | two-stage "
+             "| pretrained cont. | a->t binary | a->t cont. | train s |"),
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        t, a = r["text_to_audio"], r["audio_to_text"]
+        b, c = t["binary"]["mAP@10"], t["continuous"]["mAP@10"]
+        base = t.get("continuous_base", t["continuous"])["mAP@10"]
+        rows.append(f"| {r['objective']} | {r['lora_rank'] or '-'} | {r['bits']} | {b:.3f} | "
+                    f"{c:.3f} | {b / c if c else float('nan'):.3f} | "
+                    f"{t['two_stage']['mAP@10']:.3f} | {base:.3f} | "
+                    f"{a['binary']['mAP@10']:.3f} | {a['continuous']['mAP@10']:.3f} | "
+                    f"{r['train_s']:.0f} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
