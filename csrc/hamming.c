@@ -26,6 +26,7 @@
 #include "hamming.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -227,87 +228,128 @@ static void scan_rows(topk_t *t, dist_block_fn dist, const uint8_t *q, const uin
     }
 }
 
-/* ------------------------------------------------------------- threads */
+/* ------------------------------------------------------------- threads
+ *
+ * Work is cut into chunks of eligible rows that threads claim from an atomic
+ * counter, so a thread that is slow to start (a busy core on a shared machine, the
+ * capture daemon on a Pi) costs nothing: the caller's thread takes its chunks. Each
+ * thread (slot) keeps its own top-k state per query and claims chunks in increasing
+ * order, so the rows it sees still come in increasing id. The caller never waits for
+ * a helper that has not claimed work: helpers are detached and the search context
+ * is freed by whoever releases it last.
+ */
 
 typedef struct {
     size_t start, end;
 } span_t;
 
 typedef struct {
+    /* set up before any helper starts, read-only afterwards */
     dist_block_fn dist;
-    const uint8_t *queries; /* first query of the group */
-    size_t nq;              /* queries in the group */
+    const uint8_t *queries; /* first query of the group, group * nbytes bytes */
+    size_t group;           /* queries in this pass */
     const uint8_t *codes;
     size_t nbytes;
     const uint8_t *mask;
-    const span_t *spans;
-    size_t nspans;
-    topk_t *states; /* [nq], this thread's */
-} job_t;
+    const span_t *chunks; /* borrowed: freed by the caller after all claims ended */
+    size_t nchunks;
+    topk_t *states; /* [nslots * group]: slot s, query qi at s * group + qi */
+    int nslots;
+    /* shared, atomic */
+    size_t next_chunk;
+    int busy;      /* threads between their first claim and their last */
+    int refs;      /* caller + helpers still holding the context */
+    int next_slot; /* helpers take slots 1, 2, ...; the caller has slot 0 */
+} pass_t;
 
-static void *run_job(void *arg) {
-    job_t *j = arg;
-    size_t tile = TILE_BYTES / j->nbytes;
-    tile = tile < BLOCK ? BLOCK : tile - tile % BLOCK;
-    if (j->nq == 1) tile = SIZE_MAX; /* nothing to reuse: one sweep */
-    for (size_t s = 0; s < j->nspans; s++) {
-        for (size_t t0 = j->spans[s].start; t0 < j->spans[s].end;) {
-            size_t t1 = j->spans[s].end - t0 < tile ? j->spans[s].end : t0 + tile;
-            for (size_t qi = 0; qi < j->nq; qi++)
-                scan_rows(&j->states[qi], j->dist, j->queries + qi * j->nbytes, j->codes,
-                          j->nbytes, j->mask, t0, t1);
-            t0 = t1;
-        }
+static void pass_free(pass_t *p) {
+    for (size_t s = 0; s < (size_t)p->nslots * p->group; s++) free(p->states[s].buf);
+    if (p->states) free(p->states[0].hist); /* one allocation for every histogram */
+    free(p->states);
+    free(p);
+}
+
+static void pass_release(pass_t *p) {
+    if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0) pass_free(p);
+}
+
+static void pass_work(pass_t *p, int slot) {
+    topk_t *st = p->states + (size_t)slot * p->group;
+    /* busy is raised before the first claim: once the caller has seen the chunks
+     * run out and busy == 0, any later claim fails and touches no state. */
+    __atomic_add_fetch(&p->busy, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        size_t c = __atomic_fetch_add(&p->next_chunk, 1, __ATOMIC_SEQ_CST);
+        if (c >= p->nchunks) break;
+        for (size_t qi = 0; qi < p->group; qi++)
+            scan_rows(&st[qi], p->dist, p->queries + qi * p->nbytes, p->codes, p->nbytes, p->mask,
+                      p->chunks[c].start, p->chunks[c].end);
     }
+    __atomic_sub_fetch(&p->busy, 1, __ATOMIC_SEQ_CST);
+}
+
+static void *pass_helper(void *arg) {
+    pass_t *p = arg;
+    int slot = __atomic_add_fetch(&p->next_slot, 1, __ATOMIC_SEQ_CST);
+    if (slot < p->nslots) pass_work(p, slot);
+    pass_release(p);
     return NULL;
 }
 
-/* Splits the eligible spans into `nthreads` contiguous runs of about equal row
- * count. out must hold nspans + nthreads spans; first[t]..first[t+1] indexes
- * thread t's spans. */
-static void split_spans(const span_t *spans, size_t nspans, size_t total, int nthreads,
-                        span_t *out, size_t *first) {
-    size_t per = (total + (size_t)nthreads - 1) / (size_t)nthreads;
-    size_t si = 0, pos = nspans ? spans[0].start : 0, o = 0;
-    for (int t = 0; t < nthreads; t++) {
-        first[t] = o;
-        size_t want = per;
-        while (want > 0 && si < nspans) {
-            if (pos >= spans[si].end) {
-                if (++si < nspans) pos = spans[si].start;
-                continue;
-            }
-            size_t take = spans[si].end - pos < want ? spans[si].end - pos : want;
-            out[o].start = pos;
-            out[o].end = pos + take;
-            o++;
-            pos += take;
-            want -= take;
+/* Runs one pass with nslots - 1 helpers; returns after every claimed chunk is done. */
+static void pass_run(pass_t *p) {
+    pthread_attr_t attr;
+    int have_attr = pthread_attr_init(&attr) == 0 &&
+                    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0;
+    p->refs = 1;
+    for (int t = 1; t < p->nslots && have_attr; t++) {
+        pthread_t tid;
+        __atomic_add_fetch(&p->refs, 1, __ATOMIC_SEQ_CST);
+        if (pthread_create(&tid, &attr, pass_helper, p) != 0) {
+            __atomic_sub_fetch(&p->refs, 1, __ATOMIC_SEQ_CST);
+            break; /* fewer helpers: the caller does their share */
         }
     }
-    first[nthreads] = o;
+    if (have_attr) pthread_attr_destroy(&attr);
+    pass_work(p, 0);
+    while (__atomic_load_n(&p->busy, __ATOMIC_SEQ_CST) != 0) sched_yield();
 }
 
-/* Merges the per-thread candidates of one query (thread order = row order, each
- * buffer in row order) into its first `kk` rows by (distance, id): a stable
- * counting sort by distance. cnt: maxd + 2 scratch. */
-static void merge_query(topk_t *const *states, int nthreads, uint32_t maxd, size_t kk,
-                        size_t *cnt, int32_t *out_d, int64_t *out_i) {
+static int cmp_id(const void *a, const void *b) {
+    int64_t x = ((const cand_t *)a)->id, y = ((const cand_t *)b)->id;
+    return (x > y) - (x < y);
+}
+
+/* Merges every slot's live candidates of one query into its first kk rows by
+ * (distance, id): a counting sort by distance into tmp, then ids sorted within
+ * each distance that reaches the first kk (slots interleave their chunks).
+ * cnt: maxd + 2 scratch; tmp: room for every live candidate. */
+static void merge_query(const pass_t *p, size_t qi, uint32_t maxd, size_t kk, size_t *cnt,
+                        cand_t *tmp, int32_t *out_d, int64_t *out_i) {
     memset(cnt, 0, (maxd + 2) * sizeof(size_t));
-    for (int t = 0; t < nthreads; t++)
-        for (size_t i = 0; i < states[t]->len; i++)
-            if (states[t]->buf[i].d <= states[t]->limit) cnt[states[t]->buf[i].d + 1]++;
+    for (int s = 0; s < p->nslots; s++) {
+        const topk_t *t = &p->states[(size_t)s * p->group + qi];
+        for (size_t i = 0; i < t->len; i++)
+            if (t->buf[i].d <= t->limit) cnt[t->buf[i].d + 1]++;
+    }
     for (uint32_t d = 1; d <= maxd + 1; d++) cnt[d] += cnt[d - 1];
-    for (int t = 0; t < nthreads; t++)
-        for (size_t i = 0; i < states[t]->len; i++) {
-            const cand_t *c = &states[t]->buf[i];
-            if (c->d > states[t]->limit) continue;
-            size_t p = cnt[c->d]++;
-            if (p < kk) {
-                out_d[p] = (int32_t)c->d;
-                out_i[p] = c->id;
-            }
-        }
+    size_t live = cnt[maxd + 1];
+    for (int s = 0; s < p->nslots; s++) {
+        const topk_t *t = &p->states[(size_t)s * p->group + qi];
+        for (size_t i = 0; i < t->len; i++)
+            if (t->buf[i].d <= t->limit) tmp[cnt[t->buf[i].d]++] = t->buf[i];
+    }
+    /* cnt[d] is now the end of distance d's run */
+    size_t start = 0;
+    for (uint32_t d = 0; d <= maxd && start < kk && start < live; d++) {
+        size_t end = cnt[d];
+        if (p->nslots > 1 && end - start > 1) qsort(tmp + start, end - start, sizeof(cand_t), cmp_id);
+        start = end;
+    }
+    for (size_t j = 0; j < kk && j < live; j++) {
+        out_d[j] = (int32_t)tmp[j].d;
+        out_i[j] = tmp[j].id;
+    }
 }
 
 /* threads = 0: every core, but no thread gets fewer than MIN_ROWS_PER_THREAD rows.
@@ -321,40 +363,80 @@ static int choose_threads(int threads, size_t rows) {
     return t;
 }
 
-/* Builds the eligible spans. Returns a malloc'd array (count in *nspans, rows in
- * *total) or NULL on error (*err set). */
-static span_t *make_spans(size_t n, int filter_kind, const int64_t *ranges, size_t nranges,
-                          size_t *nspans, size_t *total, int *err) {
-    size_t cnt = filter_kind == CVH_FILTER_RANGES ? nranges : 1;
-    span_t *s = malloc((cnt ? cnt : 1) * sizeof(span_t));
+/* Cuts the eligible rows (all n, or the given ranges) into chunks of at most
+ * `rows` rows. Returns a malloc'd array (count in *nchunks, eligible rows in
+ * *total) or NULL with *err set. */
+static span_t *make_chunks(size_t n, int filter_kind, const int64_t *ranges, size_t nranges,
+                           size_t rows, size_t *nchunks, size_t *total, int *err) {
+    span_t whole = {0, n};
+    size_t nspans = filter_kind == CVH_FILTER_RANGES ? nranges : 1;
+    *total = 0;
     *err = CVH_OK;
-    if (!s) {
+    int64_t prev = 0;
+    size_t count = 0;
+    for (size_t i = 0; i < nspans; i++) {
+        if (filter_kind == CVH_FILTER_RANGES) {
+            int64_t a = ranges[2 * i], b = ranges[2 * i + 1];
+            if (a < prev || b < a || (uint64_t)b > (uint64_t)n) {
+                *err = CVH_ERR_ARG; /* unsorted, overlapping or out of bounds */
+                return NULL;
+            }
+            prev = b;
+            count += ((size_t)(b - a) + rows - 1) / rows;
+            *total += (size_t)(b - a);
+        } else {
+            count += (n + rows - 1) / rows;
+            *total = n;
+        }
+    }
+    span_t *out = malloc((count ? count : 1) * sizeof(span_t));
+    if (!out) {
         *err = CVH_ERR_NOMEM;
         return NULL;
     }
-    *total = 0;
-    if (filter_kind != CVH_FILTER_RANGES) {
-        s[0].start = 0;
-        s[0].end = n;
-        *nspans = 1;
-        *total = n;
-        return s;
+    size_t o = 0;
+    for (size_t i = 0; i < nspans; i++) {
+        span_t s = filter_kind == CVH_FILTER_RANGES
+                       ? (span_t){(size_t)ranges[2 * i], (size_t)ranges[2 * i + 1]}
+                       : whole;
+        for (size_t a = s.start; a < s.end; a += rows) {
+            out[o].start = a;
+            out[o].end = s.end - a < rows ? s.end : a + rows;
+            o++;
+        }
     }
-    int64_t prev = 0;
-    for (size_t i = 0; i < nranges; i++) {
-        int64_t a = ranges[2 * i], b = ranges[2 * i + 1];
-        if (a < prev || b < a || (uint64_t)b > (uint64_t)n) {
-            free(s);
-            *err = CVH_ERR_ARG;
+    *nchunks = o;
+    return out;
+}
+
+/* Allocates a pass for `group` queries and nslots threads, states reset. */
+static pass_t *pass_new(size_t group, int nslots, size_t k, uint32_t limit0, uint32_t maxd) {
+    const int within = k == SIZE_MAX;
+    size_t nstates = group * (size_t)nslots;
+    pass_t *p = calloc(1, sizeof(pass_t));
+    if (!p) return NULL;
+    p->group = group;
+    p->nslots = nslots;
+    p->states = calloc(nstates, sizeof(topk_t));
+    uint32_t *hists = within ? NULL : calloc(nstates * (maxd + 1), sizeof(uint32_t));
+    if (!p->states || (!within && !hists)) {
+        free(hists);
+        p->nslots = 0;
+        pass_free(p);
+        return NULL;
+    }
+    for (size_t s = 0; s < nstates; s++) {
+        topk_t *st = &p->states[s];
+        st->limit = limit0;
+        st->k = k;
+        st->hist = within ? NULL : hists + s * (maxd + 1);
+        st->cap = within ? 0 : 3 * k + 64;
+        if (st->cap && !(st->buf = malloc(st->cap * sizeof(cand_t)))) {
+            pass_free(p); /* frees hists through states[0].hist */
             return NULL;
         }
-        s[i].start = (size_t)a;
-        s[i].end = (size_t)b;
-        *total += (size_t)(b - a);
-        prev = b;
     }
-    *nspans = nranges;
-    return s;
+    return p;
 }
 
 /* The shared search: k finite -> knn into out_d/out_i (nq * k);
@@ -368,94 +450,67 @@ static int search(int isa, const uint8_t *queries, size_t nq, const uint8_t *cod
     if (nbytes < 1 || nbytes > CVH_MAX_NBYTES || k < 1) return CVH_ERR_ARG;
     if (filter_kind < CVH_FILTER_NONE || filter_kind > CVH_FILTER_RANGES) return CVH_ERR_ARG;
     if (filter_kind == CVH_FILTER_MASK && !mask) return CVH_ERR_ARG;
+    if (filter_kind == CVH_FILTER_RANGES && nranges && !ranges) return CVH_ERR_ARG;
     if (filter_kind != CVH_FILTER_MASK) mask = NULL;
     if (nq == 0) return CVH_OK;
     const uint32_t maxd = (uint32_t)(8 * nbytes);
     const int within = k == SIZE_MAX;
 
-    size_t nspans, total;
-    int err;
-    span_t *spans = make_spans(n, filter_kind, ranges, nranges, &nspans, &total, &err);
-    if (!spans) return err;
-    if (!within && k > total) {
-        free(spans);
-        return CVH_ERR_ARG; /* caller must pass min(k, eligible) */
-    }
-    int nthreads = choose_threads(threads, total);
+    /* Count eligible rows first (chunk size depends on it). */
+    size_t nchunks, total;
+    int rc;
+    span_t *chunks = make_chunks(n, filter_kind, ranges, nranges, SIZE_MAX / 2, &nchunks, &total, &rc);
+    if (!chunks) return rc;
+    free(chunks);
+    if (!within && k > total) return CVH_ERR_ARG; /* caller passes min(k, eligible) */
+    int nslots = choose_threads(threads, total);
 
-    /* Queries per group: bounded by MAX_GROUP and by state memory. */
+    /* One query: chunks big enough to amortise the claim, small enough to balance.
+     * Many queries: a chunk is a tile that stays in L2 while the group runs over it. */
+    size_t tile = TILE_BYTES / nbytes;
+    size_t rows = nq == 1 ? (size_t)1 << 15 : tile;
+    size_t balance = (total + (size_t)nslots * 4 - 1) / ((size_t)nslots * 4);
+    if (nslots > 1 && rows > balance) rows = balance;
+    rows = rows < BLOCK ? BLOCK : (rows + BLOCK - 1) / BLOCK * BLOCK;
+    chunks = make_chunks(n, filter_kind, ranges, nranges, rows, &nchunks, &total, &rc);
+    if (!chunks) return rc;
+
+    /* Queries per pass: bounded by MAX_GROUP and by state memory. */
     size_t state_bytes = within ? 1024 * sizeof(cand_t)
                                 : (maxd + 1) * sizeof(uint32_t) + (3 * k + 64) * sizeof(cand_t);
-    size_t group = GROUP_STATE_BYTES / (state_bytes * (size_t)nthreads);
+    size_t group = GROUP_STATE_BYTES / (state_bytes * (size_t)nslots);
     if (group > MAX_GROUP) group = MAX_GROUP;
     if (group < 1) group = 1;
     if (group > nq) group = nq;
 
-    size_t nstates = group * (size_t)nthreads;
-    span_t *tspans = malloc((nspans + (size_t)nthreads) * sizeof(span_t));
-    size_t *first = malloc(((size_t)nthreads + 1) * sizeof(size_t));
-    topk_t *states = calloc(nstates, sizeof(topk_t));
-    uint32_t *hists = within ? NULL : malloc(nstates * (maxd + 1) * sizeof(uint32_t));
-    job_t *jobs = malloc((size_t)nthreads * sizeof(job_t));
-    pthread_t *tids = malloc((size_t)nthreads * sizeof(pthread_t));
-    topk_t **qstates = malloc((size_t)nthreads * sizeof(topk_t *));
     size_t *cnt = malloc((maxd + 2) * sizeof(size_t));
-    int rc = CVH_OK;
-    if (!tspans || !first || !states || (!within && !hists) || !jobs || !tids || !qstates || !cnt) {
-        rc = CVH_ERR_NOMEM;
-        goto done;
-    }
-    split_spans(spans, nspans, total, nthreads, tspans, first);
-    for (size_t s = 0; s < nstates; s++) {
-        states[s].cap = within ? 0 : 3 * k + 64;
-        if (states[s].cap) {
-            states[s].buf = malloc(states[s].cap * sizeof(cand_t));
-            if (!states[s].buf) {
-                rc = CVH_ERR_NOMEM;
-                goto done;
-            }
-        }
-        states[s].hist = within ? NULL : hists + s * (maxd + 1);
-    }
-
+    rc = cnt ? CVH_OK : CVH_ERR_NOMEM;
     for (size_t g0 = 0; g0 < nq && rc == CVH_OK; g0 += group) {
         size_t gn = nq - g0 < group ? nq - g0 : group;
-        for (int t = 0; t < nthreads; t++) {
-            for (size_t qi = 0; qi < gn; qi++) {
-                topk_t *st = &states[(size_t)t * group + qi];
-                st->limit = limit0;
-                st->below = 0;
-                st->k = k;
-                st->len = 0;
-                st->err = CVH_OK;
-                if (st->hist) memset(st->hist, 0, (maxd + 1) * sizeof(uint32_t));
-            }
-            jobs[t] = (job_t){dist, queries + g0 * nbytes, gn, codes, nbytes, mask,
-                              tspans + first[t], first[t + 1] - first[t], &states[(size_t)t * group]};
+        pass_t *p = pass_new(gn, nslots, k, limit0, maxd);
+        if (!p) {
+            rc = CVH_ERR_NOMEM;
+            break;
         }
-        int started = 0;
-        for (int t = 1; t < nthreads; t++) {
-            if (pthread_create(&tids[t], NULL, run_job, &jobs[t]) != 0) {
-                rc = CVH_ERR_THREAD;
+        p->dist = dist;
+        p->queries = queries + g0 * nbytes;
+        p->codes = codes;
+        p->nbytes = nbytes;
+        p->mask = mask;
+        p->chunks = chunks;
+        p->nchunks = nchunks;
+        pass_run(p);
+        for (size_t s = 0; s < (size_t)nslots * gn; s++)
+            if (p->states[s].err) rc = p->states[s].err;
+        for (size_t qi = 0; qi < gn && rc == CVH_OK; qi++) {
+            size_t live = 0;
+            for (int s = 0; s < nslots; s++) live += p->states[(size_t)s * gn + qi].len;
+            cand_t *tmp = malloc((live ? live : 1) * sizeof(cand_t));
+            if (!tmp) {
+                rc = CVH_ERR_NOMEM;
                 break;
             }
-            started = t;
-        }
-        if (rc == CVH_OK) run_job(&jobs[0]);
-        for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
-        if (rc != CVH_OK) break;
-        for (size_t s = 0; s < (size_t)nthreads * group; s++)
-            if (states[s].err) rc = states[s].err;
-        if (rc != CVH_OK) break;
-
-        for (size_t qi = 0; qi < gn; qi++) {
-            size_t live = 0;
-            for (int t = 0; t < nthreads; t++) {
-                qstates[t] = &states[(size_t)t * group + qi];
-                live += qstates[t]->len;
-            }
             if (within) {
-                *w_count = live;
                 *w_d = malloc((live ? live : 1) * sizeof(int32_t));
                 *w_i = malloc((live ? live : 1) * sizeof(int64_t));
                 if (!*w_d || !*w_i) {
@@ -464,27 +519,21 @@ static int search(int isa, const uint8_t *queries, size_t nq, const uint8_t *cod
                     *w_d = NULL;
                     *w_i = NULL;
                     rc = CVH_ERR_NOMEM;
-                    break;
+                } else {
+                    merge_query(p, qi, maxd, live, cnt, tmp, *w_d, *w_i);
+                    *w_count = live;
                 }
-                merge_query(qstates, nthreads, maxd, live, cnt, *w_d, *w_i);
             } else {
                 size_t o = (g0 + qi) * k;
-                merge_query(qstates, nthreads, maxd, k, cnt, out_d + o, out_i + o);
+                merge_query(p, qi, maxd, k, cnt, tmp, out_d + o, out_i + o);
             }
+            free(tmp);
         }
+        /* Late helpers may still hold p (they will find no chunk); the last frees it.
+         * Chunks are only read after a successful claim, and none is left. */
+        pass_release(p);
     }
-
-done:
-    if (states)
-        for (size_t s = 0; s < nstates; s++) free(states[s].buf);
-    free(spans);
-    free(tspans);
-    free(first);
-    free(states);
-    free(hists);
-    free(jobs);
-    free(tids);
-    free(qstates);
+    free(chunks);
     free(cnt);
     return rc;
 }
