@@ -139,6 +139,7 @@ class DeviceSource:
         self.callbacks = 0
         self._stream = None
         self._ring: RingBuffer | None = None
+        self._started_once = False
         self.name = str(device)
 
     def _resolve(self) -> None:
@@ -155,6 +156,15 @@ class DeviceSource:
         self.name = info["name"]
 
     def start(self) -> None:
+        if self._started_once:
+            # PortAudio lists devices once, at initialisation: a USB microphone plugged
+            # back in (or a restarted sound server) is only found after a re-init.
+            try:
+                self._sd._terminate()
+                self._sd._initialize()
+            except Exception as exc:
+                log.debug("PortAudio re-initialisation: %s", exc)
+        self._started_once = True
         self._resolve()
         self._ring = RingBuffer(int(self.sample_rate * self.buffer_s), self.channels)
         ring = self._ring

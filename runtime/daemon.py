@@ -342,10 +342,13 @@ class Daemon:
             self.store.flush()
             self._last_flush = now
         if now - self._last_status >= self.cfg.status.interval_s:
+            # Windows per second over at least the last 30 s: with a 5 s hop an
+            # instantaneous rate would flicker between 0 and 1/s.
             t0, n0 = self._rate_mark
-            if now > t0:
-                self.health.windows_per_s = (self.health.windows_total - n0) / (now - t0)
-            self._rate_mark = (now, self.health.windows_total)
+            if now - t0 >= 30 or self.health.windows_per_s == 0.0:
+                self.health.windows_per_s = (self.health.windows_total - n0) / max(now - t0, 1e-9)
+            if now - t0 >= 30:
+                self._rate_mark = (now, self.health.windows_total)
             self._write_status(source)
             self._last_status = now
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ class Watch:
     query: str
     radius: int
     code: np.ndarray  # packed uint8 [nbytes]
-    command: str | None = None
+    command: tuple[str, ...] | None = None  # argv, run without a shell
     cooldown_s: float = 60.0
     last_alert_capture_s: float | None = None  # capture time (POSIX s) of the last alert
 
@@ -96,7 +95,7 @@ class Watchlist:
             try:
                 env = dict(os.environ, CVAHASH_ALERT=line)
                 self._children.append(subprocess.Popen(
-                    shlex.split(w.command), env=env, stdin=subprocess.DEVNULL))
+                    list(w.command), env=env, stdin=subprocess.DEVNULL))
             except OSError as exc:
                 log.error("watch %s: cannot run %r: %s", w.name, w.command, exc)
 
