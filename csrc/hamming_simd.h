@@ -72,22 +72,22 @@ T_AVX2 static unsigned avx2_rows_any(const uint8_t *q, const uint8_t *rows, size
     return mn;
 }
 
-/* 8-byte codes: 16 rows per step, 4 rows per vector. */
+/* 8-byte codes: 16 rows per step, 4 rows per vector. The qword sums are narrowed
+ * with saturating packs (3 instructions for 16 rows) and put back in row order with
+ * one cross-lane permute. */
 T_AVX2 static unsigned avx2_rows8(const uint8_t *q, const uint8_t *rows, size_t nrows, uint16_t *out) {
     const __m256i qv = _mm256_set1_epi64x((long long)load64(q));
-    /* Undo the transpose of avx2_pack4: words (j, m) -> row 4m + j. */
-    const __m256i shuf = _mm256_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15,
-                                          0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15);
+    /* after the packs, dword j of lane 0 holds rows (4j, 4j+1), of lane 1 (4j+2, 4j+3) */
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     __m256i vmin = _mm256_set1_epi16(-1);
     size_t r = 0;
     for (; r + 16 <= nrows; r += 16) {
         const uint8_t *p = rows + r * 8;
-        __m256i v = avx2_pack4(avx2_sad_xor(p, qv), avx2_sad_xor(p + 32, qv), avx2_sad_xor(p + 64, qv),
-                               avx2_sad_xor(p + 96, qv));
+        __m256i a = _mm256_packus_epi32(avx2_sad_xor(p, qv), avx2_sad_xor(p + 32, qv));
+        __m256i b = _mm256_packus_epi32(avx2_sad_xor(p + 64, qv), avx2_sad_xor(p + 96, qv));
+        __m256i v = _mm256_packus_epi32(a, b);
         vmin = _mm256_min_epu16(vmin, v); /* order does not matter for the minimum */
-        v = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, shuf), perm);
-        _mm256_storeu_si256((__m256i *)(out + r), v);
+        _mm256_storeu_si256((__m256i *)(out + r), _mm256_permutevar8x32_epi32(v, perm));
     }
     unsigned mn = hmin_u16x8(_mm_min_epu16(_mm256_castsi256_si128(vmin), _mm256_extracti128_si256(vmin, 1)));
     if (r < nrows) {
@@ -97,25 +97,31 @@ T_AVX2 static unsigned avx2_rows8(const uint8_t *q, const uint8_t *rows, size_t 
     return mn;
 }
 
-/* 16-byte codes: 8 rows per step, 2 rows per vector. */
+/* Byte counts of 4 rows of 16 bytes (2 per vector) -> qword sums of rows
+ * [0, 2, 1, 3]: the two halves of each row are added as bytes (<= 16) first. */
+T_AVX2 static inline __m256i avx2_sum16x4(const uint8_t *p, __m256i qv) {
+    __m256i c0 = avx2_popcnt_bytes(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), qv));
+    __m256i c1 = avx2_popcnt_bytes(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 32)), qv));
+    __m256i halves = _mm256_add_epi8(_mm256_unpacklo_epi64(c0, c1), _mm256_unpackhi_epi64(c0, c1));
+    return _mm256_sad_epu8(halves, _mm256_setzero_si256());
+}
+
+/* 16-byte codes: 16 rows per step, 2 rows per vector. */
 T_AVX2 static unsigned avx2_rows16(const uint8_t *q, const uint8_t *rows, size_t nrows, uint16_t *out) {
     const __m256i qv = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q));
-    __m128i vmin = _mm_set1_epi16(-1);
+    __m256i vmin = _mm256_set1_epi16(-1);
     size_t r = 0;
-    for (; r + 8 <= nrows; r += 8) {
+    for (; r + 16 <= nrows; r += 16) {
         const uint8_t *p = rows + r * 16;
-        __m256i s[4];
-        for (int m = 0; m < 4; m++) {
-            __m256i t = avx2_sad_xor(p + 32 * m, qv);             /* [a0 a1 b0 b1] */
-            s[m] = _mm256_add_epi64(t, _mm256_shuffle_epi32(t, 0x4e)); /* [a a b b] */
-        }
-        __m256i v = avx2_pack4(s[0], s[1], s[2], s[3]);
-        /* low qword of lane 0: rows 0,2,4,6; of lane 1: rows 1,3,5,7 */
-        __m128i w = _mm_unpacklo_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        vmin = _mm_min_epu16(vmin, w);
-        _mm_storeu_si128((__m128i *)(out + r), w);
+        __m256i a = _mm256_packus_epi32(avx2_sum16x4(p, qv), avx2_sum16x4(p + 64, qv));
+        __m256i b = _mm256_packus_epi32(avx2_sum16x4(p + 128, qv), avx2_sum16x4(p + 192, qv));
+        __m256i v = _mm256_packus_epi32(a, b); /* lane 0: even rows, lane 1: odd rows */
+        vmin = _mm256_min_epu16(vmin, v);
+        __m128i even = _mm256_castsi256_si128(v), odd = _mm256_extracti128_si256(v, 1);
+        _mm_storeu_si128((__m128i *)(out + r), _mm_unpacklo_epi16(even, odd));
+        _mm_storeu_si128((__m128i *)(out + r + 8), _mm_unpackhi_epi16(even, odd));
     }
-    unsigned mn = hmin_u16x8(vmin);
+    unsigned mn = hmin_u16x8(_mm_min_epu16(_mm256_castsi256_si128(vmin), _mm256_extracti128_si256(vmin, 1)));
     if (r < nrows) {
         unsigned m2 = avx2_rows_any(q, rows + r * 16, nrows - r, 16, out + r);
         if (m2 < mn) mn = m2;
