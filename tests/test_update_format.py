@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -209,7 +210,6 @@ def body_with(recordings=None, rows=None, clocks=CLOCKS, n=4):
     recordings = base_recs if recordings is None else recordings
     tables = json.dumps({"recordings": recordings, "clocks": clocks}).encode()
     body = codes.tobytes() + rows.tobytes() + tables
-    import hashlib
 
     from cvahash.update_format import update_id_for
     sha = hashlib.sha256(body).hexdigest()
@@ -324,3 +324,34 @@ def test_keygen_files(tmp_path):
     (tmp_path / "short.pub").write_text("cvahash-ed25519 AAAA")
     with pytest.raises(UpdateRejected, match="damaged public key"):
         load_public_key(tmp_path / "short.pub")
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                max_size=4),
+    max_leaves=8)
+HEADER_KEYS = ["update_id", "created", "fingerprint", "bits", "rows", "since", "source",
+               "sections", "body_sha256"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.fixed_dictionaries({k: JSON for k in HEADER_KEYS}), st.binary(max_size=200))
+def test_signed_headers_of_the_right_shape_but_any_values_are_refused(header, body):
+    rejected(sign_raw(KEY, json.dumps(header).encode(), body))
+
+
+@settings(max_examples=150, deadline=None)
+@given(JSON)
+def test_any_tables_under_a_valid_checksum_give_an_update_or_a_reason(tables):
+    codes, rows, _ = make_parts(2)
+    raw = json.dumps(tables).encode()
+    body = codes.tobytes() + rows.tobytes() + raw
+    sha = hashlib.sha256(body).hexdigest()
+    header = {"update_id": "0" * 32, "created": "2026-11-26", "fingerprint": FP, "bits": 64,
+              "rows": 2, "since": None, "source": {},
+              "sections": {"codes": 16, "rows": 60, "tables": len(raw)}, "body_sha256": sha}
+    try:
+        read_update(sign_raw(KEY, json.dumps(header).encode(), body), TRUSTED)
+    except UpdateRejected as exc:
+        assert exc.reason in ("bad-tables", "unsafe-path", "bad-rows")
