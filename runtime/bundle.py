@@ -31,12 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from cvahash.errors import BundleError, InvalidArgument
 
 __all__ = [
-    "FORMAT_VERSION", "MANIFEST_NAME", "BUNDLE_FILES", "ModelBundle", "TokenizedText",
-    "sha256_file", "fingerprint_of", "check_bundle", "pack_codes",
+    "BUNDLE_FILES",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "ModelBundle",
+    "TokenizedText",
+    "check_bundle",
+    "fingerprint_of",
+    "pack_codes",
+    "sha256_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -303,26 +309,31 @@ class ModelBundle:
 
     # -- text
     def _load_tokenizer(self):
-        if self._tokenizer is None:
-            from tokenizers import Tokenizer
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = self._make_tokenizer()
+            return self._tokenizer
 
-            settings = self._manifest["tokenizer"]
-            path = self.path / TOKENIZER_FILE
-            try:
-                tok = Tokenizer.from_file(str(path))
-            except Exception as exc:  # tokenizers raises a plain Exception
-                raise BundleError(f"{path}: the tokenizers package cannot read it ({exc})") from exc
-            tok.no_padding()
-            tok.enable_truncation(max_length=int(settings["max_length"]))
-            if settings.get("padding", "max_length") == "max_length":
-                tok.enable_padding(pad_id=int(settings.get("pad_id", 1)),
-                                   pad_token=str(settings.get("pad_token", "<pad>")),
-                                   length=int(settings["max_length"]))
-            else:  # "longest": pad to the longest text of the batch
-                tok.enable_padding(pad_id=int(settings.get("pad_id", 1)),
-                                   pad_token=str(settings.get("pad_token", "<pad>")))
-            self._tokenizer = tok
-        return self._tokenizer
+    def _make_tokenizer(self):
+        """tokenizer.json with the manifest's truncation and padding switched on (the saved
+        file carries none; FINDINGS.md)."""
+        from tokenizers import Tokenizer
+
+        settings = self._manifest["tokenizer"]
+        path = self.path / TOKENIZER_FILE
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a plain Exception
+            raise BundleError(f"{path}: the tokenizers package cannot read it ({exc})") from exc
+        pad = {"pad_id": int(settings.get("pad_id", 1)),
+               "pad_token": str(settings.get("pad_token", "<pad>"))}
+        tok.no_padding()
+        tok.enable_truncation(max_length=int(settings["max_length"]))
+        if settings.get("padding", "max_length") == "max_length":
+            tok.enable_padding(length=int(settings["max_length"]), **pad)
+        else:  # "longest": pad to the longest text of the batch
+            tok.enable_padding(**pad)
+        return tok
 
     @staticmethod
     def _check_texts(texts) -> list[str]:
