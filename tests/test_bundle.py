@@ -358,3 +358,22 @@ def test_bundle_loads_without_torch(built, tmp_path):
     assert out.returncode == 0, out.stderr
     expected = ModelBundle.open(built[0]).encode_text(["owl hoot"]).tolist()
     assert json.loads(out.stdout.strip()) == expected
+
+
+@pytest.mark.parametrize("name, call", [
+    ("tokenizer.json", lambda b: b.encode_text(["owl"])),
+    ("text.onnx", lambda b: b.encode_text(["owl"])),
+    ("audio.onnx", lambda b: b.encode_audio(_features(1))),
+])
+def test_unloadable_file_with_valid_hash_names_the_file(copy, name, call):
+    """A bundle written with a broken file (hashes match it) fails on use, naming it."""
+    from cvahash.export.bundle_writer import write_manifest
+
+    (copy / name).write_bytes(b"this is not what it should be")
+    fields = json.loads((copy / MANIFEST_NAME).read_text())
+    for key in ("files", "fingerprint", "format_version"):
+        fields.pop(key)
+    write_manifest(copy, fields)
+    bundle = ModelBundle.open(copy)  # hashes are fine
+    with pytest.raises(BundleError, match=name.replace(".", "[.]")):
+        call(bundle)
