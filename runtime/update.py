@@ -179,9 +179,6 @@ def _collect(store: CodeStore, since_s: float | None, root):
     nbytes = (store.bits + 7) // 8
     codes = np.concatenate(code_parts) if code_parts else np.zeros((0, nbytes), np.uint8)
     rows = np.concatenate(row_parts) if row_parts else np.zeros(0, ROW_DTYPE)
-    if len(rows) and (rows["offset_s"] < 0).any():
-        raise CvahashError("the store has windows with negative offsets, which updates "
-                           "cannot carry")
     return codes, rows, recordings, list(clock_index)
 
 

@@ -562,8 +562,8 @@ def _check_rows(rows: np.ndarray, nrecordings: int, nclocks: int,
         raise bad(f"a row refers to clock source {int(rows['clock'].max())}, "
                   f"but there are {nclocks}")
     offset, length, capture = rows["offset_s"], rows["length_s"], rows["capture_utc"]
-    if not (np.isfinite(offset).all() and (offset >= 0).all()):
-        raise bad("offset_s must be finite and >= 0")
+    if not np.isfinite(offset).all():
+        raise bad("offset_s must be finite")
     if not (np.isfinite(length).all() and (length > 0).all()):
         raise bad("length_s must be finite and > 0")
     if not np.isfinite(capture).all():
