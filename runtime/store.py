@@ -156,7 +156,7 @@ class CodeStore(StoreReading, StoreUpkeep):
             conn.executemany("INSERT INTO store_info VALUES (?, ?)", [
                 ("schema_version", SCHEMA_VERSION), ("store_id", store_id.hex),
                 ("bits", int(bits)), ("fingerprint", fingerprint), ("generation", 0),
-                ("committed_rows", 0), ("version", 0), ("layout", 0),
+                ("committed_rows", 0), ("forgotten_rows", 0), ("version", 0), ("layout", 0),
                 ("created_utc", time.time())])
             conn.execute("COMMIT")
         finally:
@@ -211,7 +211,6 @@ class CodeStore(StoreReading, StoreUpkeep):
         self._pending_segs: list[Segment] = []
         self._pending_rows = 0
         self._pending_since: float | None = None
-        self._extends_row: int | None = None   # committed segment the first pending one grows
         self._version = None
         self._layout = None
         self._generation = None
@@ -254,7 +253,7 @@ class CodeStore(StoreReading, StoreUpkeep):
     def _check_info(self, info: dict) -> None:
         where = self.directory / META_FILE
         needed = ("schema_version", "store_id", "bits", "fingerprint", "generation",
-                  "committed_rows", "version", "layout")
+                  "committed_rows", "forgotten_rows", "version", "layout")
         missing = [k for k in needed if k not in info]
         if missing:
             raise StoreCorrupt(f"{where} lacks store_info keys {missing}; it is not a complete "
@@ -267,7 +266,8 @@ class CodeStore(StoreReading, StoreUpkeep):
             raise StoreError(f"{where} has schema version {schema}, this cvahash uses "
                              f"{SCHEMA_VERSION}; upgrade it once with "
                              f"CodeStore.migrate({str(self.directory)!r}) (back it up first)")
-        for key in ("bits", "generation", "committed_rows", "version", "layout"):
+        for key in ("bits", "generation", "committed_rows", "forgotten_rows", "version",
+                    "layout"):
             if not isinstance(info[key], int) or info[key] < 0:
                 raise StoreCorrupt(f"{where}: store_info {key} is {info[key]!r}")
 
@@ -281,8 +281,14 @@ class CodeStore(StoreReading, StoreUpkeep):
                 p.unlink()
 
     # ------------------------------------------------------------------ state
-    def _refresh(self, force: bool = False, opening: bool = False) -> None:
-        """Bring the cached committed state up to date with SQLite (cheap when unchanged)."""
+    def _refresh(self, force: bool = False, opening: bool = False, wrote: bool = False) -> None:
+        """Bring the cached committed state up to date with SQLite (cheap when unchanged).
+
+        The writer holds the lock, so only its own writes (``wrote``) change the store:
+        it skips the version query otherwise; readers run it before every search.
+        """
+        if self.mode == "a" and not (force or wrote):
+            return
         conn = self._conn
         with sql_errors(self.directory / META_FILE, "read the store's state"):
             if not force:
@@ -298,6 +304,7 @@ class CodeStore(StoreReading, StoreUpkeep):
                 incremental = (not force and info["layout"] == self._layout
                                and info["generation"] == self._generation)
                 self._segments.load(conn, committed, incremental)
+                self._segments.check_forgotten(committed, info["forgotten_rows"])
             finally:
                 if conn.in_transaction:
                     conn.execute("COMMIT")
@@ -387,7 +394,8 @@ class CodeStore(StoreReading, StoreUpkeep):
                          (rows,))
             conn.execute("DELETE FROM recordings WHERE id NOT IN "
                          "(SELECT DISTINCT recording FROM segments)")
-            self._bump(conn, committed_rows=rows, layout=True)
+            (live,) = conn.execute("SELECT COALESCE(SUM(n_rows), 0) FROM segments").fetchone()
+            self._bump(conn, committed_rows=rows, layout=True, forgotten=rows - live)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -395,8 +403,11 @@ class CodeStore(StoreReading, StoreUpkeep):
             raise
 
     def _bump(self, conn, committed_rows: int, layout: bool = False,
-              generation: int | None = None) -> None:
+              generation: int | None = None, forgotten: int | None = None) -> None:
+        """Record a new committed state (inside the caller's transaction)."""
         updates = [("committed_rows", committed_rows)]
+        if forgotten is not None:
+            updates.append(("forgotten_rows", forgotten))
         if generation is not None:
             updates.append(("generation", generation))
         conn.executemany("UPDATE store_info SET value = ? WHERE key = ?",
@@ -541,9 +552,8 @@ class CodeStore(StoreReading, StoreUpkeep):
                     self._pending_segs.append(seg)
                 elif self._pending_segs:
                     self._pending_segs[-1] = grown
-                else:
+                else:       # grows the committed tail: its row is replaced at commit
                     self._pending_segs.append(grown)
-                    self._extends_row = grown.first_row
             if len(arr):
                 self._pending_codes.append(np.array(arr, dtype=np.uint8, order="C", copy=True))
             self._pending_rows += len(arr)
@@ -619,8 +629,8 @@ class CodeStore(StoreReading, StoreUpkeep):
             raise db_failure(e, self.directory / META_FILE, "commit appended rows",
                              f"; {n} appended rows are still buffered, flush() retries") from e
         self._pending_codes, self._pending_segs = [], []
-        self._pending_rows, self._pending_since, self._extends_row = 0, None, None
-        self._refresh()
+        self._pending_rows, self._pending_since = 0, None
+        self._refresh(wrote=True)
 
     def _raise_write_error(self, e: OSError, path: Path):
         if e.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -20,6 +20,7 @@ database is refused instead of returning wrong metadata.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import struct
 import zlib
@@ -97,11 +98,16 @@ def _crc_or_none(fn, *fields):
     try:
         return fn(*fields)
     except (TypeError, ValueError, AttributeError, struct.error, OverflowError):
-        return None
+        raise MetadataCorrupt(f"a row holds values of the wrong type: {fields!r}") from None
 
 
 class MetadataCorrupt(Exception):
     """The metadata does not hold together; the message says what is wrong."""
+
+
+_TRANSIENT = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_READONLY",
+              "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_PERM", "SQLITE_NOMEM",
+              "SQLITE_INTERRUPT", "SQLITE_PROTOCOL")
 
 
 def db_failure(e: Exception, db_path, what: str, note: str = "") -> StoreError:
@@ -110,11 +116,11 @@ def db_failure(e: Exception, db_path, what: str, note: str = "") -> StoreError:
     Damage (SQLITE_CORRUPT, NOTADB, undecodable text, failed checksums) is StoreCorrupt;
     a busy, read-only or full database is a plain StoreError.
     """
-    name = getattr(e, "sqlite_errorname", "")
-    if (isinstance(e, (UnicodeDecodeError, MetadataCorrupt)) or name in (
-            "SQLITE_CORRUPT", "SQLITE_NOTADB")
-            or (isinstance(e, sqlite3.DatabaseError)
-                and not isinstance(e, sqlite3.OperationalError))):
+    name = getattr(e, "sqlite_errorname", None) or ""
+    # Busy, locked, full, read-only, unopenable or I/O errors may pass; anything else a
+    # database we wrote gives back (malformed pages, undecodable text, a schema without
+    # our columns, failed checksums) is damage.
+    if not name.startswith(_TRANSIENT):
         return StoreCorrupt(f"the metadata database {db_path} is damaged ({e}) while trying "
                             f"to {what}; restore the store from a backup or re-index the "
                             f"recordings{note}")
@@ -154,13 +160,26 @@ class SegmentTable:
         self.clock: list[str] = []
         self.recordings: dict[int, Recording] = {}
         self.rec_ids: dict[tuple[str, str], int] = {}
+        self._live_rows: int | None = None
+        self._columns: dict[str, list] | None = None
+        self._last_capture: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.first_row)
 
     @property
     def live_rows(self) -> int:
-        return int(self.n_rows.sum())
+        if self._live_rows is None:
+            self._live_rows = int(self.n_rows.sum())
+        return self._live_rows
+
+    def columns(self) -> dict[str, list]:
+        """The numeric columns as Python lists (cached until the next load)."""
+        if self._columns is None:
+            self._columns = {name: getattr(self, name).tolist() for name in (
+                "first_row", "n_rows", "rec_id", "first_offset", "hop", "length",
+                "capture_start")}
+        return self._columns
 
     def load(self, conn: sqlite3.Connection, committed_rows: int, incremental: bool) -> None:
         """Read recordings and segments from ``conn`` (inside the caller's read transaction)."""
@@ -198,6 +217,7 @@ class SegmentTable:
         self.length = cat(self.length, cols[5], np.float64)
         self.capture_start = cat(self.capture_start, cols[6], np.float64)
         self.clock = self.clock[:keep] + list(cols[7])
+        self._live_rows = self._columns = self._last_capture = None
         self.validate(committed_rows)
 
     def validate(self, committed_rows: int) -> None:
@@ -218,6 +238,13 @@ class SegmentTable:
         if not np.isin(self.rec_id, known).all():
             raise MetadataCorrupt("a segment points at a recording that does not exist")
 
+    def check_forgotten(self, committed_rows: int, forgotten_rows: int) -> None:
+        """Segments + forgotten rows must account for every committed row: a segment row
+        that vanished from a damaged database shows up here."""
+        if self.live_rows + forgotten_rows != committed_rows:
+            raise MetadataCorrupt(f"segments hold {self.live_rows} rows and {forgotten_rows} "
+                                  f"were forgotten, but {committed_rows} are committed")
+
     def segment(self, i: int) -> Segment:
         return Segment(recording=self.recordings[int(self.rec_id[i])],
                        first_offset_s=float(self.first_offset[i]),
@@ -226,26 +253,32 @@ class SegmentTable:
                        hop_s=float(self.hop[i]), n_rows=int(self.n_rows[i]),
                        clock_source=self.clock[i], first_row=int(self.first_row[i]))
 
-    def locate(self, rows: np.ndarray) -> np.ndarray:
-        """Index of the segment holding each row, -1 for rows no segment holds."""
-        idx = np.searchsorted(self.first_row, rows, side="right") - 1
-        ok = idx >= 0
-        ok[ok] = rows[ok] < self.first_row[idx[ok]] + self.n_rows[idx[ok]]
-        return np.where(ok, idx, -1)
-
     def row_ranges(self, seg_mask: np.ndarray | None = None, since: float | None = None,
                    until: float | None = None) -> np.ndarray:
         """Merged, sorted [start, end) row ranges of the selected segments' windows whose
         capture time lies in [since, until). int64 (r, 2)."""
         sel = np.ones(len(self), bool) if seg_mask is None else seg_mask
+        if since is not None or until is not None:
+            # only segments whose first..last window times meet the interval need the
+            # exact arithmetic below (a day out of a season: a handful)
+            if self._last_capture is None:
+                self._last_capture = self.capture_start + (self.n_rows - 1) * self.hop
+            if since is not None:
+                sel = sel & (self._last_capture >= since)
+            if until is not None:
+                sel = sel & (self.capture_start < until)
         first, n = self.first_row[sel], self.n_rows[sel]
         lo, hi = np.zeros_like(n), n.copy()
         if since is not None or until is not None:
-            cap0, hop = self.capture_start[sel], self.hop[sel]
+            cap0, last, hop = (self.capture_start[sel], self._last_capture[sel],
+                               self.hop[sel])
+            # segments cut by a bound need arithmetic; the rest are wholly in or out
             if since is not None:
-                lo = self._first_at_or_after(cap0, hop, n, since)
+                for i in np.flatnonzero(cap0 < since).tolist():
+                    lo[i] = first_at_or_after(cap0[i], hop[i], n[i], since)
             if until is not None:
-                hi = self._first_at_or_after(cap0, hop, n, until)
+                for i in np.flatnonzero(last >= until).tolist():
+                    hi[i] = first_at_or_after(cap0[i], hop[i], n[i], until)
         keep = hi > lo
         starts, ends = first[keep] + lo[keep], first[keep] + hi[keep]
         if len(starts) == 0:
@@ -257,20 +290,16 @@ class SegmentTable:
         out[:, 1] = ends[np.concatenate([breaks - 1, [len(ends) - 1]])]
         return out
 
-    @staticmethod
-    def _first_at_or_after(cap0, hop, n, t) -> np.ndarray:
-        """Smallest j in [0, n] with cap0 + j*hop >= t (exactly as windows are computed)."""
-        j = np.zeros_like(n)
-        step = hop > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            guess = np.ceil((t - cap0[step]) / hop[step])
-        guess = np.clip(np.nan_to_num(guess, nan=0.0, posinf=2**62, neginf=-1), -1, n[step] + 1)
-        j[step] = guess.astype(np.int64)
-        c, h = cap0[step], hop[step]
-        jj = j[step]
-        # fix the rounding of the division so the answer agrees with cap0 + j*hop >= t
-        jj = np.where((jj > 0) & (c + (jj - 1) * h >= t), jj - 1, jj)
-        jj = np.where(c + jj * h < t, jj + 1, jj)
-        j[step] = jj
-        j[~step] = np.where(cap0[~step] >= t, 0, 1)
-        return np.clip(j, 0, n)
+
+def first_at_or_after(cap0: float, hop: float, n: int, t: float) -> int:
+    """Smallest j in [0, n] with cap0 + j*hop >= t, computed exactly as windows' capture
+    times are (cap0 + j*hop), so a filter and the hits it returns always agree."""
+    cap0, hop, n = float(cap0), float(hop), int(n)
+    if not hop > 0:
+        return 0 if cap0 >= t else n
+    j = min(max(math.ceil((t - cap0) / hop), 0), n)
+    while j > 0 and cap0 + (j - 1) * hop >= t:     # undo the division's rounding
+        j -= 1
+    while j < n and cap0 + j * hop < t:
+        j += 1
+    return j

@@ -6,6 +6,7 @@ only reads the committed state the store keeps (``_segments``, ``_committed``).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 
 import numpy as np
@@ -87,36 +88,45 @@ class StoreReading:
             dist, rows = self.search_rows(queries, k, since=since, until=until,
                                           station=station, recording=recording,
                                           fingerprint=fingerprint, threads=threads)
-            windows = self._windows(rows.ravel())
+            fields = self._window_fields(rows.ravel().tolist())
         out, i = [], 0
-        for qd in dist:
+        for qd in dist.tolist():
             hits = []
             for d in qd:
-                w = windows[i]
-                hits.append(Hit(recording=w.recording, offset_s=w.offset_s,
-                                length_s=w.length_s, capture_utc=w.capture_utc,
-                                clock_source=w.clock_source, row=w.row, distance=int(d)))
+                rec, off, length, cap, clock, row = fields[i]
+                hits.append(Hit(recording=rec, offset_s=off, length_s=length, capture_utc=cap,
+                                clock_source=clock, row=row, distance=d))
                 i += 1
             out.append(hits)
         return out
 
-    def _windows(self, rows: np.ndarray) -> list[Window]:
+    def _window_fields(self, rows: list[int]) -> list[tuple]:
+        """(recording, offset_s, length_s, capture_utc, clock_source, row) of each row.
+
+        Plain Python (bisect) on purpose: for the few rows of a search result it is
+        several times faster than a chain of small numpy operations.
+        """
         t = self._segments
-        rows = np.asarray(rows, np.int64)
-        seg = t.locate(rows)
-        if (seg < 0).any():
-            bad = rows[seg < 0][:5].tolist()
-            raise InvalidArgument(f"rows {bad} of the code store {self.directory} hold no "
-                                  f"window (forgotten, or beyond its {self._committed} rows)")
-        j = rows - t.first_row[seg]
-        hop = t.hop[seg]
-        offsets = (t.first_offset[seg] + j * hop).tolist()
-        captures = (t.capture_start[seg] + j * hop).tolist()
-        lengths, recs = t.length[seg].tolist(), t.rec_id[seg].tolist()
-        return [Window(recording=t.recordings[recs[i]], offset_s=offsets[i],
-                       length_s=lengths[i], capture_utc=captures[i],
-                       clock_source=t.clock[s], row=r)
-                for i, (s, r) in enumerate(zip(seg.tolist(), rows.tolist()))]
+        cols = t.columns()
+        first, n_rows = cols["first_row"], cols["n_rows"]
+        out = []
+        for r in rows:
+            i = bisect.bisect_right(first, r) - 1
+            if i < 0 or r >= first[i] + n_rows[i]:
+                raise InvalidArgument(
+                    f"row {r} of the code store {self.directory} holds no window "
+                    f"(forgotten, or beyond its {self._committed} rows)")
+            j = r - first[i]
+            hop = cols["hop"][i]
+            out.append((t.recordings[cols["rec_id"][i]], cols["first_offset"][i] + j * hop,
+                        cols["length"][i], cols["capture_start"][i] + j * hop, t.clock[i], r))
+        return out
+
+    def _windows(self, rows) -> list[Window]:
+        return [Window(recording=rec, offset_s=off, length_s=length, capture_utc=cap,
+                       clock_source=clock, row=row)
+                for rec, off, length, cap, clock, row in self._window_fields(
+                    np.asarray(rows, np.int64).ravel().tolist())]
 
     def read(self, rows) -> tuple[np.ndarray, list[Window]]:
         """Codes (a copy, uint8 (m, nbytes)) and windows of the given committed rows."""

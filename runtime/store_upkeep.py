@@ -47,13 +47,14 @@ class StoreUpkeep:
                 try:
                     conn.execute(f"DELETE FROM segments WHERE recording IN ({marks})", ids)
                     conn.execute(f"DELETE FROM recordings WHERE id IN ({marks})", ids)
-                    self._bump(conn, self._committed, layout=True)
+                    self._bump(conn, self._committed, layout=True,
+                               forgotten=self._committed - t.live_rows + rows)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-            self._refresh()
+            self._refresh(wrote=True)
             return rows
 
     def compact(self) -> int:
@@ -95,7 +96,7 @@ class StoreUpkeep:
                         conn.execute("UPDATE segments SET first_row = ?, crc = ? WHERE first_row = ?",
                                      (nf, segment_crc(*fields), s.first_row))
                     conn.execute("UPDATE tags SET first_row = NULL, n_rows = NULL")
-                    self._bump(conn, len(keep), layout=True, generation=gen)
+                    self._bump(conn, len(keep), layout=True, generation=gen, forgotten=0)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from cvahash.errors import FingerprintMismatch, InvalidArgument, InvalidCodes, StoreError
 from cvahash.store import CodeStore, Recording, Segment, Window
+from cvahash.store_meta import first_at_or_after
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from oracle import hamming_matrix, knn_reference
 from test_store_support import BASE, BITS, FP, check_rows, row_codes, windows_for
 
@@ -275,3 +278,15 @@ def test_reader_never_sees_a_torn_row(tmp_path):
     t.join(timeout=60)
     writer.close()
     assert not t.is_alive() and problems == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(cap0=st.floats(1e9, 2e9), hop=st.sampled_from([0.1, 0.5, 1 / 3, 2.5, 5.0, 7.3]),
+       n=st.integers(1, 400), frac=st.floats(-0.1, 1.1), nudge=st.sampled_from([0, 1e-7, -1e-7]))
+def test_first_window_at_or_after_matches_per_window_times(cap0, hop, n, frac, nudge):
+    times = [cap0 + j * hop for j in range(n)]
+    t = cap0 + frac * n * hop + nudge
+    if 0 <= frac <= 1:      # also hit exact window times
+        t = times[min(n - 1, int(frac * (n - 1)))] + nudge
+    expected = next((j for j, c in enumerate(times) if c >= t), n)
+    assert first_at_or_after(cap0, hop, n, t) == expected
