@@ -65,7 +65,7 @@ KNOWN_EXECUTION_PROVIDERS = (
     "AzureExecutionProvider",
 )
 PRECISIONS = ("int8", "fp16", "fp32")
-RETENTION_FORMATS = ("flac", "wav")
+RETENTION_FORMATS = ("flac",)  # what cvahash.retention writes
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
