@@ -35,6 +35,7 @@ import numpy as np
 from cvahash import __version__
 from cvahash.errors import CvahashError, FingerprintMismatch, InvalidArgument, StoreError
 from cvahash.store import CodeStore, Recording, Segment
+from cvahash.store_format import fsync_dir
 from cvahash.store_types import GRID_TOLERANCE_S
 from cvahash.update_format import (
     ROW_DTYPE,
@@ -202,7 +203,6 @@ def apply_update(update_file: str | Path, store_dir: str | Path, trusted: list[s
     tag = f"update:{update.update_id}"
 
     store_dir = Path(store_dir)
-    created = False
     if (store_dir / META_FILE).is_file():
         with CodeStore.open(store_dir, "r") as store:  # read-only: refusals change nothing
             update.check_target(store.fingerprint, store.bits)
@@ -211,8 +211,23 @@ def apply_update(update_file: str | Path, store_dir: str | Path, trusted: list[s
         store = CodeStore.open(store_dir, "a", fingerprint=update.fingerprint,
                                bits=update.bits)
     elif create:
-        store = CodeStore.create(store_dir, update.bits, update.fingerprint)
-        created = True
+        if store_dir.exists() and (not store_dir.is_dir() or any(store_dir.iterdir())):
+            raise StoreError(f"{store_dir} exists and is not a code store; give --db an "
+                             "empty or new folder with --create")
+        # A new store is filled under a temporary name and renamed into place, so a cut
+        # leaves no store (as before) or the complete one, never an empty one.
+        tmp = store_dir.parent / f".{store_dir.name}.applying-{uuid.uuid4().hex[:8]}"
+        try:
+            with CodeStore.create(tmp, update.bits, update.fingerprint) as store:
+                added = store.append(update.codes, segments, tag=tag)
+            if store_dir.exists():
+                store_dir.rmdir()
+            os.rename(tmp, store_dir)
+            fsync_dir(store_dir.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return ApplyResult(update.update_id, len(added), False, update.fingerprint, True)
     else:
         raise StoreError(f"{store_dir} is not a code store; pass --create to make a new store "
                          f"for bundle {update.fingerprint} there, or check the --db path")
@@ -223,7 +238,7 @@ def apply_update(update_file: str | Path, store_dir: str | Path, trusted: list[s
     finally:
         store.close()
     return ApplyResult(update.update_id, len(added), len(added) == 0 and update.count > 0,
-                       update.fingerprint, created)
+                       update.fingerprint, False)
 
 
 def segments_of(update: UpdatePackage) -> list[Segment]:

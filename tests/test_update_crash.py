@@ -43,7 +43,7 @@ def announced(self, *args, **kwargs):
 CodeStore.append = announced
 print("go", flush=True)
 t = time.monotonic()
-apply_update(sys.argv[1], sys.argv[2], [sys.argv[3]])
+apply_update(sys.argv[1], sys.argv[2], [sys.argv[3]], create=len(sys.argv) > 4)
 print("done", time.monotonic() - t, time.monotonic() - t_append, flush=True)
 """
 
@@ -90,9 +90,9 @@ def test_sigkill_at_random_points_of_apply(tmp_path):
 
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
 
-    def start(target):
+    def start(target, *create):
         return subprocess.Popen([sys.executable, "-c", CHILD, str(update), str(target),
-                                 str(pub)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 str(pub), *create], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env)
 
     # How long an apply takes here, from the child's "go" to its end.
@@ -127,3 +127,20 @@ def test_sigkill_at_random_points_of_apply(tmp_path):
     print(f"\nSIGKILL outcomes over {KILLS} kills (apply {apply_s:.2f} s, of which "
           f"append {append_s:.2f} s): "
           f"{outcomes.count('before')} before, {outcomes.count('after')} after")
+
+    # --create: the store appears complete or not at all (it is built under a temporary
+    # name); whatever a kill leaves behind, the next apply makes the complete store.
+    for i in range(4):
+        work = tmp_path / f"new{i}"
+        child = start(work, "--create")
+        assert child.stdout.readline().strip() == "go"
+        if i % 2:
+            assert child.stdout.readline().strip() == "append"
+        time.sleep(chooser.uniform(0, append_s * 1.2 if i % 2 else apply_s * 1.1))
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=60)
+        if work.exists():  # the store appeared: then it is complete
+            assert snapshot(work, tag)[1:] == (after[1][5:], True)
+        apply_update(update, work, [pub], create=True)
+        assert snapshot(work, tag)[1:] == (after[1][5:], True)
+        shutil.rmtree(work)
