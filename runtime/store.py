@@ -88,6 +88,7 @@ from .store_meta import (
     db_failure,
     read_info,
     recording_crc,
+    recording_fields,
     segment_crc,
     sql_errors,
 )
@@ -607,7 +608,7 @@ class CodeStore(StoreReading, StoreUpkeep):
                          rec.sample_rate, rec.duration_s))
                     rid = cur.lastrowid
                     conn.execute("UPDATE recordings SET crc = ? WHERE id = ?",
-                                 (recording_crc(rid, rec), rid))
+                                 (recording_crc(rid, *recording_fields(rec)), rid))
                     new_ids[rec.key] = rid
                 for seg in self._pending_segs:
                     rid = rec_ids.get(seg.recording.key, new_ids.get(seg.recording.key))

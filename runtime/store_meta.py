@@ -14,7 +14,8 @@ described by segments (or forgotten), bytes past it are an uncommitted tail.
 ``version`` is bumped by every commit so readers notice changes with one query;
 ``layout`` is bumped when rows are removed or renumbered (forget, compact, recovery),
 which makes readers reload every segment instead of only the new ones.
-Each recording and segment row carries a CRC32 of its fields, so a flipped byte in the
+Each recording row carries a CRC32 and each segment row a 63-bit check value of its fields
+(verified on load, vectorised), so a flipped byte in the
 database is refused instead of returning wrong metadata.
 """
 
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import struct
 import zlib
+from collections.abc import Mapping
 from contextlib import contextmanager
 
 import numpy as np
@@ -75,30 +76,46 @@ _SEG_COLUMNS = ("first_row, n_rows, recording, first_offset_s, hop_s, length_s, 
 _REC_COLUMNS = "id, path, content_hash, station, start_utc, sample_rate, duration_s, crc"
 
 
-def _opt(x) -> bytes:
-    return b"-" if x is None else repr(x).encode()
+def recording_fields(rec: Recording) -> tuple:
+    """A recording's columns in table order (after id)."""
+    return (rec.path, rec.content_hash, rec.station, rec.start_utc, rec.sample_rate,
+            rec.duration_s)
 
 
-def recording_crc(rec_id: int, rec: Recording) -> int:
-    data = b"\x1f".join((str(rec_id).encode(), rec.path.encode(), rec.content_hash.encode(),
-                         rec.station.encode(), _opt(rec.start_utc), _opt(rec.sample_rate),
-                         _opt(rec.duration_s)))
-    return zlib.crc32(data)
+def recording_crc(rec_id, path, content_hash, station, start_utc, sample_rate,
+                  duration_s) -> int:
+    """CRC32 of a recordings row; any type or value change alters it."""
+    text = (f"{rec_id!r}\x1f{path!r}\x1f{content_hash!r}\x1f{station!r}\x1f{start_utc!r}"
+            f"\x1f{sample_rate!r}\x1f{duration_s!r}")
+    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
 
 
-def segment_crc(first_row, n_rows, rec_id, first_offset_s, hop_s, length_s, capture_start_utc,
-                clock_source) -> int:
-    data = struct.pack("<qqqdddd", first_row, n_rows, rec_id, first_offset_s, hop_s, length_s,
-                       capture_start_utc) + clock_source.encode()
-    return zlib.crc32(data)
+_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _crc_or_none(fn, *fields):
-    # a damaged row can hold values of the wrong type; that fails the check too
-    try:
-        return fn(*fields)
-    except (TypeError, ValueError, AttributeError, struct.error, OverflowError):
-        raise MetadataCorrupt(f"a row holds values of the wrong type: {fields!r}") from None
+def segment_hashes(first_row, n_rows, rec_id, first_offset_s, hop_s, length_s,
+                   capture_start_utc, clock_source) -> np.ndarray:
+    """63-bit check values of segment rows, vectorised (arrays or scalars in, int64 out)
+    so that verifying a season of segments on open costs a few numpy passes."""
+    ints = [np.atleast_1d(np.asarray(x, np.int64)).view(np.uint64)
+            for x in (first_row, n_rows, rec_id)]
+    # + 0.0 folds -0.0 into 0.0: SQLite may hand back an integral REAL without its sign
+    floats = [(np.atleast_1d(np.asarray(x, np.float64)) + 0.0).view(np.uint64)
+              for x in (first_offset_s, hop_s, length_s, capture_start_utc)]
+    clocks = [clock_source] if isinstance(clock_source, str) else list(clock_source)
+    crcs = {c: zlib.crc32(c.encode("utf-8", "surrogatepass")) for c in set(clocks)}
+    clock = np.fromiter((crcs[c] for c in clocks), np.uint64, len(clocks))
+    h = np.full(len(clock), 0x243F6A8885A308D3, np.uint64)
+    with np.errstate(over="ignore"):
+        for v in (*ints, *floats, clock):
+            h = (h ^ v) * _MUL
+            h ^= h >> np.uint64(31)
+    return (h >> np.uint64(1)).astype(np.int64)
+
+
+def segment_crc(*fields) -> int:
+    """The check value of one segment row (see segment_hashes)."""
+    return int(segment_hashes(*fields)[0])
 
 
 class MetadataCorrupt(Exception):
@@ -143,6 +160,33 @@ def read_info(conn: sqlite3.Connection) -> dict:
     return dict(conn.execute("SELECT key, value FROM store_info").fetchall())
 
 
+class RecordingTable(Mapping):
+    """id -> Recording, built lazily from the raw rows: opening a season's store does not
+    pay for thousands of objects a search never shows."""
+
+    def __init__(self):
+        self.raw: dict[int, tuple] = {}
+        self._made: dict[int, Recording] = {}
+
+    def __getitem__(self, rec_id: int) -> Recording:
+        rec = self._made.get(rec_id)
+        if rec is None:
+            path, content_hash, station, start, rate, duration = self.raw[rec_id]
+            rec = self._made[rec_id] = Recording(
+                path=path, station=station, start_utc=start, sample_rate=rate,
+                duration_s=duration, content_hash=content_hash)
+        return rec
+
+    def __iter__(self):
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __contains__(self, rec_id) -> bool:
+        return rec_id in self.raw
+
+
 class SegmentTable:
     """Every segment and recording of the committed state, as numpy columns.
 
@@ -158,7 +202,7 @@ class SegmentTable:
         self.length = np.zeros(0, np.float64)
         self.capture_start = np.zeros(0, np.float64)
         self.clock: list[str] = []
-        self.recordings: dict[int, Recording] = {}
+        self.recordings = RecordingTable()
         self.rec_ids: dict[tuple[str, str], int] = {}
         self._live_rows: int | None = None
         self._columns: dict[str, list] | None = None
@@ -190,32 +234,44 @@ class SegmentTable:
             keep = len(self) - 1          # the last segment may have grown: re-read it
             since_row = int(self.first_row[-1])
             since_rec = max(self.recordings, default=-1)
+        raw = self.recordings.raw
         for row in conn.execute(f"SELECT {_REC_COLUMNS} FROM recordings WHERE id > ? "
-                                "ORDER BY id", (since_rec,)):
-            rec_id, path, content_hash, station, start, rate, duration, crc = row
-            rec = Recording(path=path, station=station, start_utc=start, sample_rate=rate,
-                            duration_s=duration, content_hash=content_hash)
-            if _crc_or_none(recording_crc, rec_id, rec) != crc:
-                raise MetadataCorrupt(f"recording {rec_id} ({path!r}) fails its checksum")
-            self.recordings[rec_id] = rec
-            self.rec_ids[rec.key] = rec_id
+                                "ORDER BY id", (since_rec,)).fetchall():
+            rec_id, fields, crc = row[0], row[1:7], row[7]
+            try:
+                ok = recording_crc(rec_id, *fields) == crc and isinstance(fields[0], str) \
+                    and isinstance(fields[1], str)
+            except (TypeError, ValueError, UnicodeError):
+                ok = False
+            if not ok:
+                raise MetadataCorrupt(f"recording {rec_id!r} ({fields[0]!r}) fails its checksum")
+            raw[rec_id] = fields
+            self.rec_ids[(fields[0], fields[1])] = rec_id
         rows = conn.execute(f"SELECT {_SEG_COLUMNS} FROM segments WHERE first_row >= ? "
                             "ORDER BY first_row", (since_row,)).fetchall()
-        for r in rows:
-            if _crc_or_none(segment_crc, *r[:8]) != r[8]:
-                raise MetadataCorrupt(f"segment at row {r[0]} fails its checksum")
         cols = list(zip(*rows)) if rows else [()] * 9
+        try:
+            new = [np.asarray(cols[i], dtype) for i, dtype in enumerate(
+                (np.int64, np.int64, np.int64, np.float64, np.float64, np.float64, np.float64))]
+            if not all(isinstance(c, str) for c in cols[7]):
+                raise TypeError("clock_source is not text")
+            bad = np.flatnonzero(segment_hashes(*new, cols[7])
+                                 != np.asarray(cols[8], np.int64))
+        except (TypeError, ValueError, OverflowError):
+            raise MetadataCorrupt("a segment row holds values of the wrong type") from None
+        if len(bad):
+            raise MetadataCorrupt(f"the segment at row {rows[bad[0]][0]!r} fails its checksum")
 
-        def cat(old, new, dtype):
-            return np.concatenate([old[:keep], np.asarray(new, dtype=dtype)])
+        def cat(old, i):
+            return np.concatenate([old[:keep], new[i]])
 
-        self.first_row = cat(self.first_row, cols[0], np.int64)
-        self.n_rows = cat(self.n_rows, cols[1], np.int64)
-        self.rec_id = cat(self.rec_id, cols[2], np.int64)
-        self.first_offset = cat(self.first_offset, cols[3], np.float64)
-        self.hop = cat(self.hop, cols[4], np.float64)
-        self.length = cat(self.length, cols[5], np.float64)
-        self.capture_start = cat(self.capture_start, cols[6], np.float64)
+        self.first_row = cat(self.first_row, 0)
+        self.n_rows = cat(self.n_rows, 1)
+        self.rec_id = cat(self.rec_id, 2)
+        self.first_offset = cat(self.first_offset, 3)
+        self.hop = cat(self.hop, 4)
+        self.length = cat(self.length, 5)
+        self.capture_start = cat(self.capture_start, 6)
         self.clock = self.clock[:keep] + list(cols[7])
         self._live_rows = self._columns = self._last_capture = None
         self.validate(committed_rows)

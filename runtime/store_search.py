@@ -36,15 +36,15 @@ class StoreReading:
             ok = np.ones(len(t), bool)
             if station is not None:
                 stations = {station} if isinstance(station, str) else set(station)
-                ids = [i for i, r in t.recordings.items() if r.station in stations]
+                ids = [i for i, r in t.recordings.raw.items() if r[2] in stations]
                 ok &= np.isin(t.rec_id, np.asarray(ids, np.int64))
             if recording is not None:
                 wanted = ({recording} if isinstance(recording, (str, Recording))
                           else set(recording))
                 paths = {w.path if isinstance(w, Recording) else str(w) for w in wanted}
                 keys = {w.key for w in wanted if isinstance(w, Recording)}
-                ids = [i for i, r in t.recordings.items()
-                       if (r.key in keys if keys else r.path in paths)]
+                ids = [i for i, r in t.recordings.raw.items()
+                       if ((r[0], r[1]) in keys if keys else r[0] in paths)]
                 ok &= np.isin(t.rec_id, np.asarray(ids, np.int64))
             seg_mask = ok
         elif since is None and until is None and t.live_rows == n:
@@ -165,7 +165,7 @@ class StoreReading:
             sizes = {p.name: p.stat().st_size for p in files if p.exists()}
             stations: dict[str, int] = {}
             for rid, n in zip(t.rec_id.tolist(), t.n_rows.tolist()):
-                name = t.recordings[rid].station
+                name = t.recordings.raw[rid][2]
                 stations[name] = stations.get(name, 0) + n
             if len(t):
                 last = t.capture_start + (t.n_rows - 1) * t.hop

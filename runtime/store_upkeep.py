@@ -18,7 +18,7 @@ from .store_format import (
     fsync_dir,
     write_new_code_file,
 )
-from .store_meta import segment_crc, sql_errors
+from .store_meta import segment_hashes, sql_errors
 from .store_types import Recording
 
 META_FILE = "meta.sqlite"
@@ -36,7 +36,7 @@ class StoreUpkeep:
             if isinstance(recording, Recording):
                 ids = [t.rec_ids[recording.key]] if recording.key in t.rec_ids else []
             else:
-                ids = [i for i, r in t.recordings.items() if r.path == str(recording)]
+                ids = [i for i, r in t.recordings.raw.items() if r[0] == str(recording)]
             if not ids:
                 return 0
             rows = int(t.n_rows[np.isin(t.rec_id, ids)].sum())
@@ -87,14 +87,13 @@ class StoreUpkeep:
             with sql_errors(self.directory / META_FILE, "switch to the compacted file"):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    new_first = (np.cumsum(t.n_rows) - t.n_rows).tolist()
-                    for i, nf in enumerate(new_first):
-                        s = t.segment(i)
-                        rid = t.rec_ids[s.recording.key]
-                        fields = (nf, s.n_rows, rid, s.first_offset_s, s.hop_s, s.length_s,
-                                  s.capture_start_utc, s.clock_source)
-                        conn.execute("UPDATE segments SET first_row = ?, crc = ? WHERE first_row = ?",
-                                     (nf, segment_crc(*fields), s.first_row))
+                    new_first = np.cumsum(t.n_rows) - t.n_rows
+                    crcs = segment_hashes(new_first, t.n_rows, t.rec_id, t.first_offset, t.hop,
+                                          t.length, t.capture_start, t.clock)
+                    # ascending order: a row's new number is never one still in use
+                    conn.executemany(
+                        "UPDATE segments SET first_row = ?, crc = ? WHERE first_row = ?",
+                        zip(new_first.tolist(), crcs.tolist(), t.first_row.tolist()))
                     conn.execute("UPDATE tags SET first_row = NULL, n_rows = NULL")
                     self._bump(conn, len(keep), layout=True, generation=gen, forgotten=0)
                     conn.execute("COMMIT")
