@@ -290,3 +290,49 @@ def test_first_window_at_or_after_matches_per_window_times(cap0, hop, n, frac, n
         t = times[min(n - 1, int(frac * (n - 1)))] + nudge
     expected = next((j for j, c in enumerate(times) if c >= t), n)
     assert first_at_or_after(cap0, hop, n, t) == expected
+
+
+def test_merging_stations_through_iter_segments(tmp_path):
+    a = CodeStore.create(tmp_path / "a", BITS, FP)
+    b = CodeStore.create(tmp_path / "b", BITS, FP)
+    a.append(row_codes(range(50)), windows_for(0, 50, False))
+    b.append(row_codes(range(50, 90)), windows_for(50, 40, True))
+    with CodeStore.create(tmp_path / "merged", BITS, FP, commit_every_windows=1000) as m:
+        for src in (a, b):
+            for seg, codes in src.iter_segments():
+                m.append(codes, seg)
+        m.flush()
+        # recording 1 spans both stores and continues its grid: one segment again
+        assert m.stats()["segments"] == 3 and len(m) == 90
+        check_rows(m)
+        q = row_codes([3, 70])
+        np.testing.assert_array_equal(m.search_rows(q, 5)[1], knn_reference(
+            q, row_codes(range(90)), 5)[1])
+    a.close()
+    b.close()
+
+
+def test_schema_versions_are_explicit(tmp_path):
+    import sqlite3
+    path = tmp_path / "s"
+    CodeStore.create(path, BITS, FP).close()
+    for version, message in ((0, r"CodeStore.migrate\("), (99, "upgrade cvahash")):
+        conn = sqlite3.connect(path / "meta.sqlite")
+        conn.execute("UPDATE store_info SET value = ? WHERE key = 'schema_version'", (version,))
+        conn.commit()
+        conn.close()
+        with pytest.raises(StoreError, match=message):
+            CodeStore.open(path)
+
+
+def test_lost_rows_forget_their_tags(tmp_path):
+    path = tmp_path / "s"
+    with CodeStore.create(path, BITS, FP) as s:
+        s.append(row_codes(range(10)), windows_for(0, 10, False), tag="u1")
+        s.append(row_codes(range(10, 20)), windows_for(10, 10, False), tag="u2")
+    import os
+    os.truncate(path / "codes-000000.bin", 128 + 15 * 8)   # the card lost rows 15..19
+    with CodeStore.open(path, "a") as s:
+        assert s.durable_rows == 15 and s.has_tag("u1") and not s.has_tag("u2")
+        assert s.append(row_codes(range(15, 20)), windows_for(15, 5, False), tag="u2")
+        check_rows(s)
