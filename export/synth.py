@@ -256,6 +256,9 @@ def generate_corpus(out_dir, n: int = 3000, seed: int = 0, *,
 
 # ------------------------------------------------------------------ soundscapes
 
+_EVENT_PEAK = 0.8  # highest sample of a soundscape event, so calls never clip
+
+
 def events_path(path) -> Path:
     """Where make_soundscape writes the event list of `path` (NAME.events.json)."""
     p = Path(path)
@@ -272,12 +275,13 @@ class _Planned:
     tempo: float
     snr_db: float
     trim: tuple[int, int]
+    gain: float          # applied to the trimmed rendering
 
 
-def _render_event(ev: _Planned, seed: int, sr: int, bg_rms: float) -> np.ndarray:
+def _render_event(ev: _Planned, seed: int, sr: int) -> np.ndarray:
     x = ev.call.render(np.random.default_rng([seed, 3, ev.index]), sr, ev.length_s,
                        ev.pitch, ev.tempo)[ev.trim[0]: ev.trim[1]].astype(np.float64)
-    return x * bg_rms * 10 ** (ev.snr_db / 20) / (np.sqrt(np.mean(x * x)) + 1e-12)
+    return x * ev.gain
 
 
 def make_soundscape(path, duration_s: float, events_per_minute: float, seed: int, *,
@@ -289,7 +293,8 @@ def make_soundscape(path, duration_s: float, events_per_minute: float, seed: int
 
     Events are calls from `call_types` (default: all) starting as a Poisson process of
     about `events_per_minute`, never overlapping (at least 0.5 s apart), each at an SNR
-    drawn from `snr_db` relative to the background's long-term RMS (`background_dbfs`).
+    drawn from `snr_db` relative to the background's long-term RMS (`background_dbfs`;
+    lowered for a spiky call that would otherwise pass a 0.8 peak).
     The format follows the suffix (.flac or .wav, 16-bit). Audio is generated and
     written in 4 s blocks, so memory stays flat for hours-long files. The event list
     [{"label", "start_s", "end_s", "snr_db"}] is also written to events_path(path).
@@ -314,7 +319,7 @@ def make_soundscape(path, duration_s: float, events_per_minute: float, seed: int
 
     total = round(duration_s * sr)
     bg_rms = 10 ** (background_dbfs / 20)
-    plan = _plan_events(labels, total, sr, events_per_minute, seed, snr_db)
+    plan = _plan_events(labels, total, sr, events_per_minute, seed, snr_db, bg_rms)
     events = [{"label": ev.call.label,
                "start_s": round((ev.start + ev.trim[0]) / sr, 4),
                "end_s": round((ev.start + ev.trim[1]) / sr, 4),
@@ -323,16 +328,19 @@ def make_soundscape(path, duration_s: float, events_per_minute: float, seed: int
     hop = 4 * sr
     stream = BackgroundStream(background, seed, sr, hop)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # written under a temporary name and renamed when complete: an interrupted run never
+    # leaves a truncated file that looks finished
+    partial = path.with_name(path.stem + ".partial" + path.suffix)
     live: list[tuple[int, np.ndarray]] = []  # (first sample, signal) of rendered events
     upcoming = iter(plan)
     nxt = next(upcoming, None)
-    with sf.SoundFile(path, "w", sr, 1, subtype="PCM_16", format=FORMATS[fmt]) as f:
+    with sf.SoundFile(partial, "w", sr, 1, subtype="PCM_16", format=FORMATS[fmt]) as f:
         pos = 0
         while pos < total:
             m = min(hop, total - pos)
             block = stream.next_block()[:m] * bg_rms
             while nxt is not None and nxt.start + nxt.trim[0] < pos + m:
-                live.append((nxt.start + nxt.trim[0], _render_event(nxt, seed, sr, bg_rms)))
+                live.append((nxt.start + nxt.trim[0], _render_event(nxt, seed, sr)))
                 nxt = next(upcoming, None)
             for first, sig in live:
                 a, b = max(pos, first), min(pos + m, first + len(sig))
@@ -349,13 +357,16 @@ def make_soundscape(path, duration_s: float, events_per_minute: float, seed: int
                "events_per_minute": events_per_minute, "events": events}
     tmp = events_path(path).with_suffix(".tmp")
     tmp.write_text(json.dumps(sidecar, indent=1) + "\n")
+    os.replace(partial, path)
     os.replace(tmp, events_path(path))
     return events
 
 
-def _plan_events(labels, total, sr, per_minute, seed, snr_range) -> list[_Planned]:
+def _plan_events(labels, total, sr, per_minute, seed, snr_range, bg_rms) -> list[_Planned]:
     """Event schedule; each event is rendered once here (and dropped) to learn where its
-    sound starts and ends, so the labels are tight."""
+    sound starts and ends, so the labels are tight, and its gain. A spiky call (sparse
+    knocks) at a high SNR would clip: its gain is capped at a 0.8 peak and its snr_db
+    records what it really got."""
     if per_minute <= 0:
         return []
     rng = np.random.default_rng([seed, 4])
@@ -373,7 +384,13 @@ def _plan_events(labels, total, sr, per_minute, seed, snr_range) -> list[_Planne
         index = len(plan)
         x = call.render(np.random.default_rng([seed, 3, index]), sr, length, pitch, tempo)
         trim = _trim(x)
-        plan.append(_Planned(index, call, start, length, pitch, tempo, snr, trim))
+        body = x[trim[0]: trim[1]].astype(np.float64)
+        rms = np.sqrt(np.mean(body * body)) + 1e-12
+        gain = bg_rms * 10 ** (snr / 20) / rms
+        if gain * np.max(np.abs(body)) > _EVENT_PEAK:
+            gain = _EVENT_PEAK / np.max(np.abs(body))
+            snr = float(np.round(20 * np.log10(gain * rms / bg_rms), 2))
+        plan.append(_Planned(index, call, start, length, pitch, tempo, snr, trim, float(gain)))
         end_s = (start + trim[1]) / sr
         t = max(end_s + 0.5, t + rng.exponential(mean_gap))
     return plan

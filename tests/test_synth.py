@@ -240,6 +240,11 @@ def test_soundscape_events_are_where_the_energy_is(tmp_path):
             f = np.fft.rfftfreq(len(x), 1 / SR)
             return p[(f >= lo) & (f <= hi)].sum() / len(x)
         assert band_energy(seg) > 1.5 * band_energy(quiet_seg), ev
+        # SNR against the background's stated long-term level: (event + bg) / bg - 1
+        bg_power = 10 ** (sidecar["background_dbfs"] / 10)
+        snr = 10 * np.log10(max(np.mean(seg ** 2) / bg_power - 1, 1e-9))
+        assert abs(snr - ev["snr_db"]) < 1.0, (ev, snr)
+    assert np.max(np.abs(audio)) < 0.99  # nothing clipped
 
 
 def test_long_soundscape_memory_stays_bounded(tmp_path):
@@ -285,6 +290,7 @@ def test_command_small_corpus_and_soundscape(tmp_path, capsys):
     assert main(["synth", "--soundscape", str(scape), "--minutes", "0.5",
                  "--sample-rate", str(SR), "--call-types", "owl_hooting,crow_cawing",
                  "--events-per-minute", "6"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "s.events.json", "s.flac"]
     events = json.loads(synth.events_path(scape).read_text())["events"]
     assert events and {e["label"] for e in events} <= {"owl_hooting", "crow_cawing"}
     assert main(["synth", "--list"]) == 0
