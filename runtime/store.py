@@ -52,6 +52,37 @@ second append with the same tag changes nothing.
 
 Schema upgrades are explicit: a store with an older schema is refused with a message
 naming ``CodeStore.migrate(dir)``; a newer one asks for a newer cvahash.
+
+API at a glance (types in cvahash.store_types, re-exported here)::
+
+    CodeStore.create(dir, bits, fingerprint, **open_options) -> CodeStore   # mode "a"
+    CodeStore.open(dir, "r" | "a", *, fingerprint=None, bits=None,
+                   commit_every_windows=1, commit_every_s=300.0) -> CodeStore
+    store.append(codes, windows, *, tag=None, fingerprint=None, commit=False) -> range
+        codes uint8 (n, nbytes) packed MSB-first; windows: Segment | [Segment] | [Window]
+    store.flush() -> durable_rows          store.close() / with CodeStore.open(...) as s:
+    store.search(queries, k, *, since=None, until=None, station=None, recording=None,
+                 fingerprint=None, threads=0) -> [[Hit, ...] per query]
+    store.search_rows(...same...) -> (distances int32[nq,k'], rows int64[nq,k'])
+    store.read(rows) -> (codes copy, [Window])     store.iter_segments() -> (Segment, codes)
+    store.has_tag(tag)   store.has_recording(path, content_hash)   store.recordings()
+    store.forget(path | Recording) -> rows         store.compact() -> rows freed
+    store.stats() -> dict     store.check() -> dict or StoreCorrupt
+    store.bits, .nbytes, .fingerprint, .store_id, .durable_rows, .pending_rows,
+    .codes (read-only view), len(store) (searchable windows), store.require(fp, bits)
+
+Filters: ``since``/``until`` keep windows whose *capture start* lies in [since, until);
+``station`` and ``recording`` take one value or several. A time window maps to a few
+contiguous row ranges through the segments; many short ranges become a boolean mask.
+
+Resumable indexing: ``has_recording(path, content_hash)`` is true once windows of that
+recording are committed; append all windows of one file in one call, so that a cut
+never leaves half a file that looks done.
+
+Errors (cvahash.errors): StoreError (cannot open/write: not a store, second writer,
+read-only, disk full), StoreCorrupt (damage that was refused), FingerprintMismatch
+(another bundle or width; shows both), InvalidCodes / InvalidArgument (bad input).
+Messages name the store directory and file and say what to do.
 """
 
 from __future__ import annotations
@@ -102,6 +133,10 @@ log = logging.getLogger(__name__)
 
 META_FILE = "meta.sqlite"
 LOCK_FILE = "writer.lock"
+
+
+class CodeFileMissing(StoreCorrupt):
+    """The code file the metadata names does not exist."""
 
 
 def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
@@ -282,7 +317,8 @@ class CodeStore(StoreReading, StoreUpkeep):
                 p.unlink()
 
     # ------------------------------------------------------------------ state
-    def _refresh(self, force: bool = False, opening: bool = False, wrote: bool = False) -> None:
+    def _refresh(self, force: bool = False, opening: bool = False, wrote: bool = False,
+                 retries: int = 3) -> None:
         """Bring the cached committed state up to date with SQLite (cheap when unchanged).
 
         The writer holds the lock, so only its own writes (``wrote``) change the store:
@@ -310,7 +346,15 @@ class CodeStore(StoreReading, StoreUpkeep):
                 if conn.in_transaction:
                     conn.execute("COMMIT")
         if info["generation"] != self._generation:
-            self._open_code_file(info)
+            try:
+                self._open_code_file(info)
+            except CodeFileMissing:
+                # a compact() may have switched files and deleted this one between our
+                # read transaction and the open: read the state again
+                if self.mode == "a" or retries == 0:
+                    raise
+                time.sleep(0.01)
+                return self._refresh(force=True, opening=opening, retries=retries - 1)
         self._committed = committed
         self._version, self._layout = info["version"], info["layout"]
         self._generation = info["generation"]
@@ -321,8 +365,8 @@ class CodeStore(StoreReading, StoreUpkeep):
         try:
             fd = os.open(path, os.O_RDWR if self.mode == "a" else os.O_RDONLY)
         except FileNotFoundError:
-            raise StoreCorrupt(f"the code file {path} is missing; the store cannot be read "
-                               "without it: restore it from a backup") from None
+            raise CodeFileMissing(f"the code file {path} is missing; the store cannot be read "
+                                  "without it: restore it from a backup") from None
         try:
             header = CodeHeader.unpack(os.pread(fd, HEADER_SIZE, 0))
         except HeaderError as e:

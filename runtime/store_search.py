@@ -70,6 +70,8 @@ class StoreReading:
             allowed, eligible = self._allowed(since, until, station, recording)
             codes = self._view(self._committed)
         if eligible == 0 or len(codes) == 0:
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+                raise InvalidArgument(f"k must be a positive integer, got {k!r}")
             return (np.zeros((len(q), 0), np.int32), np.zeros((len(q), 0), np.int64))
         return hamming.knn(q, codes, k, threads=threads, allowed=allowed)
 

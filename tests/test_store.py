@@ -336,3 +336,39 @@ def test_lost_rows_forget_their_tags(tmp_path):
         assert s.durable_rows == 15 and s.has_tag("u1") and not s.has_tag("u2")
         assert s.append(row_codes(range(15, 20)), windows_for(15, 5, False), tag="u2")
         check_rows(s)
+
+
+def test_reader_follows_forget_and_compact(tmp_path):
+    path = tmp_path / "s"
+    writer = CodeStore.create(path, BITS, FP)
+    writer.append(row_codes(range(1000)), windows_for(0, 1000, False))
+    stop = threading.Event()
+    problems, searches = [], [0]
+
+    def read_loop():
+        with CodeStore.open(path) as reader:
+            while not stop.is_set():
+                try:
+                    _, rows = reader.search_rows(row_codes([searches[0] % 1000]), 8)
+                    codes, wins = reader.read(rows[0])
+                except Exception as e:      # noqa: BLE001 - report any failure
+                    if "holds no window" in str(e):     # compacted between search and read
+                        continue
+                    problems.append(repr(e))
+                    return
+                # the code of each row must be the one written with its capture time
+                orig = [round((w.capture_utc - BASE) / 5.0) for w in wins]
+                if not np.array_equal(codes, row_codes(orig)):
+                    problems.append(f"codes and metadata disagree at rows {rows[0].tolist()}")
+                searches[0] += 1
+
+    t = threading.Thread(target=read_loop)
+    t.start()
+    for i in range(0, 20, 2):
+        writer.forget(f"rec-{i:05d}.wav")
+        writer.compact()
+    stop.set()
+    t.join(timeout=60)
+    assert not t.is_alive() and problems == [] and searches[0] > 0
+    assert len(writer) == 1000 - 10 * 37
+    writer.close()
