@@ -295,3 +295,13 @@ def test_command_small_corpus_and_soundscape(tmp_path, capsys):
     assert events and {e["label"] for e in events} <= {"owl_hooting", "crow_cawing"}
     assert main(["synth", "--list"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == len(synth.CALL_TYPES)
+
+
+def test_synth_needs_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, cvahash.export.synth, cvahash.commands.synth; "
+            "bad = [m for m in ('torch', 'transformers', 'peft', 'onnx', 'matplotlib') "
+            "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
