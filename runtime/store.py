@@ -96,6 +96,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -587,9 +588,11 @@ class CodeStore(StoreReading, StoreUpkeep):
                 if self.has_tag(tag):
                     return range(self._committed, self._committed)
             first = self._committed + self._pending_rows
+            before = (list(self._pending_segs), len(self._pending_codes), self._pending_rows,
+                      self._pending_since)
             row = first
             for seg in segs:
-                seg = Segment(**{**seg.__dict__, "first_row": row})
+                seg = replace(seg, first_row=row)
                 row += seg.n_rows
                 last = self._pending_segs[-1] if self._pending_segs else self._committed_tail()
                 grown = None if last is None else try_extend(last, seg)
@@ -606,7 +609,16 @@ class CodeStore(StoreReading, StoreUpkeep):
                 self._pending_since = time.monotonic()
             if (tag is not None or commit or self._pending_rows >= self.commit_every_windows
                     or time.monotonic() - self._pending_since >= self.commit_every_s):
-                self._commit(tag, first)
+                try:
+                    self._commit(tag, first)
+                except StoreError:
+                    if tag is not None:
+                        # a tagged batch is all or nothing: take it back out of the
+                        # buffer, so a later flush cannot store its rows without the tag
+                        segs_before, n_codes, self._pending_rows, self._pending_since = before
+                        self._pending_segs = segs_before
+                        del self._pending_codes[n_codes:]
+                    raise
             return range(first, first + len(arr))
 
     def _committed_tail(self) -> Segment | None:

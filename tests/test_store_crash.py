@@ -307,3 +307,22 @@ def test_sigkill_during_forget_and_compact(tmp_path):
         assert len(list(path.glob("codes-*"))) == 1
     # the kills did land among forgets and compactions
     assert maybe_forgotten and not (path / "codes-000000.bin").exists()
+
+
+def test_failed_tagged_batch_is_not_stored_without_its_tag(tmp_path, monkeypatch):
+    path = _filled_store(tmp_path / "s", n=30)
+    real_pwrite = os.pwrite
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with CodeStore.open(path, "a", commit_every_windows=100) as s:
+        s.append(row_codes(range(30, 35)), windows_for(30, 5, False))     # buffered
+        monkeypatch.setattr(store_format.os, "pwrite", full)
+        with pytest.raises(StoreError, match="full"):
+            s.append(row_codes(range(35, 45)), windows_for(35, 10, False), tag="upd")
+        monkeypatch.setattr(store_format.os, "pwrite", real_pwrite)
+        assert s.pending_rows == 5 and s.flush() == 35 and not s.has_tag("upd")
+        assert s.append(row_codes(range(35, 45)), windows_for(35, 10, False), tag="upd")
+        _assert_consistent(s)
+        assert s.durable_rows == 45 and s.has_tag("upd")
