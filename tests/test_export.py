@@ -22,7 +22,8 @@ pytest.importorskip("transformers")
 from cvahash.bundle import MANIFEST_NAME, ModelBundle, fingerprint_of, sha256_file
 from cvahash.errors import BundleError
 
-pytestmark = pytest.mark.workstation
+# About 1-2 minutes on 2 busy cores (corpus, a short training run, three exports).
+pytestmark = [pytest.mark.workstation, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
