@@ -95,6 +95,13 @@ def test_sigkill_at_random_points_of_apply(tmp_path):
                                  str(pub), *create], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env)
 
+    def expect(child, word):
+        line = child.stdout.readline().strip()
+        if line != word:
+            child.kill()
+            _, err = child.communicate(timeout=60)
+            pytest.fail(f"the child said {line!r}, not {word!r}; its stderr:\n{err}")
+
     # How long an apply takes here, from the child's "go" to its end.
     probe = tmp_path / "probe"
     shutil.copytree(base, probe)
@@ -109,16 +116,18 @@ def test_sigkill_at_random_points_of_apply(tmp_path):
         work = tmp_path / f"w{i}"
         shutil.copytree(base, work)
         child = start(work)
-        assert child.stdout.readline().strip() == "go"
+        expect(child, "go")
         if i % 2:  # aim at the commit
-            assert child.stdout.readline().strip() == "append"
+            expect(child, "append")
             time.sleep(chooser.uniform(0, append_s * 1.2))
         else:      # anywhere in the apply
             time.sleep(chooser.uniform(0, apply_s * 1.1))
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=60)
         state = snapshot(work, tag)
-        assert state in (before, after), f"kill {i}: the store is between before and after"
+        assert state in (before, after), (
+            f"kill {i}: the store is between before and after: {len(state[1])} windows "
+            f"(before {len(before[1])}, after {len(after[1])}), tag recorded: {state[2]}")
         outcomes.append("after" if state == after else "before")
         again = apply_update(update, work, [pub])
         assert again.already_applied == (state == after)
@@ -133,9 +142,9 @@ def test_sigkill_at_random_points_of_apply(tmp_path):
     for i in range(4):
         work = tmp_path / f"new{i}"
         child = start(work, "--create")
-        assert child.stdout.readline().strip() == "go"
+        expect(child, "go")
         if i % 2:
-            assert child.stdout.readline().strip() == "append"
+            expect(child, "append")
         time.sleep(chooser.uniform(0, append_s * 1.2 if i % 2 else apply_s * 1.1))
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=60)
