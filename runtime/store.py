@@ -122,6 +122,7 @@ from .store_meta import (
     recording_crc,
     recording_fields,
     segment_crc,
+    segment_hashes,
     sql_errors,
 )
 from .store_search import StoreReading
@@ -550,10 +551,16 @@ class CodeStore(StoreReading, StoreUpkeep):
         windows = list(windows)
         if not all(isinstance(w, (Segment, Window)) for w in windows):
             raise InvalidArgument("windows must be a Segment, a Window, or a list of them")
-        segs = []
+        segs, checked = [], {}
         for w in windows:
             if isinstance(w, Window):
-                segs.append(w.as_segment().checked(1))
+                # check each distinct Recording once, not once per window
+                rec = checked.get(id(w.recording))
+                if rec is None:
+                    rec = checked[id(w.recording)] = (
+                        w.recording.checked() if isinstance(w.recording, Recording)
+                        else w.recording)
+                segs.append(replace(w, recording=rec).as_segment().checked(1, rec))
             else:
                 rows = w.n_rows if w.n_rows is not None else (n if len(windows) == 1 else None)
                 if rows is None:
@@ -666,12 +673,17 @@ class CodeStore(StoreReading, StoreUpkeep):
                     conn.execute("UPDATE recordings SET crc = ? WHERE id = ?",
                                  (recording_crc(rid, *recording_fields(rec)), rid))
                     new_ids[rec.key] = rid
-                for seg in self._pending_segs:
-                    rid = rec_ids.get(seg.recording.key, new_ids.get(seg.recording.key))
-                    fields = (seg.first_row, seg.n_rows, rid, seg.first_offset_s, seg.hop_s,
-                              seg.length_s, seg.capture_start_utc, seg.clock_source)
-                    conn.execute("INSERT OR REPLACE INTO segments VALUES (?,?,?,?,?,?,?,?,?)",
-                                 fields + (segment_crc(*fields),))
+                segs = self._pending_segs
+                if segs:
+                    cols = list(zip(*[
+                        (g.first_row, g.n_rows,
+                         rec_ids.get(g.recording.key, new_ids.get(g.recording.key)),
+                         g.first_offset_s, g.hop_s, g.length_s, g.capture_start_utc,
+                         g.clock_source) for g in segs]))
+                    cols.append(segment_hashes(*cols).tolist())
+                    # OR REPLACE: the first one may grow the committed tail segment
+                    conn.executemany("INSERT OR REPLACE INTO segments VALUES "
+                                     "(?,?,?,?,?,?,?,?,?)", zip(*cols))
                 if tag is not None:
                     conn.execute("INSERT INTO tags VALUES (?, ?, ?, ?)",
                                  (tag, time.time(), tag_first,

@@ -130,7 +130,9 @@ class Segment:
     clock_source: str = "unknown"
     first_row: int | None = None
 
-    def checked(self, n_rows: int) -> Segment:
+    def checked(self, n_rows: int, recording: Recording | None = None) -> Segment:
+        """A validated copy with floats and n_rows normalised (``recording``: already
+        checked, to skip checking it again)."""
         if not isinstance(self.recording, Recording):
             raise InvalidArgument(
                 f"Segment.recording must be a cvahash.store.Recording, got {self.recording!r}")
@@ -141,7 +143,7 @@ class Segment:
         if n_rows > 1 and hop <= 0:
             raise InvalidArgument(f"{where}: hop_s must be > 0 for {n_rows} windows, got {hop}")
         return Segment(
-            recording=self.recording.checked(),
+            recording=recording if recording is not None else self.recording.checked(),
             first_offset_s=_finite(self.first_offset_s, f"{where}: first_offset_s"),
             length_s=_finite(self.length_s, f"{where}: length_s", 0.0, above=True),
             capture_start_utc=to_utc_seconds(self.capture_start_utc,
