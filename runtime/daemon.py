@@ -224,6 +224,12 @@ class Daemon:
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         bundle = self._open_bundle()
+        if bundle.precision != self.cfg.runtime.precision:
+            raise CvahashError(
+                f"{self.cfg.source or 'config'}: [runtime] precision is "
+                f"{self.cfg.runtime.precision!r} but the bundle {bundle.path} is "
+                f"{bundle.precision!r}; install a bundle exported with --precision "
+                f"{self.cfg.runtime.precision} or change the config")
         if self.cfg.watchlist:
             from cvahash.watchlist import Watchlist
 

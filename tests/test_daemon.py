@@ -80,6 +80,7 @@ name = "test-station"
 [runtime]
 bundle = "{bundle}"
 threads = 1
+precision = "fp32"
 [capture]
 device = "default"
 sample_rate = 44100
