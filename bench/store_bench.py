@@ -24,7 +24,8 @@ import numpy as np
 from cvahash import hamming
 from cvahash.store import CodeStore, Recording, Segment, Window
 
-HOP, LENGTH, PER_REC = 5.0, 10.0, 720
+HOP, LENGTH = 5.0, 10.0
+PER_REC = 720       # windows per recording (one hour); --per-recording changes it
 START = datetime(2025, 1, 1, tzinfo=timezone.utc).timestamp()
 
 
@@ -69,6 +70,7 @@ def paired_times(runs: dict, queries) -> dict[str, list[float]]:
 
 
 def main(argv=None) -> int:
+    global PER_REC
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--bits", type=int, default=64)
@@ -81,7 +83,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--dir", type=Path, default=None,
                     help="where to build the store (default: a temporary folder)")
+    ap.add_argument("--per-recording", type=int, default=720,
+                    help="windows per recording file (720 = one hour, 12 = one minute)")
     args = ap.parse_args(argv)
+    PER_REC = args.per_recording
 
     base = Path(tempfile.mkdtemp(dir=args.dir))
     path = base / "store"
@@ -192,7 +197,7 @@ def main(argv=None) -> int:
     bpw = (code_bytes + meta_bytes) / args.rows
     ok = {True: "met", False: "NOT met"}
     print(f"# code store benchmark: {args.rows:,} windows x {args.bits} bits, "
-          f"{span_days:.0f} days of 5 s hops, k={args.k}")
+          f"{span_days:.0f} days of 5 s hops, {PER_REC} windows per recording, k={args.k}")
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, {platform.platform()}, "
           f"python {sys.version.split()[0]}, kernel isa {hamming.active_isa()}, "
           f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, load average "
