@@ -136,9 +136,10 @@ def test_quantisation_choice_is_the_best_measured(int8_bundle):
         measured = [c for c in q[branch]["candidates"] if "bit_agreement" in c]
         assert len(q[branch]["candidates"]) == n_methods and measured
         best = max(c["bit_agreement"] for c in measured)
-        assert q[branch]["bit_agreement"] == best
-        assert q[branch]["method"] == next(c["method"] for c in measured
-                                           if c["bit_agreement"] == best)
+        # The first (fastest) method within the tolerance of the best agreement wins.
+        winner = next(c for c in measured if c["bit_agreement"] >= best - q[branch]["tolerance"])
+        assert q[branch]["method"] == winner["method"]
+        assert q[branch]["bit_agreement"] == winner["bit_agreement"] >= best - 0.002
     assert q["fp32_check"]["text"]["bit_agreement"] == 1.0
     assert any(c["method"] == "static-qdq" for c in q["audio"]["candidates"])
 
