@@ -96,6 +96,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -116,7 +117,9 @@ from .store_meta import (
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
-    SegmentTable,
+    MetadataCorrupt,
+    RecordingCache,
+    Segments,
     db_failure,
     read_info,
     recording_crc,
@@ -194,7 +197,8 @@ class CodeStore(StoreReading, StoreUpkeep):
             conn.executemany("INSERT INTO store_info VALUES (?, ?)", [
                 ("schema_version", SCHEMA_VERSION), ("store_id", store_id.hex),
                 ("bits", int(bits)), ("fingerprint", fingerprint), ("generation", 0),
-                ("committed_rows", 0), ("forgotten_rows", 0), ("version", 0), ("layout", 0),
+                ("committed_rows", 0), ("forgotten_rows", 0), ("max_span_s", 0.0),
+                ("version", 0), ("layout", 0),
                 ("created_utc", time.time())])
             conn.execute("COMMIT")
         finally:
@@ -244,7 +248,7 @@ class CodeStore(StoreReading, StoreUpkeep):
         self._fd: int | None = None
         self._mm: mmap.mmap | None = None
         self._mm_rows = 0
-        self._segments = SegmentTable()
+        self._recordings = RecordingCache()
         self._pending_codes: list[np.ndarray] = []
         self._pending_segs: list[Segment] = []
         self._pending_rows = 0
@@ -252,6 +256,9 @@ class CodeStore(StoreReading, StoreUpkeep):
         self._version = None
         self._layout = None
         self._generation = None
+        self._committed = 0
+        self._forgotten = 0
+        self._max_span = 0.0
         self._closed = False
 
     def _open(self) -> None:
@@ -271,7 +278,7 @@ class CodeStore(StoreReading, StoreUpkeep):
         self.store_id = str(info["store_id"])
         if self.mode == "a":
             self._remove_strays(int(info["generation"]))
-        self._refresh(force=True, opening=True)
+        self._sync(force=True, opening=True)
 
     def _take_writer_lock(self) -> None:
         path = self.directory / LOCK_FILE
@@ -291,7 +298,7 @@ class CodeStore(StoreReading, StoreUpkeep):
     def _check_info(self, info: dict) -> None:
         where = self.directory / META_FILE
         needed = ("schema_version", "store_id", "bits", "fingerprint", "generation",
-                  "committed_rows", "forgotten_rows", "version", "layout")
+                  "committed_rows", "forgotten_rows", "max_span_s", "version", "layout")
         missing = [k for k in needed if k not in info]
         if missing:
             raise StoreCorrupt(f"{where} lacks store_info keys {missing}; it is not a complete "
@@ -308,6 +315,9 @@ class CodeStore(StoreReading, StoreUpkeep):
                     "layout"):
             if not isinstance(info[key], int) or info[key] < 0:
                 raise StoreCorrupt(f"{where}: store_info {key} is {info[key]!r}")
+        span = info["max_span_s"]
+        if not isinstance(span, (int, float)) or not 0 <= span < float("inf"):
+            raise StoreCorrupt(f"{where}: store_info max_span_s is {span!r}")
 
     def _remove_strays(self, generation: int) -> None:
         """Delete code files a cut left behind (an interrupted compact or create)."""
@@ -319,48 +329,87 @@ class CodeStore(StoreReading, StoreUpkeep):
                 p.unlink()
 
     # ------------------------------------------------------------------ state
-    def _refresh(self, force: bool = False, opening: bool = False, wrote: bool = False,
-                 retries: int = 3) -> None:
-        """Bring the cached committed state up to date with SQLite (cheap when unchanged).
-
-        The writer holds the lock, so only its own writes (``wrote``) change the store:
-        it skips the version query otherwise; readers run it before every search.
-        """
-        if self.mode == "a" and not (force or wrote):
-            return
+    @contextmanager
+    def _snapshot(self):
+        """One SQLite read transaction around a call: the committed state, the filters
+        and the hit lookups all see the same commit, whatever the writer does meanwhile."""
         conn = self._conn
-        with sql_errors(self.directory / META_FILE, "read the store's state"):
-            if not force:
-                (version,) = conn.execute(
-                    "SELECT value FROM store_info WHERE key = 'version'").fetchone()
-                if version == self._version:
-                    return
-            conn.execute("BEGIN")
+        if conn.in_transaction:
+            yield
+            return
+        for attempt in range(4):
+            with sql_errors(self.directory / META_FILE, "read the store's state"):
+                conn.execute("BEGIN")
             try:
-                info = read_info(conn)
-                self._check_info(info)
-                committed = info["committed_rows"]
-                incremental = (not force and info["layout"] == self._layout
-                               and info["generation"] == self._generation)
-                self._segments.load(conn, committed, incremental)
-                self._segments.check_forgotten(committed, info["forgotten_rows"])
-            finally:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
-        if info["generation"] != self._generation:
-            try:
-                self._open_code_file(info)
+                self._sync()
+                break
             except CodeFileMissing:
-                # a compact() may have switched files and deleted this one between our
-                # read transaction and the open: read the state again
-                if self.mode == "a" or retries == 0:
+                # compact() switched files and deleted the one our snapshot names:
+                # take a newer snapshot
+                conn.execute("ROLLBACK")
+                if self.mode == "a" or attempt == 3:
                     raise
                 time.sleep(0.01)
-                return self._refresh(force=True, opening=opening, retries=retries - 1)
-        self._committed = committed
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        try:
+            with sql_errors(self.directory / META_FILE, "read the store's metadata"):
+                yield
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def _sync(self, force: bool = False, opening: bool = False) -> None:
+        """Bring the cached committed state up to date with SQLite (cheap when unchanged).
+
+        The writer holds the lock, so only its own writes change the store: it syncs
+        after them (force) and skips the version query otherwise.
+        """
+        if self.mode == "a" and not force:
+            return
+        conn = self._conn
+        own = not conn.in_transaction
+        with sql_errors(self.directory / META_FILE, "read the store's state"):
+            if own:
+                conn.execute("BEGIN")
+            try:
+                if not force:
+                    (version,) = conn.execute(
+                        "SELECT value FROM store_info WHERE key = 'version'").fetchone()
+                    if version == self._version:
+                        return
+                info = read_info(conn)
+                self._check_info(info)
+                if opening:
+                    self._check_segment_totals(conn, info)
+            finally:
+                if own and conn.in_transaction:
+                    conn.execute("COMMIT")
+        if info["layout"] != self._layout:
+            self._recordings.clear()
+        if info["generation"] != self._generation:
+            self._open_code_file(info)
+        self._committed, self._forgotten = info["committed_rows"], info["forgotten_rows"]
+        self._max_span = float(info["max_span_s"])
         self._version, self._layout = info["version"], info["layout"]
         self._generation = info["generation"]
         self._check_file_length(opening)
+
+    def _check_segment_totals(self, conn, info: dict) -> None:
+        """On open: the segments account for every committed row (a segment row that
+        vanished from a damaged database shows up here) and lie inside them."""
+        count, total, max_end, min_first, min_n = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(n_rows), 0), COALESCE(MAX(first_row + n_rows), 0),"
+            " COALESCE(MIN(first_row), 0), COALESCE(MIN(n_rows), 1) FROM segments").fetchone()
+        committed, forgotten = info["committed_rows"], info["forgotten_rows"]
+        if not all(isinstance(x, int) for x in (count, total, max_end, min_first, min_n)) \
+                or total + forgotten != committed or max_end > committed or min_first < 0 \
+                or min_n < 1:
+            raise MetadataCorrupt(
+                f"{count} segments hold {total} rows ending at row {max_end} and {forgotten} "
+                f"rows were forgotten, but {committed} rows are committed")
 
     def _open_code_file(self, info: dict) -> None:
         path = self.directory / code_file_name(info["generation"])
@@ -423,7 +472,7 @@ class CodeStore(StoreReading, StoreUpkeep):
                     lost, rows)
         os.ftruncate(self._fd, HEADER_SIZE + rows * self.nbytes)
         os.fsync(self._fd)
-        self._refresh(force=True)
+        self._sync(force=True)
 
     def _drop_rows_from(self, conn, rows: int) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -485,14 +534,15 @@ class CodeStore(StoreReading, StoreUpkeep):
         if self._closed:
             raise StoreError(f"the code store {self.directory} is closed")
         if refresh:
-            self._refresh()
+            with self._snapshot():
+                pass
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
         """Searchable (committed, not forgotten) windows."""
         with self._lock:
             self._live()
-            return self._segments.live_rows
+            return self._committed - self._forgotten
 
     @property
     def durable_rows(self) -> int:
@@ -629,10 +679,12 @@ class CodeStore(StoreReading, StoreUpkeep):
             return range(first, first + len(arr))
 
     def _committed_tail(self) -> Segment | None:
-        t = self._segments
-        if len(t) == 0 or t.first_row[-1] + t.n_rows[-1] != self._committed:
-            return None
-        return t.segment(len(t) - 1)
+        """The last committed segment if it ends at the last committed row."""
+        with sql_errors(self.directory / META_FILE, "read the last segment"):
+            t = Segments.fetch(self._conn, order="ORDER BY first_row DESC LIMIT 1")
+            if len(t) == 0 or t.first_row[0] + t.n_rows[0] != self._committed:
+                return None
+            return t.segment(0, self._recordings.get(self._conn, int(t.rec_id[0])))
 
     def flush(self) -> int:
         """Commit everything appended so far; return ``durable_rows``."""
@@ -658,11 +710,15 @@ class CodeStore(StoreReading, StoreUpkeep):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                rec_ids = self._segments.rec_ids
-                new_ids = {}
+                rec_ids: dict[tuple[str, str], int] = {}
                 for seg in self._pending_segs:
                     rec = seg.recording
-                    if rec.key in rec_ids or rec.key in new_ids:
+                    if rec.key in rec_ids:
+                        continue
+                    found = conn.execute("SELECT id FROM recordings WHERE path = ? AND "
+                                         "content_hash = ?", rec.key).fetchone()
+                    if found is not None:
+                        rec_ids[rec.key] = found[0]
                         continue
                     cur = conn.execute(
                         "INSERT INTO recordings (path, content_hash, station, start_utc, "
@@ -672,18 +728,22 @@ class CodeStore(StoreReading, StoreUpkeep):
                     rid = cur.lastrowid
                     conn.execute("UPDATE recordings SET crc = ? WHERE id = ?",
                                  (recording_crc(rid, *recording_fields(rec)), rid))
-                    new_ids[rec.key] = rid
+                    rec_ids[rec.key] = rid
                 segs = self._pending_segs
                 if segs:
                     cols = list(zip(*[
                         (g.first_row, g.n_rows,
-                         rec_ids.get(g.recording.key, new_ids.get(g.recording.key)),
+                         rec_ids[g.recording.key],
                          g.first_offset_s, g.hop_s, g.length_s, g.capture_start_utc,
                          g.clock_source) for g in segs]))
                     cols.append(segment_hashes(*cols).tolist())
                     # OR REPLACE: the first one may grow the committed tail segment
                     conn.executemany("INSERT OR REPLACE INTO segments VALUES "
                                      "(?,?,?,?,?,?,?,?,?)", zip(*cols))
+                    span = max((g.n_rows - 1) * g.hop_s for g in segs)
+                    if span > self._max_span:
+                        conn.execute("UPDATE store_info SET value = ? WHERE key = 'max_span_s'",
+                                     (span,))
                 if tag is not None:
                     conn.execute("INSERT INTO tags VALUES (?, ?, ?, ?)",
                                  (tag, time.time(), tag_first,
@@ -699,7 +759,7 @@ class CodeStore(StoreReading, StoreUpkeep):
                              f"; {n} appended rows are still buffered, flush() retries") from e
         self._pending_codes, self._pending_segs = [], []
         self._pending_rows, self._pending_since = 0, None
-        self._refresh(wrote=True)
+        self._sync(force=True)
 
     def _raise_write_error(self, e: OSError, path: Path):
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -713,15 +773,19 @@ class CodeStore(StoreReading, StoreUpkeep):
         """Whether a tagged append with this tag was committed."""
         with self._lock:
             self._live(refresh=False)
-            with sql_errors(self.directory / META_FILE, "look up tags"):
+            with self._snapshot():
                 return self._conn.execute("SELECT 1 FROM tags WHERE tag = ?",
                                           (tag,)).fetchone() is not None
 
     def has_recording(self, path: str, content_hash: str = "") -> bool:
         """Whether committed windows of this recording (same path and content hash) exist."""
         with self._lock:
-            self._live()
-            return (str(path), content_hash) in self._segments.rec_ids
+            self._live(refresh=False)
+            with self._snapshot():
+                return self._conn.execute(
+                    "SELECT 1 FROM recordings WHERE path = ? AND content_hash = ?",
+                    (str(path), content_hash)).fetchone() is not None
+
 
     @classmethod
     def migrate(cls, directory) -> int:

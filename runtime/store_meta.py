@@ -1,9 +1,10 @@
-"""The SQLite side of a code store: schema, migrations, and the in-memory segment table.
+"""The SQLite side of a code store: schema, migrations, checked reads of segments.
 
 Tables (schema version 1)::
 
     store_info(key, value)            schema_version, store_id, bits, fingerprint,
-                                      generation, committed_rows, version, layout, created_utc
+                                      generation, committed_rows, forgotten_rows,
+                                      max_span_s, version, layout, created_utc
     recordings(id, path, content_hash, station, start_utc, sample_rate, duration_s, crc)
     segments(first_row, n_rows, recording, first_offset_s, hop_s, length_s,
              capture_start_utc, clock_source, crc)
@@ -13,10 +14,12 @@ Tables (schema version 1)::
 described by segments (or forgotten), bytes past it are an uncommitted tail.
 ``version`` is bumped by every commit so readers notice changes with one query;
 ``layout`` is bumped when rows are removed or renumbered (forget, compact, recovery),
-which makes readers reload every segment instead of only the new ones.
-Each recording row carries a CRC32 and each segment row a 63-bit check value of its fields
-(verified on load, vectorised), so a flipped byte in the
-database is refused instead of returning wrong metadata.
+which clears readers' recording cache. ``max_span_s`` bounds (last - first capture
+time) of any segment, so a time filter reads only the segments the capture-time index
+puts near the interval. Nothing is loaded whole on open: queries fetch the segments
+a filter or a hit needs. Each recording row carries a CRC32 and each segment row a
+63-bit check value of its fields, verified whenever a row is read, so a flipped byte
+in the database is refused instead of returning wrong metadata.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import math
 import sqlite3
 import zlib
-from collections.abc import Mapping
 from contextlib import contextmanager
 
 import numpy as np
@@ -59,6 +61,7 @@ CREATE TABLE segments (
     crc INTEGER NOT NULL
 );
 CREATE INDEX segments_by_recording ON segments (recording);
+CREATE INDEX segments_by_time ON segments (capture_start_utc);
 CREATE TABLE tags (
     tag TEXT PRIMARY KEY,
     applied_utc REAL NOT NULL,
@@ -160,95 +163,55 @@ def read_info(conn: sqlite3.Connection) -> dict:
     return dict(conn.execute("SELECT key, value FROM store_info").fetchall())
 
 
-class RecordingTable(Mapping):
-    """id -> Recording, built lazily from the raw rows: opening a season's store does not
-    pay for thousands of objects a search never shows."""
+class RecordingCache:
+    """Recordings by id, read from SQLite on demand, checked, and kept.
 
-    def __init__(self):
-        self.raw: dict[int, tuple] = {}
-        self._made: dict[int, Recording] = {}
-
-    def __getitem__(self, rec_id: int) -> Recording:
-        rec = self._made.get(rec_id)
-        if rec is None:
-            path, content_hash, station, start, rate, duration = self.raw[rec_id]
-            rec = self._made[rec_id] = Recording(
-                path=path, station=station, start_utc=start, sample_rate=rate,
-                duration_s=duration, content_hash=content_hash)
-        return rec
-
-    def __iter__(self):
-        return iter(self.raw)
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def __contains__(self, rec_id) -> bool:
-        return rec_id in self.raw
-
-
-class SegmentTable:
-    """Every segment and recording of the committed state, as numpy columns.
-
-    Loaded fully on open and after a layout change, incrementally after commits.
+    Nothing is loaded on open: a season of one-minute files is a few hundred thousand
+    recordings, and a search only ever shows a handful. Cleared when rows are removed
+    (SQLite may reuse the id of a deleted last row).
     """
 
     def __init__(self):
-        self.first_row = np.zeros(0, np.int64)
-        self.n_rows = np.zeros(0, np.int64)
-        self.rec_id = np.zeros(0, np.int64)
-        self.first_offset = np.zeros(0, np.float64)
-        self.hop = np.zeros(0, np.float64)
-        self.length = np.zeros(0, np.float64)
-        self.capture_start = np.zeros(0, np.float64)
-        self.clock: list[str] = []
-        self.recordings = RecordingTable()
-        self.rec_ids: dict[tuple[str, str], int] = {}
-        self._live_rows: int | None = None
-        self._columns: dict[str, list] | None = None
-        self._last_capture: np.ndarray | None = None
+        self._cache: dict[int, Recording] = {}
 
-    def __len__(self) -> int:
-        return len(self.first_row)
+    def clear(self) -> None:
+        self._cache.clear()
 
-    @property
-    def live_rows(self) -> int:
-        if self._live_rows is None:
-            self._live_rows = int(self.n_rows.sum())
-        return self._live_rows
+    def get(self, conn: sqlite3.Connection, rec_id: int) -> Recording:
+        rec = self._cache.get(rec_id)
+        if rec is None:
+            self.fetch(conn, "WHERE id = ?", (rec_id,))
+            rec = self._cache.get(rec_id)
+            if rec is None:
+                raise MetadataCorrupt(f"a segment points at recording {rec_id}, which does "
+                                      "not exist")
+        return rec
 
-    def columns(self) -> dict[str, list]:
-        """The numeric columns as Python lists (cached until the next load)."""
-        if self._columns is None:
-            self._columns = {name: getattr(self, name).tolist() for name in (
-                "first_row", "n_rows", "rec_id", "first_offset", "hop", "length",
-                "capture_start")}
-        return self._columns
-
-    def load(self, conn: sqlite3.Connection, committed_rows: int, incremental: bool) -> None:
-        """Read recordings and segments from ``conn`` (inside the caller's read transaction)."""
-        if not incremental or len(self) == 0:
-            self.__init__()
-            keep, since_row, since_rec = 0, -1, -1
-        else:
-            keep = len(self) - 1          # the last segment may have grown: re-read it
-            since_row = int(self.first_row[-1])
-            since_rec = max(self.recordings, default=-1)
-        raw = self.recordings.raw
-        for row in conn.execute(f"SELECT {_REC_COLUMNS} FROM recordings WHERE id > ? "
-                                "ORDER BY id", (since_rec,)).fetchall():
+    def fetch(self, conn: sqlite3.Connection, where: str = "", params=()) -> list[int]:
+        """Read, check and cache the recordings ``where`` selects; return their ids."""
+        ids = []
+        for row in conn.execute(f"SELECT {_REC_COLUMNS} FROM recordings {where}",
+                                params).fetchall():
             rec_id, fields, crc = row[0], row[1:7], row[7]
             try:
-                ok = recording_crc(rec_id, *fields) == crc and isinstance(fields[0], str) \
-                    and isinstance(fields[1], str)
+                ok = (recording_crc(rec_id, *fields) == crc and isinstance(fields[0], str)
+                      and isinstance(fields[1], str) and isinstance(fields[2], str))
             except (TypeError, ValueError, UnicodeError):
                 ok = False
             if not ok:
                 raise MetadataCorrupt(f"recording {rec_id!r} ({fields[0]!r}) fails its checksum")
-            raw[rec_id] = fields
-            self.rec_ids[(fields[0], fields[1])] = rec_id
-        rows = conn.execute(f"SELECT {_SEG_COLUMNS} FROM segments WHERE first_row >= ? "
-                            "ORDER BY first_row", (since_row,)).fetchall()
+            path, content_hash, station, start, rate, duration = fields
+            self._cache[rec_id] = Recording(path=path, station=station, start_utc=start,
+                                            sample_rate=rate, duration_s=duration,
+                                            content_hash=content_hash)
+            ids.append(rec_id)
+        return ids
+
+
+class Segments:
+    """A set of segment rows as numpy columns, checked against their check values."""
+
+    def __init__(self, rows: list[tuple]):
         cols = list(zip(*rows)) if rows else [()] * 9
         try:
             new = [np.asarray(cols[i], dtype) for i, dtype in enumerate(
@@ -261,80 +224,65 @@ class SegmentTable:
             raise MetadataCorrupt("a segment row holds values of the wrong type") from None
         if len(bad):
             raise MetadataCorrupt(f"the segment at row {rows[bad[0]][0]!r} fails its checksum")
+        (self.first_row, self.n_rows, self.rec_id, self.first_offset, self.hop, self.length,
+         self.capture_start) = new
+        self.clock: list[str] = list(cols[7])
 
-        def cat(old, i):
-            return np.concatenate([old[:keep], new[i]])
+    @classmethod
+    def fetch(cls, conn: sqlite3.Connection, where: str = "", params=(),
+              order: str = "ORDER BY first_row") -> Segments:
+        return cls(conn.execute(f"SELECT {_SEG_COLUMNS} FROM segments {where} {order}",
+                                params).fetchall())
 
-        self.first_row = cat(self.first_row, 0)
-        self.n_rows = cat(self.n_rows, 1)
-        self.rec_id = cat(self.rec_id, 2)
-        self.first_offset = cat(self.first_offset, 3)
-        self.hop = cat(self.hop, 4)
-        self.length = cat(self.length, 5)
-        self.capture_start = cat(self.capture_start, 6)
-        self.clock = self.clock[:keep] + list(cols[7])
-        self._live_rows = self._columns = self._last_capture = None
-        self.validate(committed_rows)
+    def __len__(self) -> int:
+        return len(self.first_row)
 
-    def validate(self, committed_rows: int) -> None:
-        """Segments sorted, disjoint, inside the committed rows, pointing at recordings."""
-        if len(self) == 0:
-            return
-        ends = self.first_row + self.n_rows
-        if (self.n_rows < 1).any() or self.first_row[0] < 0:
-            raise MetadataCorrupt("a segment has no rows or a negative first row")
-        if (self.first_row[1:] < ends[:-1]).any():
-            raise MetadataCorrupt("segments overlap")
-        if ends[-1] > committed_rows:
-            raise MetadataCorrupt(f"segments describe {int(ends[-1])} rows but only "
-                                  f"{committed_rows} are committed")
-        if ((self.n_rows > 1) & ~(self.hop > 0)).any():
-            raise MetadataCorrupt("a segment of several rows has no positive hop")
-        known = np.fromiter(self.recordings, np.int64, len(self.recordings))
-        if not np.isin(self.rec_id, known).all():
-            raise MetadataCorrupt("a segment points at a recording that does not exist")
+    @property
+    def live_rows(self) -> int:
+        return int(self.n_rows.sum())
 
-    def check_forgotten(self, committed_rows: int, forgotten_rows: int) -> None:
-        """Segments + forgotten rows must account for every committed row: a segment row
-        that vanished from a damaged database shows up here."""
+    def validate(self, committed_rows: int, forgotten_rows: int) -> None:
+        """All segments of a store: sorted, disjoint, inside the committed rows, and with
+        the forgotten rows accounting for every committed row."""
+        if len(self):
+            ends = self.first_row + self.n_rows
+            if (self.n_rows < 1).any() or self.first_row[0] < 0:
+                raise MetadataCorrupt("a segment has no rows or a negative first row")
+            if (self.first_row[1:] < ends[:-1]).any():
+                raise MetadataCorrupt("segments overlap")
+            if ends[-1] > committed_rows:
+                raise MetadataCorrupt(f"segments describe {int(ends[-1])} rows but only "
+                                      f"{committed_rows} are committed")
+            if ((self.n_rows > 1) & ~(self.hop > 0)).any():
+                raise MetadataCorrupt("a segment of several rows has no positive hop")
         if self.live_rows + forgotten_rows != committed_rows:
             raise MetadataCorrupt(f"segments hold {self.live_rows} rows and {forgotten_rows} "
                                   f"were forgotten, but {committed_rows} are committed")
 
-    def segment(self, i: int) -> Segment:
-        return Segment(recording=self.recordings[int(self.rec_id[i])],
-                       first_offset_s=float(self.first_offset[i]),
+    def segment(self, i: int, recording: Recording) -> Segment:
+        return Segment(recording=recording, first_offset_s=float(self.first_offset[i]),
                        length_s=float(self.length[i]),
                        capture_start_utc=float(self.capture_start[i]),
                        hop_s=float(self.hop[i]), n_rows=int(self.n_rows[i]),
                        clock_source=self.clock[i], first_row=int(self.first_row[i]))
 
-    def row_ranges(self, seg_mask: np.ndarray | None = None, since: float | None = None,
-                   until: float | None = None) -> np.ndarray:
-        """Merged, sorted [start, end) row ranges of the selected segments' windows whose
-        capture time lies in [since, until). int64 (r, 2)."""
-        sel = np.ones(len(self), bool) if seg_mask is None else seg_mask
-        if since is not None or until is not None:
-            # only segments whose first..last window times meet the interval need the
-            # exact arithmetic below (a day out of a season: a handful)
-            if self._last_capture is None:
-                self._last_capture = self.capture_start + (self.n_rows - 1) * self.hop
-            if since is not None:
-                sel = sel & (self._last_capture >= since)
-            if until is not None:
-                sel = sel & (self.capture_start < until)
-        first, n = self.first_row[sel], self.n_rows[sel]
+    def row_ranges(self, since: float | None = None, until: float | None = None) -> np.ndarray:
+        """Merged, sorted [start, end) row ranges of these segments' windows whose capture
+        time lies in [since, until). int64 (r, 2)."""
+        first, n = self.first_row, self.n_rows
         lo, hi = np.zeros_like(n), n.copy()
         if since is not None or until is not None:
-            cap0, last, hop = (self.capture_start[sel], self._last_capture[sel],
-                               self.hop[sel])
-            # segments cut by a bound need arithmetic; the rest are wholly in or out
+            cap0, hop = self.capture_start, self.hop
+            last = cap0 + (n - 1) * hop
+            # only segments cut by a bound need arithmetic; the rest are wholly in or out
             if since is not None:
-                for i in np.flatnonzero(cap0 < since).tolist():
+                hi[last < since] = 0
+                for i in np.flatnonzero((cap0 < since) & (last >= since)).tolist():
                     lo[i] = first_at_or_after(cap0[i], hop[i], n[i], since)
             if until is not None:
-                for i in np.flatnonzero(last >= until).tolist():
-                    hi[i] = first_at_or_after(cap0[i], hop[i], n[i], until)
+                hi[cap0 >= until] = 0
+                for i in np.flatnonzero((last >= until) & (cap0 < until)).tolist():
+                    hi[i] = min(hi[i], first_at_or_after(cap0[i], hop[i], n[i], until))
         keep = hi > lo
         starts, ends = first[keep] + lo[keep], first[keep] + hi[keep]
         if len(starts) == 0:

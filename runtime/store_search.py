@@ -1,74 +1,101 @@
 """Reading a code store: search with filters, per-window metadata, segments, stats.
 
-A mixin of ``cvahash.store.CodeStore`` (see that module for the data model); it
-only reads the committed state the store keeps (``_segments``, ``_committed``).
+A mixin of ``cvahash.store.CodeStore`` (see that module for the data model). Every
+public call runs inside one SQLite read transaction (``_snapshot``), so the committed
+row count, the filter's segments and the hits' metadata come from the same commit.
+Segments are read by query, never all at once, except by ``iter_segments`` and ``check``.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator
 
 import numpy as np
 
 from .errors import InvalidArgument
 from .store_format import code_file_name
+from .store_meta import Segments
 from .store_types import Hit, Recording, Segment, Window, to_utc_seconds
 
 META_FILE = "meta.sqlite"
+_SEG_FOR_ROW = ("SELECT first_row, n_rows, recording, first_offset_s, hop_s, length_s, "
+                "capture_start_utc, clock_source, crc FROM segments WHERE first_row <= ? "
+                "ORDER BY first_row DESC LIMIT 1")
+
+
+def _as_set(value, kinds) -> list:
+    return [value] if isinstance(value, kinds) else list(value)
 
 
 class StoreReading:
-    # ------------------------------------------------------------------ reading
+    # ------------------------------------------------------------------ filters
     def _allowed(self, since, until, station, recording):
-        """The kernel's ``allowed`` for these filters and whether any row is eligible.
+        """The kernel's ``allowed`` for these filters and how many rows are eligible.
 
-        Row ranges come from segments (a time window inside a run is one contiguous
-        range); when the ranges would be many and short a boolean mask is cheaper.
-        Unfiltered with no forgotten rows: None (the kernel's fastest path).
+        The filters become one query on segments (a time window uses the capture-time
+        index, widened by the longest segment); their rows become merged [start, end)
+        ranges: a time window inside a run is one range. Many short ranges turn into a
+        boolean mask. Unfiltered with nothing forgotten: None (the kernel's fastest path).
         """
-        t = self._segments
         n = self._committed
         since = None if since is None else to_utc_seconds(since, "since")
         until = None if until is None else to_utc_seconds(until, "until")
-        seg_mask = None
-        if station is not None or recording is not None:
-            ok = np.ones(len(t), bool)
-            if station is not None:
-                stations = {station} if isinstance(station, str) else set(station)
-                ids = [i for i, r in t.recordings.raw.items() if r[2] in stations]
-                ok &= np.isin(t.rec_id, np.asarray(ids, np.int64))
-            if recording is not None:
-                wanted = ({recording} if isinstance(recording, (str, Recording))
-                          else set(recording))
-                paths = {w.path if isinstance(w, Recording) else str(w) for w in wanted}
-                keys = {w.key for w in wanted if isinstance(w, Recording)}
-                ids = [i for i, r in t.recordings.raw.items()
-                       if ((r[0], r[1]) in keys if keys else r[0] in paths)]
-                ok &= np.isin(t.rec_id, np.asarray(ids, np.int64))
-            seg_mask = ok
-        elif since is None and until is None and t.live_rows == n:
+        if since is None and until is None and station is None and recording is None \
+                and self._forgotten == 0:
             return None, n
-        ranges = t.row_ranges(seg_mask, since, until)
+        where, params = ["first_row + n_rows <= ?"], [n]
+        if station is not None:
+            names = [str(x) for x in _as_set(station, str)]
+            where.append("recording IN (SELECT id FROM recordings WHERE station IN "
+                         f"({','.join('?' * len(names))}))")
+            params += names
+        if recording is not None:
+            items = _as_set(recording, (str, Recording))
+            paths = [str(x) for x in items if not isinstance(x, Recording)]
+            keys = [x.key for x in items if isinstance(x, Recording)]
+            alts = []
+            if paths:
+                alts.append(f"path IN ({','.join('?' * len(paths))})")
+                params += paths
+            for path, content_hash in keys:
+                alts.append("(path = ? AND content_hash = ?)")
+                params += [path, content_hash]
+            where.append("recording IN (SELECT id FROM recordings WHERE "
+                         f"{' OR '.join(alts) or '0'})")
+        if until is not None:
+            where.append("capture_start_utc < ?")
+            params.append(until)
+        if since is not None:
+            where.append("capture_start_utc >= ?")
+            params.append(since - self._max_span)
+        segs = Segments.fetch(self._conn, "WHERE " + " AND ".join(where), params)
+        ranges = segs.row_ranges(since, until)
         eligible = int((ranges[:, 1] - ranges[:, 0]).sum())
         if len(ranges) > max(64, n // 256):
             mask = np.zeros(n, bool)
-            for s, e in ranges:
+            for s, e in ranges.tolist():
                 mask[s:e] = True
             return mask, eligible
         return ranges, eligible
 
+    # ------------------------------------------------------------------ search
     def search_rows(self, queries, k: int, *, since=None, until=None, station=None,
                     recording=None, fingerprint: str | None = None, threads: int = 0):
         """Like ``search`` but return the kernel's arrays ``(distances, rows)``."""
+        with self._lock:
+            self._live(refresh=False)
+            with self._snapshot():
+                return self._search_rows(queries, k, since, until, station, recording,
+                                         fingerprint, threads)
+
+    def _search_rows(self, queries, k, since, until, station, recording, fingerprint,
+                     threads):
         from . import hamming
 
-        with self._lock:
-            self._live()
-            self.require(fingerprint)
-            q = self._check_codes(queries, "query codes")
-            allowed, eligible = self._allowed(since, until, station, recording)
-            codes = self._view(self._committed)
+        self.require(fingerprint)
+        q = self._check_codes(queries, "query codes")
+        allowed, eligible = self._allowed(since, until, station, recording)
+        codes = self._view(self._committed)
         if eligible == 0 or len(codes) == 0:
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
                 raise InvalidArgument(f"k must be a positive integer, got {k!r}")
@@ -87,10 +114,11 @@ class StoreReading:
         by row. Only committed rows are searched.
         """
         with self._lock:
-            dist, rows = self.search_rows(queries, k, since=since, until=until,
-                                          station=station, recording=recording,
-                                          fingerprint=fingerprint, threads=threads)
-            fields = self._window_fields(rows.ravel().tolist())
+            self._live(refresh=False)
+            with self._snapshot():
+                dist, rows = self._search_rows(queries, k, since, until, station, recording,
+                                               fingerprint, threads)
+                fields = self._window_fields(rows.ravel().tolist())
         out, i = [], 0
         for qd in dist.tolist():
             hits = []
@@ -102,26 +130,26 @@ class StoreReading:
             out.append(hits)
         return out
 
+    # ------------------------------------------------------------------ metadata
     def _window_fields(self, rows: list[int]) -> list[tuple]:
-        """(recording, offset_s, length_s, capture_utc, clock_source, row) of each row.
-
-        Plain Python (bisect) on purpose: for the few rows of a search result it is
-        several times faster than a chain of small numpy operations.
-        """
-        t = self._segments
-        cols = t.columns()
-        first, n_rows = cols["first_row"], cols["n_rows"]
-        out = []
+        """(recording, offset_s, length_s, capture_utc, clock_source, row) of each row,
+        one indexed lookup per distinct segment (inside the caller's snapshot)."""
+        conn, out, seg = self._conn, [], None
         for r in rows:
-            i = bisect.bisect_right(first, r) - 1
-            if i < 0 or r >= first[i] + n_rows[i]:
-                raise InvalidArgument(
-                    f"row {r} of the code store {self.directory} holds no window "
-                    f"(forgotten, or beyond its {self._committed} rows)")
-            j = r - first[i]
-            hop = cols["hop"][i]
-            out.append((t.recordings[cols["rec_id"][i]], cols["first_offset"][i] + j * hop,
-                        cols["length"][i], cols["capture_start"][i] + j * hop, t.clock[i], r))
+            if seg is None or not seg[0] <= r < seg[0] + seg[1]:
+                found = conn.execute(_SEG_FOR_ROW, (r,)).fetchone() \
+                    if 0 <= r < self._committed else None
+                t = Segments([found]) if found is not None else None
+                if t is None or r >= int(t.first_row[0] + t.n_rows[0]):
+                    raise InvalidArgument(
+                        f"row {r} of the code store {self.directory} holds no window "
+                        f"(forgotten, or beyond its {self._committed} rows)")
+                seg = (int(t.first_row[0]), int(t.n_rows[0]), float(t.first_offset[0]),
+                       float(t.hop[0]), float(t.length[0]), float(t.capture_start[0]),
+                       t.clock[0], self._recordings.get(conn, int(t.rec_id[0])))
+            first, _, off0, hop, length, cap0, clock, rec = seg
+            j = r - first
+            out.append((rec, off0 + j * hop, length, cap0 + j * hop, clock, r))
         return out
 
     def _windows(self, rows) -> list[Window]:
@@ -133,10 +161,11 @@ class StoreReading:
     def read(self, rows) -> tuple[np.ndarray, list[Window]]:
         """Codes (a copy, uint8 (m, nbytes)) and windows of the given committed rows."""
         with self._lock:
-            self._live()
-            rows = np.atleast_1d(np.asarray(rows, np.int64))
-            windows = self._windows(rows)
-            return self._view(self._committed)[rows].copy(), windows
+            self._live(refresh=False)
+            with self._snapshot():
+                rows = np.atleast_1d(np.asarray(rows, np.int64))
+                windows = self._windows(rows)
+                return self._view(self._committed)[rows].copy(), windows
 
     def iter_segments(self) -> Iterator[tuple[Segment, np.ndarray]]:
         """Every segment in row order with a copy of its codes, from one snapshot.
@@ -144,45 +173,48 @@ class StoreReading:
         Feeding them to another store's ``append`` copies a store (the merge tool).
         """
         with self._lock:
-            self._live()
-            t = self._segments
-            segs = [t.segment(i) for i in range(len(t))]
-            codes = self._view(self._committed)
+            self._live(refresh=False)
+            with self._snapshot():
+                t = Segments.fetch(self._conn)
+                self._recordings.fetch(self._conn)
+                segs = [t.segment(i, self._recordings.get(self._conn, int(t.rec_id[i])))
+                        for i in range(len(t))]
+                codes = self._view(self._committed)
         for seg in segs:
             yield seg, codes[seg.first_row:seg.first_row + seg.n_rows].copy()
 
     def recordings(self) -> list[Recording]:
         """Every recording with committed windows."""
         with self._lock:
-            self._live()
-            return list(self._segments.recordings.values())
+            self._live(refresh=False)
+            with self._snapshot():
+                ids = self._recordings.fetch(self._conn, "ORDER BY id")
+                return [self._recordings.get(self._conn, i) for i in ids]
 
     def stats(self) -> dict:
         """rows, bytes on disk, time span and stations of the committed store."""
         with self._lock:
-            self._live()
-            t = self._segments
-            files = [self.directory / code_file_name(self._generation)] + [
-                self.directory / (META_FILE + s) for s in ("", "-wal", "-shm")]
-            sizes = {p.name: p.stat().st_size for p in files if p.exists()}
-            stations: dict[str, int] = {}
-            for rid, n in zip(t.rec_id.tolist(), t.n_rows.tolist()):
-                name = t.recordings.raw[rid][2]
-                stations[name] = stations.get(name, 0) + n
-            if len(t):
-                last = t.capture_start + (t.n_rows - 1) * t.hop
-                span = (float(t.capture_start.min()), float((last + t.length).max()))
-            else:
-                span = (None, None)
-            code_bytes = sizes.get(code_file_name(self._generation), 0)
-            return {
-                "rows": t.live_rows, "file_rows": self._committed,
-                "forgotten_rows": self._committed - t.live_rows,
-                "pending_rows": self._pending_rows, "segments": len(t),
-                "recordings": len(t.recordings), "bits": self.bits,
-                "fingerprint": self.fingerprint, "code_bytes": code_bytes,
-                "metadata_bytes": sum(sizes.values()) - code_bytes,
-                "first_capture_utc": span[0], "last_capture_end_utc": span[1],
-                "stations": stations,
-            }
-
+            self._live(refresh=False)
+            with self._snapshot():
+                conn = self._conn
+                segments, first, last = conn.execute(
+                    "SELECT COUNT(*), MIN(capture_start_utc), "
+                    "MAX(capture_start_utc + (n_rows - 1) * hop_s + length_s) "
+                    "FROM segments").fetchone()
+                (recordings,) = conn.execute("SELECT COUNT(*) FROM recordings").fetchone()
+                stations = dict(conn.execute(
+                    "SELECT r.station, SUM(s.n_rows) FROM segments s JOIN recordings r "
+                    "ON r.id = s.recording GROUP BY r.station ORDER BY r.station").fetchall())
+                files = [self.directory / code_file_name(self._generation)] + [
+                    self.directory / (META_FILE + s) for s in ("", "-wal", "-shm")]
+                sizes = {p.name: p.stat().st_size for p in files if p.exists()}
+                code_bytes = sizes.get(code_file_name(self._generation), 0)
+                return {
+                    "rows": self._committed - self._forgotten, "file_rows": self._committed,
+                    "forgotten_rows": self._forgotten, "pending_rows": self._pending_rows,
+                    "segments": segments, "recordings": recordings, "bits": self.bits,
+                    "fingerprint": self.fingerprint, "code_bytes": code_bytes,
+                    "metadata_bytes": sum(sizes.values()) - code_bytes,
+                    "first_capture_utc": first, "last_capture_end_utc": last,
+                    "stations": stations,
+                }

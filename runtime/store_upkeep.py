@@ -18,7 +18,7 @@ from .store_format import (
     fsync_dir,
     write_new_code_file,
 )
-from .store_meta import segment_hashes, sql_errors
+from .store_meta import MetadataCorrupt, Segments, segment_hashes, sql_errors
 from .store_types import Recording
 
 META_FILE = "meta.sqlite"
@@ -32,29 +32,34 @@ class StoreUpkeep:
         with self._lock:
             self._writable("forget recordings")
             self.flush()
-            t = self._segments
-            if isinstance(recording, Recording):
-                ids = [t.rec_ids[recording.key]] if recording.key in t.rec_ids else []
-            else:
-                ids = [i for i, r in t.recordings.raw.items() if r[0] == str(recording)]
-            if not ids:
-                return 0
-            rows = int(t.n_rows[np.isin(t.rec_id, ids)].sum())
             conn = self._conn
-            marks = ",".join("?" * len(ids))
             with sql_errors(self.directory / META_FILE, "forget a recording"):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    if isinstance(recording, Recording):
+                        ids = [r for (r,) in conn.execute(
+                            "SELECT id FROM recordings WHERE path = ? AND content_hash = ?",
+                            recording.key)]
+                    else:
+                        ids = [r for (r,) in conn.execute(
+                            "SELECT id FROM recordings WHERE path = ?", (str(recording),))]
+                    marks = ",".join("?" * len(ids))
+                    (rows,) = conn.execute(
+                        "SELECT COALESCE(SUM(n_rows), 0) FROM segments WHERE recording IN "
+                        f"({marks})", ids).fetchone()
+                    if not ids:
+                        conn.execute("ROLLBACK")
+                        return 0
                     conn.execute(f"DELETE FROM segments WHERE recording IN ({marks})", ids)
                     conn.execute(f"DELETE FROM recordings WHERE id IN ({marks})", ids)
                     self._bump(conn, self._committed, layout=True,
-                               forgotten=self._committed - t.live_rows + rows)
+                               forgotten=self._forgotten + rows)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-            self._refresh(wrote=True)
+            self._sync(force=True)
             return rows
 
     def compact(self) -> int:
@@ -66,10 +71,11 @@ class StoreUpkeep:
         with self._lock:
             self._writable("compact")
             self.flush()
-            t = self._segments
-            dead = self._committed - t.live_rows
+            dead = self._forgotten
             if dead == 0:
                 return 0
+            with self._snapshot():
+                t = Segments.fetch(self._conn)
             old_path = self.directory / code_file_name(self._generation)
             gen = self._generation + 1
             header = CodeHeader(bits=self.bits, fingerprint=self.fingerprint,
@@ -101,7 +107,7 @@ class StoreUpkeep:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-            self._refresh(force=True)
+            self._sync(force=True)
             old_path.unlink(missing_ok=True)
             fsync_dir(self.directory)
             return dead
@@ -125,7 +131,14 @@ class StoreUpkeep:
             if result != ["ok"]:
                 raise StoreCorrupt(f"{self.directory / META_FILE} fails SQLite's integrity "
                                    f"check: {'; '.join(result[:5])}")
-            self._refresh(force=True)
+            self._sync(force=True)
+            with self._snapshot():
+                t = Segments.fetch(self._conn)
+                t.validate(self._committed, self._forgotten)
+                ids = set(self._recordings.fetch(self._conn))
+                if not set(t.rec_id.tolist()) <= ids:
+                    raise MetadataCorrupt("a segment points at a recording that does not "
+                                          "exist")
             fd = self._fd
             path = self.directory / code_file_name(self._generation)
             try:
