@@ -27,11 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from cvahash import __version__
-from cvahash.bundle import (AUDIO_GRAPH, BUNDLE_FILES, FORMAT_VERSION, MANIFEST_NAME,
-                            TEXT_GRAPH, TOKENIZER_FILE, check_bundle, fingerprint_of,
-                            sha256_file)
+from cvahash.bundle import (
+    AUDIO_GRAPH,
+    BUNDLE_FILES,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    TEXT_GRAPH,
+    TOKENIZER_FILE,
+    check_bundle,
+    fingerprint_of,
+    sha256_file,
+)
 from cvahash.errors import CvahashError
 
 log = logging.getLogger(__name__)
@@ -83,6 +90,12 @@ def _install(tmp_dir: Path, out_dir: Path, force: bool) -> None:
         os.replace(tmp_dir, out_dir)
 
 
+def batch_invariant(method: str) -> bool:
+    """Dynamic quantisation takes activation scales over the whole batch, so a row's
+    result depends on its batch companions; every other method computes rows apart."""
+    return not method.startswith("dynamic-")
+
+
 # ---------------------------------------------------------------- tokenizer
 
 
@@ -100,9 +113,8 @@ def tokenizer_settings(config, tokenizer) -> dict:
 def check_tokenizer_file(path: Path, settings: dict, tokenizer, texts: list[str]) -> None:
     """Raise ExportError unless ``tokenizers`` alone, configured from ``settings``, gives
     the same ids and mask as the transformers ``tokenizer`` for every text."""
-    from tokenizers import Tokenizer
-
     from cvahash.export.tokenizer import tokenize
+    from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(path))
     tok.no_padding()
@@ -152,10 +164,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
     a built-in probe of synthetic calls and captions is used (recorded in the manifest).
     """
     from cvahash.export.model import load_run
-    from cvahash.export.onnx_export import (export_audio_graph, export_text_graph,
-                                            torch_audio_logits, torch_text_logits)
-    from cvahash.export.quantize import (DYNAMIC_METHODS, STATIC_METHODS, agreement,
-                                         choose_quantization, run_graph)
+    from cvahash.export.onnx_export import (
+        export_audio_graph,
+        export_text_graph,
+        torch_audio_logits,
+        torch_text_logits,
+    )
+    from cvahash.export.quantize import (
+        DYNAMIC_METHODS,
+        STATIC_METHODS,
+        agreement,
+        choose_quantization,
+        run_graph,
+    )
     from cvahash.export.verify import builtin_probe, load_probe
     from cvahash.frontend import FrontendParams
 
@@ -237,9 +258,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
                              "probe_texts": len(probe.captions),
                              "probe_windows": len(probe.features)},
             "graphs": {"text": {"file": TEXT_GRAPH, "inputs": ["input_ids", "attention_mask"],
-                                "output": "logits"},
+                                "output": "logits",
+                                "batch_invariant": batch_invariant(text_choice.method)},
                        "audio": {"file": AUDIO_GRAPH, "inputs": ["input_features"],
-                                 "output": "logits"},
+                                 "output": "logits",
+                                 "batch_invariant": batch_invariant(audio_choice.method)},
                        "opset": opset},
             "run": {"objective": config.objective, "head": config.head,
                     "lora_rank": config.lora_rank, "seed": config.seed},

@@ -360,12 +360,30 @@ class ModelBundle:
         truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
         return TokenizedText(ids, mask, truncated)
 
-    def text_logits(self, texts: Sequence[str]) -> np.ndarray:
+    def batch_invariant(self, branch: str) -> bool:
+        """Whether a row's logits are independent of the other rows run with it.
+
+        Not so for dynamically quantised graphs: DynamicQuantizeLinear takes one scale
+        over the whole batch, so a window's code could depend on its neighbours (we
+        measured 1 bit in 320 flipping). Such graphs run one row at a time, so the same
+        input always gives the same code (an indexed window finds itself at distance
+        0). The exporter records the property per graph; absent means "not invariant".
+        """
+        graphs = self._manifest.get("graphs")
+        entry = graphs.get(branch) if isinstance(graphs, dict) else None
+        return bool(isinstance(entry, dict) and entry.get("batch_invariant") is True)
+
+    def text_logits(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
         """float32 [n, bits] logits of the text graph."""
         tokens = self.tokenize(texts)
         session = self._session("text")
-        feeds = {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
-        return np.asarray(session.run(None, feeds)[0], dtype=np.float32)
+        step = batch_size if self.batch_invariant("text") else 1
+        out = np.empty((len(tokens.input_ids), self.bits), dtype=np.float32)
+        for s in range(0, len(out), step):
+            feeds = {"input_ids": tokens.input_ids[s:s + step],
+                     "attention_mask": tokens.attention_mask[s:s + step]}
+            out[s:s + step] = session.run(None, feeds)[0]
+        return out
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Packed codes uint8 [n, ceil(bits/8)] of text queries (empty text: ValueError)."""
@@ -392,11 +410,14 @@ class ModelBundle:
 
     def audio_logits(self, features, *, batch_size: int = DEFAULT_AUDIO_BATCH) -> np.ndarray:
         """float32 [B, bits] logits of the audio graph for log-mel ``features`` float32
-        [B, 1, frames, mels], run ``batch_size`` windows at a time to bound memory."""
+        [B, 1, frames, mels], run ``batch_size`` windows at a time to bound memory (one at
+        a time for a graph that is not `batch_invariant`)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgument(f"batch_size must be an integer >= 1, got {batch_size!r}")
         x = self._check_features(features)
         session = self._session("audio")
+        if not self.batch_invariant("audio"):
+            batch_size = 1
         name = session.get_inputs()[0].name
         out = np.empty((len(x), self.bits), dtype=np.float32)
         for start in range(0, len(x), batch_size):

@@ -377,3 +377,46 @@ def test_unloadable_file_with_valid_hash_names_the_file(copy, name, call):
     bundle = ModelBundle.open(copy)  # hashes are fine
     with pytest.raises(BundleError, match=name.replace(".", "[.]")):
         call(bundle)
+
+
+def _batch_dependent_audio_graph(w, path):
+    """logits = m @ wa + ba - mean over the batch of (m @ wa): each row depends on the
+    others, like a dynamically quantised graph (one activation scale per batch)."""
+    nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+             helper.make_node("MatMul", ["m", "wa"], ["p"]),
+             helper.make_node("ReduceMean", ["p", "ax0"], ["pm"], keepdims=1),
+             helper.make_node("Sub", ["p", "pm"], ["c"]),
+             helper.make_node("Add", ["c", "ba"], ["logits"])]
+    inits = [numpy_helper.from_array(w["wa"], "wa"), numpy_helper.from_array(w["ba"], "ba"),
+             numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+             numpy_helper.from_array(np.array([0], np.int64), "ax0")]
+    graph = helper.make_graph(
+        nodes, "audio",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                       ["b", 1, PARAMS.n_frames, PARAMS.n_mels])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", BITS])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+@pytest.mark.parametrize("declared", [None, False, True])
+def test_graphs_not_batch_invariant_run_row_by_row(copy, built, declared):
+    from cvahash.export.bundle_writer import write_manifest
+
+    w = built[1]
+    _batch_dependent_audio_graph(w, copy / "audio.onnx")
+    fields = json.loads((copy / MANIFEST_NAME).read_text())
+    for key in ("files", "fingerprint", "format_version"):
+        fields.pop(key)
+    if declared is not None:
+        fields["graphs"] = {"audio": {"batch_invariant": declared}}
+    write_manifest(copy, fields)
+    bundle = ModelBundle.open(copy)
+    assert bundle.batch_invariant("audio") is bool(declared)
+    feats = _features(4)
+    alone = np.concatenate([bundle.audio_logits(feats[i:i + 1]) for i in range(4)])
+    np.testing.assert_allclose(alone, np.tile(w["ba"], (4, 1)), atol=1e-5)  # own mean
+    together = bundle.audio_logits(feats, batch_size=4)
+    if declared:  # the manifest says rows are independent: one batch (here: wrongly)
+        assert not np.allclose(together, alone, atol=1e-3)
+    else:  # row by row: the same window always gives the same logits
+        np.testing.assert_array_equal(together, alone)

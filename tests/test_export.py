@@ -144,6 +144,21 @@ def test_quantisation_choice_is_the_best_measured(int8_bundle):
     assert any(c["method"] == "static-qdq" for c in q["audio"]["candidates"])
 
 
+def test_same_input_same_code_whatever_the_batch(int8_bundle, held_out):
+    """Dynamic int8 takes activation scales per batch; the bundle must still give a window
+    or caption the same code alone as in a batch (search --like finds indexed windows)."""
+    bundle = ModelBundle.open(int8_bundle)
+    manifest = bundle.manifest
+    for branch in ("text", "audio"):
+        dynamic = manifest["quantization"][branch]["method"].startswith("dynamic-")
+        assert bundle.batch_invariant(branch) is not dynamic
+    feats = held_out.features
+    alone = np.concatenate([bundle.encode_audio(feats[i:i + 1]) for i in range(len(feats))])
+    np.testing.assert_array_equal(bundle.encode_audio(feats, batch_size=8), alone)
+    alone = np.concatenate([bundle.encode_text([c]) for c in held_out.captions])
+    np.testing.assert_array_equal(bundle.encode_text(held_out.captions), alone)
+
+
 def test_int8_text_graph_is_smaller_than_fp32(int8_bundle, fp32_bundle):
     # The text graph is mostly embedding and MatMul weights, which int8 shrinks ~4x (tiny: ~0.65x). (The
     # tiny audio graph is not: its few weights are outweighed by the added quantisation
