@@ -249,6 +249,7 @@ class CodeStore(StoreReading, StoreUpkeep):
         self._mm: mmap.mmap | None = None
         self._mm_rows = 0
         self._recordings = RecordingCache()
+        self._checked_segments: dict[tuple, None] = {}
         self._pending_codes: list[np.ndarray] = []
         self._pending_segs: list[Segment] = []
         self._pending_rows = 0
@@ -389,6 +390,7 @@ class CodeStore(StoreReading, StoreUpkeep):
                     conn.execute("COMMIT")
         if info["layout"] != self._layout:
             self._recordings.clear()
+            self._checked_segments.clear()
         if info["generation"] != self._generation:
             self._open_code_file(info)
         self._committed, self._forgotten = info["committed_rows"], info["forgotten_rows"]

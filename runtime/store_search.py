@@ -14,13 +14,12 @@ import numpy as np
 
 from .errors import InvalidArgument
 from .store_format import code_file_name
-from .store_meta import Segments
+from .store_meta import Segments, checked_segment_row
 from .store_types import Hit, Recording, Segment, Window, to_utc_seconds
 
 META_FILE = "meta.sqlite"
-_SEG_FOR_ROW = ("SELECT first_row, n_rows, recording, first_offset_s, hop_s, length_s, "
-                "capture_start_utc, clock_source, crc FROM segments WHERE first_row <= ? "
-                "ORDER BY first_row DESC LIMIT 1")
+_SEG_COLUMNS_S = ("s.first_row, s.n_rows, s.recording, s.first_offset_s, s.hop_s, "
+                  "s.length_s, s.capture_start_utc, s.clock_source, s.crc")
 
 
 def _as_set(value, kinds) -> list:
@@ -132,22 +131,38 @@ class StoreReading:
 
     # ------------------------------------------------------------------ metadata
     def _window_fields(self, rows: list[int]) -> list[tuple]:
-        """(recording, offset_s, length_s, capture_utc, clock_source, row) of each row,
-        one indexed lookup per distinct segment (inside the caller's snapshot)."""
-        conn, out, seg = self._conn, [], None
+        """(recording, offset_s, length_s, capture_utc, clock_source, row) of each row:
+        one SQL statement finds every row's segment (inside the caller's snapshot)."""
+        conn, out = self._conn, []
+        found = {}
+        wanted = sorted({r for r in rows if 0 <= r < self._committed})
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            values = ",".join(["(?)"] * len(chunk))
+            for hit in conn.execute(
+                    f"WITH q(r) AS (VALUES {values}) SELECT q.r, {_SEG_COLUMNS_S} FROM q "
+                    "JOIN segments s ON s.first_row = (SELECT first_row FROM segments "
+                    "WHERE first_row <= q.r ORDER BY first_row DESC LIMIT 1)", chunk):
+                found[hit[0]] = hit[1:]
+        segs: dict[int, tuple] = {}
         for r in rows:
-            if seg is None or not seg[0] <= r < seg[0] + seg[1]:
-                found = conn.execute(_SEG_FOR_ROW, (r,)).fetchone() \
-                    if 0 <= r < self._committed else None
-                t = Segments([found]) if found is not None else None
-                if t is None or r >= int(t.first_row[0] + t.n_rows[0]):
-                    raise InvalidArgument(
-                        f"row {r} of the code store {self.directory} holds no window "
-                        f"(forgotten, or beyond its {self._committed} rows)")
-                seg = (int(t.first_row[0]), int(t.n_rows[0]), float(t.first_offset[0]),
-                       float(t.hop[0]), float(t.length[0]), float(t.capture_start[0]),
-                       t.clock[0], self._recordings.get(conn, int(t.rec_id[0])))
-            first, _, off0, hop, length, cap0, clock, rec = seg
+            row = found.get(r)
+            if row is None or r >= row[0] + row[1]:
+                raise InvalidArgument(
+                    f"row {r} of the code store {self.directory} holds no window "
+                    f"(forgotten, or beyond its {self._committed} rows)")
+            seg = segs.get(row[0])
+            if seg is None:
+                # rows already checked (same bytes) skip the check; the cache is small
+                checked = self._checked_segments
+                if row not in checked:
+                    if len(checked) > 4096:
+                        checked.clear()
+                    checked[checked_segment_row(row)] = None
+                first, _, rec_id, off0, hop, length, cap0, clock, _ = row
+                seg = segs[first] = (first, float(off0), float(hop), float(length),
+                                     float(cap0), clock, self._recordings.get(conn, rec_id))
+            first, off0, hop, length, cap0, clock, rec = seg
             j = r - first
             out.append((rec, off0 + j * hop, length, cap0 + j * hop, clock, r))
         return out

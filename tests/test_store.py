@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from cvahash.errors import FingerprintMismatch, InvalidArgument, InvalidCodes, StoreError
 from cvahash.store import CodeStore, Recording, Segment, Window
-from cvahash.store_meta import first_at_or_after
+from cvahash.store_meta import first_at_or_after, segment_crc, segment_hashes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import hamming_matrix, knn_reference
@@ -372,3 +372,12 @@ def test_reader_follows_forget_and_compact(tmp_path):
     assert not t.is_alive() and problems == [] and searches[0] > 0
     assert len(writer) == 1000 - 10 * 37
     writer.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=st.integers(0, 2**62), n=st.integers(1, 2**31), rec=st.integers(1, 2**62),
+       floats=st.lists(st.floats(-1e12, 1e12), min_size=4, max_size=4),
+       clock=st.sampled_from(["gps", "rtc", "unknown", "audiomoth"]))
+def test_one_row_and_vectorised_segment_checks_agree(first, n, rec, floats, clock):
+    fields = (first, n, rec, *floats, clock)
+    assert segment_crc(*fields) == int(segment_hashes(*fields)[0])
