@@ -302,3 +302,19 @@ def test_export_of_a_missing_run_names_it(tmp_path):
         export_run(tmp_path / "nope", tmp_path / "out")
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_fp16_export_without_corpus_uses_the_builtin_probe(run_dir, held_out, reference,
+                                                          int8_bundle, tmp_path):
+    from cvahash.export.bundle_writer import export_run
+
+    result = export_run(run_dir, tmp_path / "fp16", "fp16")
+    q = result.manifest["quantization"]
+    assert result.manifest["precision"] == "fp16" and q["probe"] == "built-in synthetic probe"
+    assert q["text"]["method"] == q["audio"]["method"] == "fp16"
+    assert result.manifest["graphs"]["audio"]["batch_invariant"] is True
+    bundle = ModelBundle.open(result.path)
+    codes = np.unpackbits(bundle.encode_audio(held_out.features), axis=1)
+    assert np.mean(codes == (reference["audio"] > 0)) >= 0.98
+    # A bundle of the same run at another precision is another model: another fingerprint.
+    assert bundle.fingerprint != ModelBundle.open(int8_bundle).fingerprint
