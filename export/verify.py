@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from cvahash.bundle import ModelBundle, check_bundle, pack_codes
 from cvahash.errors import CvahashError
 
@@ -265,7 +264,7 @@ def verify_bundle(bundle_dir: str | Path, run_dir: str | Path | None = None,
     from cvahash.export.onnx_export import torch_audio_logits, torch_text_logits
     from cvahash.export.tokenizer import tokenize
 
-    model, config, tokenizer = load_run(run_dir)
+    model, _config, tokenizer = load_run(run_dir)
     merged = model.merged()
     bundle = ModelBundle.open(bundle_dir, threads=threads)
     if bundle.bits != model.bits:

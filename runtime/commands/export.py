@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(subparsers) -> None:
@@ -38,13 +39,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         import torch  # noqa: F401  (fail early with the extra's name, not deep inside)
-
         from cvahash.export.bundle_writer import export_run
     except ImportError as exc:
         raise MissingExtra(f"cvahash export needs the workstation extra ({exc.name} is "
                            "missing): pip install 'cvahash[export]'") from exc
     if args.probe_limit < 1:
-        print("cvahash export: error: --probe-limit must be >= 1")
+        print("cvahash export: error: --probe-limit must be >= 1", file=sys.stderr)
         return 2
     result = export_run(args.run_dir, args.out, args.precision, data=args.data,
                         force=args.force, probe_limit=args.probe_limit)
