@@ -117,9 +117,10 @@ from .store_meta import (
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
+    SEG_COLUMNS,
     MetadataCorrupt,
     RecordingCache,
-    Segments,
+    checked_segment_row,
     db_failure,
     read_info,
     recording_crc,
@@ -683,10 +684,15 @@ class CodeStore(StoreReading, StoreUpkeep):
     def _committed_tail(self) -> Segment | None:
         """The last committed segment if it ends at the last committed row."""
         with sql_errors(self.directory / META_FILE, "read the last segment"):
-            t = Segments.fetch(self._conn, order="ORDER BY first_row DESC LIMIT 1")
-            if len(t) == 0 or t.first_row[0] + t.n_rows[0] != self._committed:
+            row = self._conn.execute(f"SELECT {SEG_COLUMNS} FROM segments ORDER BY "
+                                     "first_row DESC LIMIT 1").fetchone()
+            if row is None or checked_segment_row(row)[0] + row[1] != self._committed:
                 return None
-            return t.segment(0, self._recordings.get(self._conn, int(t.rec_id[0])))
+            first, n, rec_id, off0, hop, length, cap0, clock, _ = row
+            return Segment(recording=self._recordings.get(self._conn, rec_id),
+                           first_offset_s=float(off0), length_s=float(length),
+                           capture_start_utc=float(cap0), hop_s=float(hop), n_rows=n,
+                           clock_source=clock, first_row=first)
 
     def flush(self) -> int:
         """Commit everything appended so far; return ``durable_rows``."""

@@ -75,7 +75,7 @@ CREATE TABLE tags (
 # caller's transaction. Run only by CodeStore.migrate(), never implicitly on open.
 MIGRATIONS: dict[int, object] = {}
 
-_SEG_COLUMNS = ("first_row, n_rows, recording, first_offset_s, hop_s, length_s, "
+SEG_COLUMNS = ("first_row, n_rows, recording, first_offset_s, hop_s, length_s, "
                 "capture_start_utc, clock_source, crc")
 _REC_COLUMNS = "id, path, content_hash, station, start_utc, sample_rate, duration_s, crc"
 
@@ -140,7 +140,7 @@ def segment_crc(first_row, n_rows, rec_id, first_offset_s, hop_s, length_s,
 
 
 def checked_segment_row(row: tuple) -> tuple:
-    """One segments row (as selected by _SEG_COLUMNS) after checking its check value."""
+    """One segments row (as selected by SEG_COLUMNS) after checking its check value."""
     try:
         ok = (all(isinstance(x, int) for x in row[:3]) and isinstance(row[7], str)
               and segment_crc(*row[:8]) == row[8])
@@ -261,7 +261,7 @@ class Segments:
     @classmethod
     def fetch(cls, conn: sqlite3.Connection, where: str = "", params=(),
               order: str = "ORDER BY first_row") -> Segments:
-        return cls(conn.execute(f"SELECT {_SEG_COLUMNS} FROM segments {where} {order}",
+        return cls(conn.execute(f"SELECT {SEG_COLUMNS} FROM segments {where} {order}",
                                 params).fetchall())
 
     def __len__(self) -> int:
