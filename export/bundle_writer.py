@@ -100,13 +100,17 @@ def batch_invariant(method: str) -> bool:
 
 
 def tokenizer_settings(config, tokenizer) -> dict:
-    """The padding/truncation the run trained with, as the manifest stores them."""
+    """The padding/truncation the run trained with, as the manifest stores them, and
+    whether the runtime may trim padding (``trim_padding``)."""
     return {
         "max_length": int(config.text_max_length),
         "padding": str(config.text_padding),
         "truncation": True,
         "pad_id": int(tokenizer.pad_token_id),
         "pad_token": str(tokenizer.pad_token),
+        # The text head reads CLAP's pooled first token, which attends only to unmasked
+        # positions: the runtime may cut padding nobody attends to (same codes, faster).
+        "trim_padding": True,
     }
 
 
@@ -139,13 +143,18 @@ def check_tokenizer_file(path: Path, settings: dict, tokenizer, texts: list[str]
 # ---------------------------------------------------------------- export
 
 
-def _text_feeds(tokenizer, settings, texts, batch=16):
+def _text_feeds(tokenizer, settings, texts):
+    """Training-style ids and mask (for PyTorch), and the feeds the device runs: one
+    text at a time with its padding trimmed (``ModelBundle.text_logits``), so candidates
+    are scored on exactly what the station computes."""
     from cvahash.export.tokenizer import tokenize
 
     ids, mask = tokenize(tokenizer, texts, settings["max_length"], settings["padding"])
     ids, mask = ids.numpy(), mask.numpy()
-    feeds = [{"input_ids": ids[s:s + batch], "attention_mask": mask[s:s + batch]}
-             for s in range(0, len(texts), batch)]
+    feeds = []
+    for i in range(len(texts)):
+        used = int(mask[i].sum()) if settings.get("trim_padding") else ids.shape[1]
+        feeds.append({"input_ids": ids[i:i + 1, :used], "attention_mask": mask[i:i + 1, :used]})
     return ids, mask, feeds
 
 

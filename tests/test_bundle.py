@@ -420,3 +420,19 @@ def test_graphs_not_batch_invariant_run_row_by_row(copy, built, declared):
         assert not np.allclose(together, alone, atol=1e-3)
     else:  # row by row: the same window always gives the same logits
         np.testing.assert_array_equal(together, alone)
+
+
+def test_trim_padding_gives_the_same_logits(copy, built):
+    from cvahash.export.bundle_writer import write_manifest
+
+    texts = ["owl", "woodpecker drumming on dead tree", "frog croak croak"]
+    want = ModelBundle.open(built[0]).text_logits(texts)
+    fields = json.loads((copy / MANIFEST_NAME).read_text())
+    for key in ("files", "fingerprint", "format_version"):
+        fields.pop(key)
+    fields["tokenizer"]["trim_padding"] = True
+    write_manifest(copy, fields)
+    bundle = ModelBundle.open(copy)
+    assert bundle.fingerprint != ModelBundle.open(built[0]).fingerprint  # codes may differ
+    np.testing.assert_allclose(bundle.text_logits(texts), want, rtol=1e-6, atol=1e-6)
+    assert bundle.tokenize(texts).input_ids.shape == (3, MAX_LEN)  # tokenize still pads

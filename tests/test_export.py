@@ -176,7 +176,7 @@ def test_manifest_describes_the_bundle(int8_bundle, reference):
     assert manifest["tokenizer"] == {"max_length": config.text_max_length,
                                      "padding": config.text_padding, "truncation": True,
                                      "pad_id": tokenizer.pad_token_id,
-                                     "pad_token": tokenizer.pad_token}
+                                     "pad_token": tokenizer.pad_token, "trim_padding": True}
     for name in ("text.onnx", "audio.onnx", "tokenizer.json"):
         assert manifest["files"][name]["sha256"] == sha256_file(int8_bundle / name)
     assert manifest["fingerprint"] == fingerprint_of(manifest)
