@@ -384,8 +384,6 @@ class CodeStore(StoreReading, StoreUpkeep):
                         return
                 info = read_info(conn)
                 self._check_info(info)
-                if opening:
-                    self._check_segment_totals(conn, info)
             finally:
                 if own and conn.in_transaction:
                     conn.execute("COMMIT")
@@ -401,7 +399,7 @@ class CodeStore(StoreReading, StoreUpkeep):
         self._check_file_length(opening)
 
     def _check_segment_totals(self, conn, info: dict) -> None:
-        """On open: the segments account for every committed row (a segment row that
+        """check(): the segments account for every committed row (a segment row that
         vanished from a damaged database shows up here) and lie inside them."""
         count, total, max_end, min_first, min_n = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(n_rows), 0), COALESCE(MAX(first_row + n_rows), 0),"
@@ -718,25 +716,7 @@ class CodeStore(StoreReading, StoreUpkeep):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                rec_ids: dict[tuple[str, str], int] = {}
-                for seg in self._pending_segs:
-                    rec = seg.recording
-                    if rec.key in rec_ids:
-                        continue
-                    found = conn.execute("SELECT id FROM recordings WHERE path = ? AND "
-                                         "content_hash = ?", rec.key).fetchone()
-                    if found is not None:
-                        rec_ids[rec.key] = found[0]
-                        continue
-                    cur = conn.execute(
-                        "INSERT INTO recordings (path, content_hash, station, start_utc, "
-                        "sample_rate, duration_s, crc) VALUES (?, ?, ?, ?, ?, ?, 0)",
-                        (rec.path, rec.content_hash, rec.station, rec.start_utc,
-                         rec.sample_rate, rec.duration_s))
-                    rid = cur.lastrowid
-                    conn.execute("UPDATE recordings SET crc = ? WHERE id = ?",
-                                 (recording_crc(rid, *recording_fields(rec)), rid))
-                    rec_ids[rec.key] = rid
+                rec_ids = self._recording_ids(conn)
                 segs = self._pending_segs
                 if segs:
                     cols = list(zip(*[
@@ -768,6 +748,34 @@ class CodeStore(StoreReading, StoreUpkeep):
         self._pending_codes, self._pending_segs = [], []
         self._pending_rows, self._pending_since = 0, None
         self._sync(force=True)
+
+    def _recording_ids(self, conn) -> dict[tuple[str, str], int]:
+        """Ids of the pending segments' recordings, inserting the new ones (inside the
+        commit's transaction; a few statements per commit, not per recording)."""
+        recs = {}
+        for seg in self._pending_segs:
+            recs.setdefault(seg.recording.key, seg.recording)
+        ids: dict[tuple[str, str], int] = {}
+        paths = sorted({path for path, _ in recs})
+        for i in range(0, len(paths), 500):
+            chunk = paths[i:i + 500]
+            for rid, path, content_hash in conn.execute(
+                    "SELECT id, path, content_hash FROM recordings WHERE path IN "
+                    f"({','.join('?' * len(chunk))})", chunk):
+                if (path, content_hash) in recs:
+                    ids[(path, content_hash)] = rid
+        new = [rec for key, rec in recs.items() if key not in ids]
+        if new:
+            (top,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM recordings").fetchone()
+            rows = []
+            for rid, rec in enumerate(new, start=top + 1):
+                fields = recording_fields(rec)
+                rows.append((rid, *fields, recording_crc(rid, *fields)))
+                ids[rec.key] = rid
+            conn.executemany("INSERT INTO recordings (id, path, content_hash, station, "
+                             "start_utc, sample_rate, duration_s, crc) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return ids
 
     def _raise_write_error(self, e: OSError, path: Path):
         if e.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import InvalidArgument
 from .store_format import code_file_name
-from .store_meta import Segments, checked_segment_row
+from .store_meta import MetadataCorrupt, Segments, checked_segment_row
 from .store_types import Hit, Recording, Segment, Window, to_utc_seconds
 
 META_FILE = "meta.sqlite"
@@ -148,6 +148,10 @@ class StoreReading:
         for r in rows:
             row = found.get(r)
             if row is None or r >= row[0] + row[1]:
+                if self._forgotten == 0 and 0 <= r < self._committed:
+                    # nothing was forgotten, so every committed row has a segment
+                    raise MetadataCorrupt(f"row {r} has no segment though no recording "
+                                          "was forgotten (a segment row is lost)")
                 raise InvalidArgument(
                     f"row {r} of the code store {self.directory} holds no window "
                     f"(forgotten, or beyond its {self._committed} rows)")

@@ -135,6 +135,8 @@ class StoreUpkeep:
             with self._snapshot():
                 t = Segments.fetch(self._conn)
                 t.validate(self._committed, self._forgotten)
+                self._check_segment_totals(self._conn, {"committed_rows": self._committed,
+                                                        "forgotten_rows": self._forgotten})
                 ids = set(self._recordings.fetch(self._conn))
                 if not set(t.rec_id.tolist()) <= ids:
                     raise MetadataCorrupt("a segment points at a recording that does not "
