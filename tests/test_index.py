@@ -166,6 +166,15 @@ def test_bad_files_are_named_skipped_and_the_rest_indexed(tmp_path, store):
     assert "skipped 6 with problems" in summary and "indexed 2 files" in summary
 
 
+def test_a_file_cut_off_mid_data_is_indexed_as_far_as_it_goes(tmp_path, store):
+    cut = write(tmp_path / "rec" / "cut.wav", tone(25.0))
+    data = cut.read_bytes()
+    cut.write_bytes(data[: 44 + 2 * 48000 * 14])  # header says 25 s, 14 s of samples remain
+    report = index_recordings([cut], store, StandInBundle())
+    assert report.exit_code == 0 and report.windows == 2  # 0-10 s and the 4 s tail
+    assert store.recordings()[0].duration_s == pytest.approx(14.0)
+
+
 def test_resume_skips_what_is_in_and_redoes_a_file_cut_off_mid_way(tmp_path):
     rec = tmp_path / "rec"
     for i in range(3):

@@ -305,3 +305,28 @@ def test_colour_map_runs_dark_to_bright_and_handles_odd_values():
     odd = colorize(np.array([[np.nan, np.inf, 5.0, 5.0]]))
     assert (odd[0, :2] == 0).all() and (odd[0, 2] == VIRIDIS_ANCHORS[0]).all()
     assert isinstance(QueryError("x"), CvahashError)
+
+
+# --- query by example: the window that is searched for ----------------------------------
+
+
+@pytest.mark.parametrize("start", [0.0, 5.0, 12.5, 27.0])
+def test_example_window_is_the_audio_from_start(recording, start):
+    from cvahash.audio import load
+    from cvahash.search import example_window
+
+    path, _, _ = recording  # 30 s at 22.05 kHz, stereo: resampled and downmixed
+    params = FrontendParams()
+    whole = load(path, params.sample_rate)
+    got = example_window(path, start, params)
+    first = round(start * params.sample_rate)
+    want = whole[first : first + params.n_samples]
+    assert got.shape == want.shape  # 10 s, or what is left near the end (27 s -> 3 s)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_example_window_past_the_end_is_refused(recording):
+    from cvahash.search import example_window
+
+    with pytest.raises(QueryError, match="past the end"):
+        example_window(recording[0], 30.0, FrontendParams())
