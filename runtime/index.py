@@ -24,12 +24,13 @@ The capture time of window j is the recording's start + its offset in the file.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -278,7 +279,6 @@ def index_recordings(
     hop_s: float | None = None,
     batch: int = BATCH_WINDOWS,
     progress: Progress | None = None,
-    on_file: Callable[[Path], None] | None = None,
 ) -> IndexReport:
     """Index every recording under ``paths`` into ``store`` (open for writing, bound to
     ``bundle``'s fingerprint). ``hop_s`` defaults to the window length (no overlap).
@@ -288,16 +288,14 @@ def index_recordings(
     from cvahash.store import Recording
 
     params = bundle.frontend_params
-    hop_s = float(hop_s or params.max_length_s)
-    if not (0 < hop_s <= params.max_length_s * 100):
-        raise InvalidArgument(f"--hop {hop_s}: must be above 0 seconds")
+    hop_s = params.max_length_s if hop_s is None else float(hop_s)
+    if not (math.isfinite(hop_s) and hop_s > 0):
+        raise InvalidArgument(f"--hop {hop_s:g}: the seconds between windows must be above 0")
     files = find_recordings(paths)
     report = IndexReport()
     progress = progress or Progress(len(files), enabled=False)
     t0 = time.monotonic()
     for n, path in enumerate(files):
-        if on_file is not None:
-            on_file(path)
         try:
             info = audio.probe(path)
             key_path = str(path.resolve())

@@ -186,6 +186,9 @@ def test_index_with_nothing_to_do_changes_nothing(tmp_path, tiny_bundle, capsys)
     rc, _, err = cli(capsys, "index", tmp_path / "docs" / "notes.txt", "--db", db, "--bundle",
                      tmp_path / "no-bundle")
     assert rc == 1
+    rc, _, err = cli(capsys, "index", tmp_path / "docs", "--db", db, "--bundle", tiny_bundle,
+                     "--hop", "0")
+    assert rc == 2 and "--hop 0" in err
     assert not db.exists()
 
 

@@ -12,6 +12,7 @@ audio found, bundle or store unusable), 3 some files were skipped.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -42,13 +43,17 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="ONNX Runtime threads (default 0: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
     from cvahash.index import Progress, find_recordings, index_recordings
     from cvahash.search import open_store_and_bundle
 
+    if args.hop is not None and not (math.isfinite(args.hop) and args.hop > 0):
+        args._parser.error(f"--hop {args.hop:g}: the seconds between windows must be above 0")
+    if args.threads < 0:
+        args._parser.error(f"--threads {args.threads}: must be 0 (one per core) or more")
     # Find the files and open the bundle before the store is created or opened for
     # writing: a typo in a path or a bad bundle leaves no store behind.
     files = find_recordings(args.paths)
