@@ -134,10 +134,10 @@ class Progress:
         self.t0 = time.monotonic()
         self._last = 0.0
         self._width = 0
-        self._done = 0
 
     def update(self, done_files: int, windows: int, audio_s: float, current: str = "",
-               final: bool = False) -> None:  # fmt: skip
+               *, finished: bool = False, final: bool = False) -> None:  # fmt: skip
+        """Show the state; ``finished``: a file was just done; ``final``: the run is."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -155,10 +155,9 @@ class Progress:
             pad = max(self._width - len(text), 0)
             self._width = len(text)
             self.stream.write("\r" + text + " " * pad + ("\n" if final else ""))
-        elif final or done_files != self._done:
+        elif final or finished:
             # Not a terminal (journald, a log file): one line per finished file.
             self.stream.write(text + "\n")
-        self._done = done_files
         self.stream.flush()
 
     def note(self, line: str) -> None:
@@ -339,7 +338,7 @@ def index_recordings(
         report.indexed.append(path)
         report.windows += len(offsets)
         report.audio_s += info.duration_s
-        progress.update(n + 1, report.windows, report.audio_s, path.name)
+        progress.update(n + 1, report.windows, report.audio_s, path.name, finished=True)
     report.elapsed_s = time.monotonic() - t0
     progress.update(len(files), report.windows, report.audio_s, final=True)
     return report

@@ -142,7 +142,7 @@ def test_bad_files_are_named_skipped_and_the_rest_indexed(tmp_path, store):
             pass
 
     report = index_recordings([rec], store, StandInBundle(),
-                              progress=Progress(9, stream=Capture()))
+                              progress=Progress(8, stream=Capture()))
     assert report.exit_code == 3
     assert sorted(p.name for p in report.indexed) == ["good.wav", "sixteen_channels.wav"]
     reasons = {s.path.name: s.reason for s in report.skipped}
@@ -162,6 +162,9 @@ def test_bad_files_are_named_skipped_and_the_rest_indexed(tmp_path, store):
     assert len(store) == 2 + 2
     printed = "".join(lines)
     assert all(f"skipped {rec / n}" in printed for n in reasons)
+    # Not a terminal: one status line per indexed file, and one at the end.
+    status = [line for line in printed.splitlines() if line.startswith("[")]
+    assert len(status) == 3 and status[-1].startswith("[8/8 files 100%] 4 windows")
     summary = "\n".join(report.summary())
     assert "skipped 6 with problems" in summary and "indexed 2 files" in summary
 
