@@ -23,8 +23,12 @@ code file that readers never look at and the next writer truncates. A code file
 *shorter* than committed_rows (a card that lost data) is repaired when opened in "a"
 mode: segments and tags beyond the rows the file holds are dropped, with a logged
 warning; mode "r" refuses it (StoreCorrupt) and says to open it for appending once.
-A damaged header, a database SQLite cannot read, or metadata that fails its
-checksums or does not hold together is refused with StoreCorrupt; nothing guesses.
+A damaged header or a database SQLite cannot read is refused on open with
+StoreCorrupt. Every metadata row carries a check value that is verified whenever the
+row is read (filters, hits, iter_segments), so a flipped byte is refused at that moment
+rather than returned; ``check()`` verifies everything at once (SQLite's integrity check,
+every row, and that segments plus forgotten rows account for every committed row).
+Opening reads only store_info and the header, so it costs the same for any size.
 
 Durability promise. ``append`` buffers in memory and commits when the buffer holds
 ``commit_every_windows`` windows, when the oldest buffered window is
