@@ -167,6 +167,15 @@ def db_failure(e: Exception, db_path, what: str, note: str = "") -> StoreError:
     a busy, read-only or full database is a plain StoreError.
     """
     name = getattr(e, "sqlite_errorname", None) or ""
+    if not name and isinstance(e, sqlite3.OperationalError):
+        # Python 3.10 has no sqlite_errorname: go by SQLite's message
+        text = str(e).lower()
+        for words, code in (("locked", "SQLITE_LOCKED"), ("busy", "SQLITE_BUSY"),
+                            ("full", "SQLITE_FULL"), ("readonly", "SQLITE_READONLY"),
+                            ("unable to open", "SQLITE_CANTOPEN"), ("i/o", "SQLITE_IOERR")):
+            if words in text:
+                name = code
+                break
     # Busy, locked, full, read-only, unopenable or I/O errors may pass; anything else a
     # database we wrote gives back (malformed pages, undecodable text, a schema without
     # our columns, failed checksums) is damage.

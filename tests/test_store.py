@@ -381,3 +381,15 @@ def test_reader_follows_forget_and_compact(tmp_path):
 def test_one_row_and_vectorised_segment_checks_agree(first, n, rec, floats, clock):
     fields = (first, n, rec, *floats, clock)
     assert segment_crc(*fields) == int(segment_hashes(*fields)[0])
+
+
+def test_sqlite_failures_are_told_apart():
+    import sqlite3
+
+    from cvahash.errors import StoreCorrupt
+    from cvahash.store_meta import db_failure
+    busy = db_failure(sqlite3.OperationalError("database is locked"), "m.sqlite", "commit")
+    assert type(busy) is StoreError and "m.sqlite" in str(busy)
+    for damage in (sqlite3.DatabaseError("database disk image is malformed"),
+                   sqlite3.OperationalError("no such column: hop_s")):
+        assert isinstance(db_failure(damage, "m.sqlite", "read"), StoreCorrupt)
