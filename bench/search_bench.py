@@ -87,6 +87,8 @@ def main(argv=None):
     ap.add_argument("--k", type=int, nargs="+", default=[10, 100])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--no-numpy", action="store_true", help="skip the numpy methods")
+    ap.add_argument("--numpy-max-n", type=int, default=None,
+                    help="run the numpy methods only up to this many rows (they take seconds)")
     ap.add_argument("--no-cosine", action="store_true", help="skip the float32 cosine baseline")
     ap.add_argument("--cosine-max-gb", type=float, default=4.0,
                     help="skip cosine where the embeddings exceed this (default 4)")
@@ -148,7 +150,8 @@ def main(argv=None):
                         res["faiss"] = median_ms(lambda i=index, q=queries, k=k: i.search(q, k), args.reps)
                         if not np.array_equal(fd.astype(np.int32), cd):
                             mismatches.append((n, bits, nq, threads, k, "faiss"))
-                        if not args.no_numpy and threads == 1:
+                        numpy_ok = args.numpy_max_n is None or n <= args.numpy_max_n
+                        if not args.no_numpy and numpy_ok and threads == 1:
                             sub = queries[: min(nq, 2 if n * nbytes < 50e6 else 1)]
                             scale = nq / len(sub)
                             for name, fn in (("numpy-seed", numpy_seed), ("numpy-popcnt", numpy_popcnt)):
