@@ -71,6 +71,12 @@ def main(argv=None) -> int:
     ap.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
     ap.add_argument("--objectives", nargs="+", default=["crovca", "contrastive"])
     ap.add_argument("--lora", type=int, nargs="+", default=[0, 8], help="LoRA ranks (0 = none)")
+    ap.add_argument("--lora-bits", type=int, nargs="+", default=None,
+                    help="bit widths of the LoRA runs (default: all of --bits)")
+    ap.add_argument("--pretrained", default=None, metavar="CLIP_RUN_DIR",
+                    help="skip pretraining: use this `--objective clip` run as the base model")
+    ap.add_argument("--clip-batch", type=int, default=32)
+    ap.add_argument("--clip-lr", type=float, default=2e-3)
     ap.add_argument("--clip-epochs", type=int, default=30)
     ap.add_argument("--head-epochs", type=int, default=60, help="heads-only runs")
     ap.add_argument("--lora-epochs", type=int, default=4, help="LoRA runs (1 head-only warm-up)")
@@ -88,7 +94,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.clip_epochs, args.head_epochs, args.lora_epochs = 3, 10, 2
 
-    from cvahash.export.evaluate import evaluate_run, format_table, plot_map_vs_bits
+    from cvahash.export.evaluate import evaluate_run, format_table
     from cvahash.export.run import RunConfig
     from cvahash.export.synth import generate_corpus
     from cvahash.export.train import TrainOptions, train
@@ -103,18 +109,26 @@ def main(argv=None) -> int:
     print(f"corpus: {t_corpus:.0f}s", file=sys.stderr)
 
     opts = TrainOptions(progress=sys.stderr.isatty(), embedding_cache={})
-    clip_dir = out / "clip"
+    clip_dir = Path(args.pretrained) if args.pretrained else out / "clip"
     clip_cfg = RunConfig(model="tiny", objective="clip", lora_rank=0, epochs=args.clip_epochs,
-                         batch_size=64, lr_base=2e-3, text_max_length=32, seed=args.seed)
+                         batch_size=args.clip_batch, lr_base=args.clip_lr, text_max_length=32,
+                         seed=args.seed)
     t0 = time.monotonic()
-    train(clip_cfg, manifest, clip_dir, opts)
+    if not args.pretrained:
+        train(clip_cfg, manifest, clip_dir, opts)
     t_clip = time.monotonic() - t0
-    print(f"clip pretraining: {t_clip:.0f}s", file=sys.stderr)
+    print(f"clip pretraining: {t_clip:.0f}s, {cpu_seconds():.0f} CPU-s so far", file=sys.stderr)
+    clip_eval = evaluate_run(clip_dir, manifest, progress=False)
+    (out / "clip_eval.json").write_text(json.dumps(clip_eval, indent=1))
+    print("pretrained continuous t2a mAP@10 "
+          f"{clip_eval['text_to_audio']['continuous']['mAP@10']:.3f}", file=sys.stderr)
 
     results, timings = [], {"corpus_s": t_corpus, "clip_pretrain_s": t_clip}
     for rank in args.lora:
         for objective in args.objectives:
             for bits in args.bits:
+                if rank and args.lora_bits and bits not in args.lora_bits:
+                    continue
                 name = f"{objective}-{bits}b-lora{rank}"
                 cfg = RunConfig(model=str(clip_dir), bits=bits, objective=objective,
                                 lora_rank=rank, seed=args.seed, text_max_length=32,
@@ -127,21 +141,37 @@ def main(argv=None) -> int:
                 r["train_s"] = time.monotonic() - t0
                 results.append(r)
                 t2a = r["text_to_audio"]
+                save(out, results, timings, t_start)
                 print(f"{name}: binary {t2a['binary']['mAP@10']:.3f} continuous "
                       f"{t2a['continuous']['mAP@10']:.3f} ({r['train_s']:.0f}s)", file=sys.stderr)
-    timings["total_s"] = time.monotonic() - t_start
-
-    table = markdown_table(results)
-    print(table)
-    (out / "table.md").write_text(table + "\n")
-    (out / "table.txt").write_text(format_table(results) + "\n")
-    plot_map_vs_bits(results, out / "map_vs_bits.png")
-    meta = {"argv": sys.argv, "machine": platform.platform(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "timings": timings,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
+    meta = save(out, results, timings, t_start)
+    print(markdown_table(results))
+    print(format_table(results), file=sys.stderr)
     print(json.dumps(meta, indent=1), file=sys.stderr)
     return 0
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (corpus workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def save(out: Path, results: list[dict], timings: dict, t_start: float) -> dict:
+    """Write results.json, table.md and the plot now, so an interrupted run keeps its data."""
+    import torch
+    from cvahash.export.evaluate import plot_map_vs_bits
+
+    timings = dict(timings, wall_s=time.monotonic() - t_start, cpu_s=cpu_seconds())
+    meta = {"argv": sys.argv, "machine": platform.platform(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "timings": timings,
+            "load_avg_1m": os.getloadavg()[0],
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
+    if results:
+        (out / "table.md").write_text(markdown_table(results) + "\n")
+        plot_map_vs_bits(results, out / "map_vs_bits.png")
+    return meta
 
 
 def markdown_table(results: list[dict]) -> str:
