@@ -210,7 +210,11 @@ def print_targets(rows):
         if r[5] == "cvahash" and r[2] == 64 and r[3] == 2:
             text = f"64 queries, {r[0] // 1_000_000}M x {r[1]} bits, k={r[4]}: <= 0.45x faiss"
             checks.append((text, r[7], 0.45))
+    seen = set()
     for text, value, limit in checks:
+        if text in seen:
+            continue
+        seen.add(text)
         if value is None:
             print(f"  {text}: not run")
         else:
