@@ -269,3 +269,44 @@ def _distances_with(isa: str, query, codes) -> np.ndarray:
         )  # fmt: skip
         _raise_for(rc, "distances")
     return out
+
+
+def _agrees_with_serial(isa: int) -> bool:
+    """Run `isa` against the serial reference on small cases with ties, at every fast-path
+    width and a few odd ones (well under a millisecond).
+
+    Why at import: a kernel can only be tested where its CPU features exist, and the
+    build machines lack some (AVX-512 was never run where this was written). So the
+    first station whose CPU selects such a kernel checks it before trusting it.
+    """
+    serial = _ISA_IDS["serial"]
+    rng = np.random.default_rng(20261127)
+    for nbytes in (1, 3, 8, 9, 16, 32, 64, 100):
+        codes = rng.integers(0, 256, (300, nbytes), dtype=np.uint8)
+        codes[100:160] = codes[0]  # ties across block boundaries
+        codes[200:210, 0] ^= 1  # near-duplicates
+        queries = np.ascontiguousarray(codes[[0, 7, 205]])
+        for threads in (1, 2):
+            got = _knn(isa, queries, codes, 25, threads, None)
+            want = _knn(serial, queries, codes, 25, 1, None)
+            if not all(np.array_equal(a, b) for a, b in zip(got, want)):
+                return False
+        radius = 4 * nbytes
+        got = _within(isa, queries[0], codes, radius, 1, None)
+        want = _within(serial, queries[0], codes, radius, 1, None)
+        if not all(np.array_equal(a, b) for a, b in zip(got, want)):
+            return False
+    return True
+
+
+if not os.environ.get("CVAHASH_SIMD", "").strip() and not _agrees_with_serial(_ACTIVE):
+    import logging
+
+    _bad = active_isa()
+    for _name in reversed(available_isas()):
+        if _name != _bad and _agrees_with_serial(_ISA_IDS[_name]):
+            _ACTIVE = _ISA_IDS[_name]
+            break
+    logging.getLogger(__name__).error(
+        "the %s Hamming kernel disagrees with the serial reference on this CPU; using %s "
+        "instead. Please report this with the output of `lscpu`.", _bad, active_isa())

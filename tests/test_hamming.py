@@ -362,3 +362,9 @@ def test_property_within_equals_reference_for_every_isa(case, radius):
     for isa in ISAS:
         assert_same(hamming._within_with(isa, q, codes, radius, threads=threads, allowed=allowed),
                     want)
+
+
+@pytest.mark.parametrize("isa", hamming.available_isas())
+def test_import_self_check_passes_for_every_kernel_here(isa):
+    """The import-time check that guards kernels never run on a build machine."""
+    assert hamming._agrees_with_serial(hamming._ISA_IDS[isa])
