@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runtime_bench import build_full_bundle, build_recording  # noqa: E402
+from runtime_bench import build_full_bundle, build_recording
 
 
 def rss_mb(pid: int) -> float | None:

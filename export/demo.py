@@ -42,14 +42,14 @@ def retrain(work: Path, seed: int = 0) -> Path:
     """Reproduce the shipped demo bundle: corpus, clip pretraining, CVA-Hash, export."""
     corpus = work / "corpus"
     if not (corpus / "manifest.jsonl").exists():
-        cli("synth", "--out", str(corpus), "--n", "1200", "--seed", str(seed), "--force")
+        cli("synth", "--out", str(corpus), "--n", "1000", "--seed", str(seed), "--force")
     manifest = str(corpus / "manifest.jsonl")
     steps = [
         ("train", "--model", "tiny", "--objective", "clip", "--data", manifest,
-         "--out", str(work / "clip-run"), "--epochs", "12", "--seed", str(seed)),
+         "--out", str(work / "clip-run"), "--epochs", "15", "--seed", str(seed)),
         ("train", "--model", str(work / "clip-run"), "--objective", "crovca",
-         "--data", manifest, "--bits", "64", "--lora-rank", "8", "--epochs", "6",
-         "--warmup-epochs", "2", "--out", str(work / "hash-run"), "--seed", str(seed)),
+         "--data", manifest, "--bits", "64", "--lora-rank", "8", "--epochs", "3",
+         "--warmup-epochs", "1", "--out", str(work / "hash-run"), "--seed", str(seed)),
         ("export", str(work / "hash-run"), "--out", str(work / "bundle"), "--data", manifest,
          "--force"),
     ]
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _clock(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 

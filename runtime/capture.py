@@ -20,7 +20,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-
 from cvahash.errors import AudioError, CvahashError
 
 log = logging.getLogger(__name__)
@@ -162,7 +161,7 @@ class DeviceSource:
             try:
                 self._sd._terminate()
                 self._sd._initialize()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - best effort; start() reports failure
                 log.debug("PortAudio re-initialisation: %s", exc)
         self._started_once = True
         self._resolve()
@@ -206,7 +205,7 @@ class DeviceSource:
             try:
                 stream.abort()
                 stream.close()
-            except Exception as exc:  # a vanished device can fail to close; nothing to save
+            except Exception as exc:  # noqa: BLE001 - a vanished device can fail to close
                 log.debug("closing input stream: %s", exc)
 
 
@@ -219,7 +218,6 @@ class FileSource:
 
     def __init__(self, path: str | Path, realtime: bool = False, block_s: float = 1.0):
         import soundfile as sf
-
         from cvahash.audio import capture_time, probe
 
         self.path = Path(path)

@@ -34,7 +34,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-
 from cvahash.capture import Block, CaptureError, DeviceSource, FileSource
 from cvahash.errors import CvahashError, StoreError
 from cvahash.health import Health, write_status
@@ -108,8 +107,8 @@ class Daemon:
         from cvahash.store import CodeStore
 
         path = Path(self.cfg.store.path)
-        opts = dict(commit_every_windows=self.cfg.store.commit_every_windows,
-                    commit_every_s=self.cfg.store.commit_every_s)
+        opts = {"commit_every_windows": self.cfg.store.commit_every_windows,
+                "commit_every_s": self.cfg.store.commit_every_s}
         if path.exists() and any(path.iterdir()):
             return CodeStore.open(path, "a", fingerprint=bundle.fingerprint, bits=bundle.bits,
                                   **opts)

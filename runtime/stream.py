@@ -30,9 +30,9 @@ class StreamWindower:
         if hop_s <= 0 or window_s <= 0 or hop_s > window_s:
             raise ValueError(f"need 0 < hop_s <= window_s, got window {window_s}, hop {hop_s}")
         self.in_rate, self.out_rate = int(in_rate), int(out_rate)
-        self.win = int(round(window_s * out_rate))
-        self.hop = int(round(hop_s * out_rate))
-        self.min_last = int(round(min_last_s * out_rate))
+        self.win = round(window_s * out_rate)
+        self.hop = round(hop_s * out_rate)
+        self.min_last = round(min_last_s * out_rate)
         self._resampler = (soxr.ResampleStream(self.in_rate, self.out_rate, 1, dtype="float32")
                            if self.in_rate != self.out_rate else None)
         self._buf = np.zeros(0, dtype=np.float32)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from cvahash import hamming
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from cvahash.frontend import FrontendParams, mel_filterbank
 
 GROUPS = 8

@@ -24,9 +24,8 @@ import pytest
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from band_bundle import make_band_bundle, tone_scene  # noqa: E402
-
-from cvahash.store import CodeStore  # noqa: E402
+from band_bundle import make_band_bundle, tone_scene
+from cvahash.store import CodeStore
 
 PY = sys.executable
 
@@ -37,7 +36,8 @@ def _pulse_up(env) -> None:
                     "--load=module-null-sink sink_name=vsink", "--load=module-always-sink"],
                    env=env, check=True, capture_output=True, timeout=30)
     for _ in range(50):
-        if subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode == 0:
+        if subprocess.run(["pactl", "info"], env=env, capture_output=True,
+                          check=False).returncode == 0:
             break
         time.sleep(0.1)
     subprocess.run(["pactl", "set-default-sink", "vsink"], env=env, check=True)
@@ -45,7 +45,7 @@ def _pulse_up(env) -> None:
 
 
 def _pulse_down(env) -> None:
-    subprocess.run(["pulseaudio", "-k"], env=env, capture_output=True, timeout=30)
+    subprocess.run(["pulseaudio", "-k"], env=env, capture_output=True, timeout=30, check=False)
     time.sleep(0.5)
 
 
@@ -162,7 +162,7 @@ def test_live_capture_finds_played_events_and_raises_alerts(pulse, bundle, tmp_p
     # A text search over what was captured finds both band-3 events, exactly.
     res = subprocess.run([PY, "-m", "cvahash", "search", "band3", "--db",
                           str(tmp_path / "store"), "--json", "-k", "50"],
-                         env=pulse, capture_output=True, text=True, timeout=60)
+                         env=pulse, capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stderr
     hits = [h for h in json.loads(res.stdout)["hits"] if h["distance"] == 0]
     assert hits, res.stdout
@@ -258,7 +258,7 @@ def test_file_replay_gives_the_codes_of_indexing(bundle, tmp_path):
     assert proc.returncode == 0, out
     res = subprocess.run([PY, "-m", "cvahash", "index", str(rec), "--db",
                           str(tmp_path / "indexed"), "--bundle", str(bundle)],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     with CodeStore.open(tmp_path / "store") as a, CodeStore.open(tmp_path / "indexed") as b:
         ca, wa = a.read(np.arange(len(a)))
@@ -296,7 +296,7 @@ def test_status_command_verdicts(tmp_path):
     write_status(path, h.snapshot(10, tmp_path))
     assert verdict(json.loads(path.read_text()))[0] == "OK"
     res = subprocess.run([PY, "-m", "cvahash", "status", "--file", str(path)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert res.returncode == 0 and res.stdout.startswith("OK")
 
     doc = json.loads(path.read_text())
@@ -306,10 +306,10 @@ def test_status_command_verdicts(tmp_path):
     doc["written_utc"] = "2020-01-01T00:00:00+00:00"
     write_status(path, doc)
     res = subprocess.run([PY, "-m", "cvahash", "status", "--file", str(path)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert res.returncode == 1 and res.stdout.startswith("STALE")
     res = subprocess.run([PY, "-m", "cvahash", "status", "--file", str(tmp_path / "nope")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert res.returncode == 1 and "no status file" in res.stderr
 
 
