@@ -19,7 +19,6 @@ queries without any relevant clip are skipped.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,65 +48,35 @@ class Probe:
     source: str = ""
 
 
-def _read_audio(path: Path, sample_rate: int, where: str) -> np.ndarray:
-    import soundfile as sf
-
-    try:
-        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError
-        raise DataError(f"{where}: cannot read audio {path} ({exc})") from exc
-    if x.size == 0:
-        raise DataError(f"{where}: audio {path} is empty")
-    x = x.mean(axis=1)
-    if sr != sample_rate:
-        import soxr
-
-        x = soxr.resample(x, sr, sample_rate)
-    if not np.isfinite(x).all():
-        raise DataError(f"{where}: audio {path} has NaN or infinite samples")
-    return np.asarray(x, dtype=np.float32)
-
-
 def load_probe(manifest: str | Path, frontend, *, splits: Sequence[str] = ("val", "test"),
                limit: int = 200) -> Probe:
-    """Up to ``limit`` clips of the manifest (JSONL: {"audio", "caption", "labels",
-    "split"}) whose split is one of ``splits`` (the held-out ones by default); a manifest
-    with none of them is used whole.
-    Audio is read, mixed to mono, resampled and turned into log-mel with ``frontend``.
+    """Up to ``limit`` clips of the manifest (JSONL or CSV, read by
+    ``cvahash.export.data.read_manifest``) whose split is one of ``splits`` (the held-out
+    ones by default); a manifest with none of them is used whole. Audio is read with
+    ``cvahash.audio.load`` (mono, resampled) and turned into log-mel with ``frontend``.
     Errors name the manifest line."""
+    from cvahash.audio import load
+    from cvahash.errors import AudioError
+    from cvahash.export.data import ManifestError, read_manifest
     from cvahash.frontend import log_mel
 
-    manifest = Path(manifest)
     try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"{manifest}: cannot read the corpus manifest ({exc})") from exc
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{manifest}:{n}"
+        entries = read_manifest(manifest, check_files=False)
+    except ManifestError as exc:
+        raise DataError(str(exc)) from exc
+    chosen = [e for e in entries if e.split in splits]
+    split = "+".join(s for s in splits if any(e.split == s for e in chosen))
+    entries = (chosen or entries)[:limit]
+    audio = []
+    for e in entries:
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc})") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("audio"), str):
-            raise DataError(f"{where}: needs an 'audio' path")
-        caption = row.get("caption")
-        if not isinstance(caption, str) or not caption.strip():
-            raise DataError(f"{where}: 'caption' is missing or empty")
-        rows.append((where, row))
-    if not rows:
-        raise DataError(f"{manifest}: no clips in the manifest")
-    chosen = [(w, r) for w, r in rows if r.get("split") in splits]
-    split = "+".join(s for s in splits if any(r.get("split") == s for _, r in chosen))
-    rows = chosen or rows
-    rows = rows[:limit]
-    audio = [_read_audio(manifest.parent / r["audio"], frontend.sample_rate, w) for w, r in rows]
-    labels = [frozenset(map(str, r.get("labels") or [r["caption"]])) for _, r in rows]
+            audio.append(load(e.audio, frontend.sample_rate))
+        except AudioError as exc:
+            raise DataError(f"{e.where}: cannot read audio {e.audio} ({exc})") from exc
+    labels = [frozenset(e.labels or (e.caption,)) for e in entries]
     features = log_mel(audio, frontend)
     name = f"{manifest} (split {split})" if split else str(manifest)
-    return Probe([r["caption"] for _, r in rows], labels, features, name)
+    return Probe([e.caption for e in entries], labels, features, name)
 
 
 # A few call shapes for when no corpus is given: (label, caption, synthesiser).

@@ -77,8 +77,8 @@ def test_load_probe_reads_held_out_clips(tmp_path):
 
 @pytest.mark.parametrize("line, match", [
     ("{broken", r"manifest\.jsonl:2: not valid JSON"),
-    ('{"caption": "x"}', r"manifest\.jsonl:2: needs an 'audio' path"),
-    ('{"audio": "a.wav", "caption": "  "}', r"manifest\.jsonl:2: 'caption' is missing or empty"),
+    ('{"caption": "x"}', r"manifest\.jsonl:2: missing 'audio'"),
+    ('{"audio": "a.wav", "caption": "  "}', r"manifest\.jsonl:2: empty caption"),
     ('{"audio": "missing.wav", "caption": "owl"}', r"manifest\.jsonl:2: cannot read audio"),
 ])
 def test_load_probe_errors_name_the_line(tmp_path, line, match):
