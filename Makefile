@@ -16,8 +16,10 @@ C_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 
 .PHONY: demo test test-fast bench system-deps venv clean lint
 
+# `make demo ARGS=--retrain` trains and exports the tiny bundle here instead of using
+# the shipped one (tests/data/demo-bundle); `ARGS="--minutes 30"` for a shorter run.
 demo: $(VENV)/.installed
-	$(PY) -m cvahash.export.demo
+	$(PY) -m cvahash.export.demo $(ARGS)
 
 test: system-deps $(VENV)/.installed
 	$(PY) -m pytest -q
@@ -49,7 +51,8 @@ $(VENV)/.installed: pyproject.toml setup.py $(C_SOURCES)
 	touch $@
 
 bench: $(VENV)/.installed
-	@echo "benchmarks: $(PY) bench/<name>.py (see docs/benchmarks/)"
+	@echo "benchmarks (each prints a table; results and commands in docs/benchmarks/):"
+	@ls bench/*.py
 
 clean:
 	rm -rf build *.egg-info runtime/*.so runtime/_hamming_cffi.* $(VENV)
