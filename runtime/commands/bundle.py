@@ -11,6 +11,7 @@ mAP@10 of both (needs the [export] extra). Exit 0 pass, 1 fail.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 
@@ -55,12 +56,9 @@ def run_verify(args: argparse.Namespace) -> int:
     # --against alone, so the files-only check runs on a station.
     from cvahash.export.verify import verify_bundle
 
-    if args.against:
-        try:
-            import torch  # noqa: F401
-        except ImportError as exc:
-            raise MissingExtra(f"--against needs the workstation extra ({exc.name} is "
-                               "missing): pip install 'cvahash[export]'") from exc
+    if args.against and importlib.util.find_spec("torch") is None:
+        raise MissingExtra("--against needs the workstation extra (torch is missing): "
+                           "pip install 'cvahash[export]'")
     try:
         report = verify_bundle(args.bundle, args.against, args.data,
                                min_agreement=args.min_agreement,

@@ -11,6 +11,7 @@ int8 suits CPU devices (Pi, x86 station); fp16 a Jetson GPU. Needs the [export] 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 
@@ -37,8 +38,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from cvahash.errors import MissingExtra
 
+    # Fail early with the extra's name, not deep inside the exporter.
+    if importlib.util.find_spec("torch") is None:
+        raise MissingExtra("cvahash export needs the workstation extra (torch is missing): "
+                           "pip install 'cvahash[export]'")
     try:
-        import torch  # noqa: F401  (fail early with the extra's name, not deep inside)
         from cvahash.export.bundle_writer import export_run
     except ImportError as exc:
         raise MissingExtra(f"cvahash export needs the workstation extra ({exc.name} is "
