@@ -93,10 +93,12 @@ def _text_graph(path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
 
 
-def _tokenizer(path: Path) -> None:
+def word_tokenizer(path: Path, words: list[str], specials: list[str] = SPECIALS) -> None:
+    """A word-level `tokenizers` file: ids are the position in specials + words, and
+    every text becomes <s> words </s> (a stand-in for CLAP's RoBERTa tokenizer)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    vocab = {t: i for i, t in enumerate(specials + words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
@@ -112,7 +114,7 @@ def make_band_bundle(root: Path) -> Path:
     root.mkdir(parents=True)
     _audio_graph(root / "audio.onnx")
     _text_graph(root / "text.onnx")
-    _tokenizer(root / "tokenizer.json")
+    word_tokenizer(root / "tokenizer.json", WORDS)
     write_manifest(root, {
         "bits": BITS, "source_model": "analytic band-peak test graphs",
         "frontend": PARAMS.to_dict(),

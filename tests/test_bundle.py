@@ -17,6 +17,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from band_bundle import word_tokenizer
 from cvahash.bundle import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -89,14 +90,7 @@ def _audio_graph(w, path):
 
 
 def _tokenizer(path):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    tok.save(str(path))
+    word_tokenizer(path, WORDS, SPECIALS)
 
 
 def _reference_ids(text):
