@@ -33,7 +33,9 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioInfo",
     "Window",
+    "Windower",
     "capture_time",
+    "downmix",
     "find_audio",
     "iter_windows",
     "load",
@@ -195,7 +197,7 @@ def _check_finite(frames: np.ndarray, path: Path, first_frame: int, sample_rate:
         )
 
 
-def _downmix(frames: np.ndarray) -> np.ndarray:
+def downmix(frames: np.ndarray) -> np.ndarray:
     """[n, channels] float32 -> [n] float32, the mean of the channels."""
     if frames.shape[1] == 1:
         return frames[:, 0]
@@ -242,7 +244,7 @@ def load(path: str | os.PathLike, sample_rate: int = 48000) -> np.ndarray:
         while len(frames := _read(f, block, path, position, info.sample_rate)):
             _check_finite(frames, path, position, info.sample_rate)
             position += len(frames)
-            parts.append(_downmix(frames))
+            parts.append(downmix(frames))
             del frames
     mono = np.concatenate(parts) if len(parts) > 1 else parts[0]
     del parts
@@ -299,52 +301,78 @@ def iter_windows(
     return _stream(path, info, win, hop, min_last, block, sample_rate)
 
 
+class Windower:
+    """Cuts a continuous mono stream into windows at the output rate: the one windowing
+    rule for files (`iter_windows`) and live capture (cvahash.daemon).
+
+    `push(mono)` resamples a block (one soxr stream for the whole run, so there are no
+    clicks at block edges) and returns the resampled samples; `ready()` then yields every
+    window the buffer completes: starts at ``k * hop``, ``win`` samples long. After
+    `push(..., last=True)`, `ready()` also yields one shorter tail window reaching the
+    end, if it holds at least ``min_last`` samples and the end is not already covered.
+    The buffer holds at most about one window plus one block.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int, win: int, hop: int, min_last: int):
+        self.out_rate = out_rate
+        self.win, self.hop, self.min_last = win, hop, max(1, min_last)
+        self._resampler = None
+        if in_rate != out_rate:
+            self._resampler = soxr.ResampleStream(
+                in_rate, out_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY
+            )
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0  # output-sample index of _buf[0]
+        self._next = 0  # start of the next window
+        self._covered = 0  # output samples [0, covered) are inside some yielded window
+        self._last = False
+
+    def push(self, mono: np.ndarray, last: bool = False) -> np.ndarray:
+        mono = np.asarray(mono, dtype=np.float32)
+        if self._resampler is not None:
+            out = self._resampler.resample_chunk(mono, last=last)
+        else:
+            out = mono
+        self._buf = np.concatenate([self._buf, out]) if len(self._buf) else out
+        self._last = self._last or last
+        return out
+
+    def ready(self) -> Iterator[Window]:
+        rate, win = self.out_rate, self.win
+        end = self._buf_start + len(self._buf)
+        while self._next + win <= end:
+            i = self._next - self._buf_start
+            yield Window(self._next / rate, win / rate, self._buf[i : i + win].copy())
+            self._covered = self._next + win
+            self._next += self.hop
+        if self._last and end > self._covered and end - self._next >= self.min_last:
+            i = self._next - self._buf_start
+            tail = self._buf[i:].copy()
+            self._covered = end
+            yield Window(self._next / rate, len(tail) / rate, tail)
+        # Drop what no later window needs (all of it when hop > window).
+        drop = min(max(self._next - self._buf_start, 0), len(self._buf))
+        self._buf = self._buf[drop:]
+        self._buf_start += drop
+
+
 def _stream(
     path: Path, info: AudioInfo, win: int, hop: int, min_last: int, block: int, sample_rate: int
 ) -> Iterator[Window]:
-    resampler = None
-    if info.sample_rate != sample_rate:
-        resampler = soxr.ResampleStream(
-            info.sample_rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY
-        )
-    # `buf` holds output samples [buf_start, buf_start + len(buf)) not yet behind the next
-    # window's start: never more than one window plus one block.
-    buf = np.zeros(0, dtype=np.float32)
-    buf_start = 0
-    next_start = 0
-    covered = 0  # output samples [0, covered) are inside some yielded window
+    windower = Windower(info.sample_rate, sample_rate, win, hop, min_last)
     read_pos = 0
     with _open(path) as f:
-        done = False
-        while not done:
+        while True:
             frames = _read(f, block, path, read_pos, info.sample_rate)
-            done = len(frames) == 0
-            if not done:
-                _check_finite(frames, path, read_pos, info.sample_rate)
-                read_pos += len(frames)
-                mono = _downmix(frames)
-                del frames
-                out = mono if resampler is None else resampler.resample_chunk(mono, last=False)
-            elif resampler is not None:
-                out = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-            else:
-                out = buf[:0]
-            buf = np.concatenate([buf, out]) if len(buf) else np.asarray(out, dtype=np.float32)
-            del out
-            end = buf_start + len(buf)
-            while next_start + win <= end:
-                i = next_start - buf_start
-                yield Window(next_start / sample_rate, win / sample_rate, buf[i : i + win].copy())
-                covered = next_start + win
-                next_start += hop
-            if done and end > covered and end - next_start >= min_last:
-                i = next_start - buf_start
-                tail = buf[i:].copy()
-                yield Window(next_start / sample_rate, len(tail) / sample_rate, tail)
-            # Drop what no later window needs (all of it when hop > window).
-            drop = min(max(next_start - buf_start, 0), len(buf))
-            buf = buf[drop:]
-            buf_start += drop
+            if len(frames) == 0:
+                windower.push(np.zeros(0, dtype=np.float32), last=True)
+                yield from windower.ready()
+                return
+            _check_finite(frames, path, read_pos, info.sample_rate)
+            read_pos += len(frames)
+            windower.push(downmix(frames))
+            del frames
+            yield from windower.ready()
 
 
 # --- when was it recorded -------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The soundscape-monitoring daemon: capture, encode, store, alert, for months.
 
 One loop, one worker thread (the caller's): read what the source captured, downmix and
-resample it to 48 kHz mono (cvahash.stream), cut windows, compute log-mel
+resample it to 48 kHz mono and cut windows (cvahash.audio.Windower, the same
+windowing as file indexing), compute log-mel
 (cvahash.frontend), encode with the bundle's audio graph, append to the code store in
 batched commits, check the watchlist, and write the health status. The capture thread
 (PortAudio's callback in cvahash.capture) only copies into a ring buffer.
@@ -34,16 +35,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+from cvahash.audio import Windower, downmix
 from cvahash.capture import Block, CaptureError, DeviceSource, FileSource
 from cvahash.errors import CvahashError, StoreError
 from cvahash.health import Health, write_status
-from cvahash.stream import StreamWindower
 
 log = logging.getLogger(__name__)
 
 CHUNK_S = 600.0  # one store recording (and one retained FLAC file) per 10 minutes
 ENCODE_EVERY_S = 2.0  # encode pending windows at least this often
 BACKOFF_MAX_S = 60.0
+MIN_LAST_S = 1.0  # a run's last partial window is kept from this length, as in indexing
 
 
 def station_clock_source() -> str:
@@ -60,7 +62,7 @@ class _Run:
     recording: object  # cvahash.store.Recording
     start_utc: float
     start_monotonic: float
-    windower: StreamWindower
+    windower: Windower
     clock_source: str
 
 
@@ -152,17 +154,20 @@ class Daemon:
             name = str(path) if path else (
                 f"capture:{self.station}:{start.strftime('%Y%m%dT%H%M%SZ')}")
             rec = Recording(path=name, station=self.station, start_utc=start.timestamp(),
-                            sample_rate=48000, duration_s=None)
-        w = self.cfg.windows
-        self._run = _Run(rec, start.timestamp(), block.monotonic,
-                         StreamWindower(source.sample_rate, w.window_s, w.hop_s), clock)
+                            sample_rate=self._bundle.frontend_params.sample_rate,
+                            duration_s=None)
+        w, rate = self.cfg.windows, self._bundle.frontend_params.sample_rate
+        windower = Windower(source.sample_rate, rate, round(w.window_s * rate),
+                            round(w.hop_s * rate), round(MIN_LAST_S * rate))
+        self._run = _Run(rec, start.timestamp(), block.monotonic, windower, clock)
         log.info("new run %s (clock %s)", rec.path, clock)
 
     def _end_run(self) -> None:
         run, self._run = self._run, None
         if run is None:
             return
-        samples, windows = run.windower.finish()
+        samples = run.windower.push(np.zeros(0, dtype=np.float32), last=True)
+        windows = list(run.windower.ready())
         self._retain(samples)
         self._queue(run, windows)
         self._encode_pending()
@@ -241,7 +246,8 @@ class Daemon:
         if self.cfg.retention.enabled and not isinstance(source, FileSource):
             from cvahash.retention import AudioRetention
 
-            self.retention = AudioRetention(self.cfg.retention.path, self.cfg.retention.quota_mb)
+            self.retention = AudioRetention(self.cfg.retention.path, self.cfg.retention.quota_mb,
+                                            sample_rate=bundle.frontend_params.sample_rate)
             self.health.retention = "on"
         self.health.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         backoff = 1.0
@@ -331,7 +337,8 @@ class Daemon:
         if run is None:
             self._start_run(source, block)
             run = self._run
-        samples, windows = run.windower.feed(block.frames)
+        samples = run.windower.push(downmix(block.frames))
+        windows = list(run.windower.ready())
         self._retain(samples)
         self._queue(run, windows)
         end = block.wall + timedelta(seconds=len(block.frames) / source.sample_rate)

@@ -335,20 +335,24 @@ def test_retention_quota_deletes_oldest_and_full_disk_pauses(tmp_path):
     full.close()
 
 
-def test_stream_windower_matches_file_windows(tmp_path):
-    from cvahash.audio import iter_windows
-    from cvahash.stream import StreamWindower
+def test_live_blocks_give_the_windows_of_the_file(tmp_path):
+    """The daemon feeds cvahash.audio.Windower odd-sized live blocks; the windows must be
+    those iter_windows cuts from the same audio read as a file."""
+    from cvahash.audio import Windower, downmix, iter_windows
 
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((44100 * 37, 2)) * 0.1).astype(np.float32)
     path = tmp_path / "x.wav"
     sf.write(path, x, 44100, subtype="FLOAT")
     ref = list(iter_windows(path, window_s=10.0, hop_s=5.0))
-    sw = StreamWindower(44100, 10.0, 5.0)
+    sw = Windower(44100, 48000, 480000, 240000, 48000)
     got = []
-    for i in range(0, len(x), 4410 * 3 + 17):  # odd block sizes
-        got += sw.feed(x[i:i + 4410 * 3 + 17])[1]
-    got += sw.finish()[1]
+    step = 4410 * 3 + 17  # odd block sizes
+    for i in range(0, len(x), step):
+        sw.push(downmix(x[i:i + step]))
+        got += sw.ready()
+    sw.push(np.zeros(0, np.float32), last=True)
+    got += sw.ready()
     assert [w.offset_s for w in got] == [w.offset_s for w in ref]
     assert [round(w.length_s, 3) for w in got] == [round(w.length_s, 3) for w in ref]
     for a, b in zip(got, ref):
