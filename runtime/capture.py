@@ -73,7 +73,7 @@ class RingBuffer:
                 self.dropped += n
                 self._gap = True
                 return
-            if self._write == self._read or self._first_wall is None:
+            if self._first_wall is None:  # first frames since the last read
                 self._first_wall, self._first_mono = wall, mono
             start = self._write % self._cap
             first = min(n, self._cap - start)
@@ -83,7 +83,7 @@ class RingBuffer:
             self._write += n
         self._data.set()
 
-    def read(self, sample_rate: int, timeout: float) -> Block | None:
+    def read(self, timeout: float) -> Block | None:
         """Everything buffered so far, or None if nothing arrived within `timeout`."""
         if not self._data.wait(timeout):
             return None
@@ -93,8 +93,8 @@ class RingBuffer:
                 self._data.clear()
                 return None
             start = self._read % self._cap
-            idx = (np.arange(n) + start) % self._cap
-            frames = self._buf[idx].copy()
+            first = min(n, self._cap - start)
+            frames = np.concatenate([self._buf[start:start + first], self._buf[: n - first]])
             wall, mono, gap = self._first_wall, self._first_mono, self._gap
             self._read += n
             self._gap = False
@@ -193,7 +193,7 @@ class DeviceSource:
             raise CaptureError("the input stream is not open")
         if not self._stream.active:
             raise CaptureError(f"input stream of {self.name!r} stopped")
-        return self._ring.read(self.sample_rate, timeout)
+        return self._ring.read(timeout)
 
     @property
     def dropped_frames(self) -> int:

@@ -357,3 +357,21 @@ def test_live_blocks_give_the_windows_of_the_file(tmp_path):
     assert [round(w.length_s, 3) for w in got] == [round(w.length_s, 3) for w in ref]
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a.samples, b.samples, atol=1e-5)
+
+
+def test_ring_buffer_wraps_and_reports_drops():
+    from cvahash.capture import RingBuffer
+
+    ring = RingBuffer(10, 1)
+    now = datetime.now(timezone.utc)
+    assert ring.read(0.01) is None
+    ring.write(np.arange(7, dtype=np.float32)[:, None], now, 0.0)
+    assert ring.read(0.1).frames[:, 0].tolist() == list(range(7))
+    ring.write(np.arange(7, 13, dtype=np.float32)[:, None], now, 1.0)  # wraps around the end
+    block = ring.read(0.1)
+    assert block.frames[:, 0].tolist() == list(range(7, 13)) and not block.gap_before
+    ring.write(np.zeros((11, 1), np.float32), now, 2.0)  # does not fit: dropped, counted
+    assert ring.dropped == 11
+    ring.write(np.ones((3, 1), np.float32), now, 3.0)
+    block = ring.read(0.1)
+    assert block.gap_before and len(block.frames) == 3 and block.monotonic == 3.0
