@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -205,6 +206,8 @@ class ModelBundle:
         self._sessions: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._tokenizer = None
+        self._audio_workers = 1  # windows run at once; set when the audio session is made
+        self._pool = None
         self.providers_in_use: dict[str, list[str]] = {}
         from cvahash.frontend import FrontendParams
 
@@ -285,11 +288,17 @@ class ModelBundle:
             import onnxruntime as ort
 
             name = TEXT_GRAPH if branch == "text" else AUDIO_GRAPH
+            providers = self._choose_providers()
             options = ort.SessionOptions()
-            options.intra_op_num_threads = self._threads
+            threads = self._threads
+            if branch == "audio" and self._windows_in_parallel(providers):
+                # One window per run on the CPU: several single-threaded runs at once
+                # beat one run on several threads (bench/bundle_bench.py --parallel).
+                self._audio_workers = threads or os.cpu_count() or 1
+                threads = 1
+            options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3  # ORT's own warnings are noise on a station
-            providers = self._choose_providers()
             try:
                 session = ort.InferenceSession(str(self.path / name), sess_options=options,
                                                providers=providers)
@@ -297,15 +306,40 @@ class ModelBundle:
                 raise BundleError(f"{self.path / name}: onnxruntime cannot load it ({exc})") from exc
             used = session.get_providers()
             self.providers_in_use[branch] = used
-            log.info("bundle %s: %s graph on %s (%s threads)", self.fingerprint, branch,
-                     used[0], self._threads or "default")
+            if branch == "audio" and self._audio_workers > 1:
+                log.info("bundle %s: audio graph on %s (%d windows at once, 1 thread each)",
+                         self.fingerprint, used[0], self._audio_workers)
+            else:
+                log.info("bundle %s: %s graph on %s (%s threads)", self.fingerprint, branch,
+                         used[0], threads or "default")
             self._sessions[branch] = session
             return session
+
+    def _windows_in_parallel(self, providers: list[str]) -> bool:
+        """Whether audio windows run concurrently, one thread each: for a graph that runs
+        one window at a time anyway (not `batch_invariant`) on the CPU provider alone,
+        with more than one thread allowed. ORT's intra-op threads scale poorly on one
+        window of the int8 HTSAT graph (2 threads: 1.35x one); two windows at once on
+        one thread each do better (1.6x), and give the same codes."""
+        return (providers == ["CPUExecutionProvider"] and self._threads != 1
+                and not self.batch_invariant("audio") and (self._threads or os.cpu_count() or 1) > 1)
+
+    def _worker_pool(self):
+        with self._lock:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self._audio_workers,
+                                                thread_name_prefix="cvahash-audio")
+            return self._pool
 
     def close(self) -> None:
         """Drop the ONNX Runtime sessions (they are recreated on the next use)."""
         with self._lock:
             self._sessions.clear()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
     # -- text
     def _load_tokenizer(self):
@@ -427,6 +461,14 @@ class ModelBundle:
             batch_size = 1
         name = session.get_inputs()[0].name
         out = np.empty((len(x), self.bits), dtype=np.float32)
+        if self._audio_workers > 1 and len(x) > 1:
+            # ORT releases the GIL in run(); each window is computed on its own, so the
+            # codes are those of running the windows one after another.
+            runs = [self._worker_pool().submit(session.run, None, {name: x[i:i + 1]})
+                    for i in range(len(x))]
+            for i, run in enumerate(runs):
+                out[i:i + 1] = run.result()[0]
+            return out
         for start in range(0, len(x), batch_size):
             out[start:start + batch_size] = session.run(None, {name: x[start:start + batch_size]})[0]
         return out

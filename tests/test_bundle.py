@@ -430,3 +430,22 @@ def test_trim_padding_gives_the_same_logits(copy, built):
     assert bundle.fingerprint != ModelBundle.open(built[0]).fingerprint  # codes may differ
     np.testing.assert_allclose(bundle.text_logits(texts), want, rtol=1e-6, atol=1e-6)
     assert bundle.tokenize(texts).input_ids.shape == (3, MAX_LEN)  # tokenize still pads
+
+
+def test_windows_run_in_parallel_give_the_sequential_codes():
+    """A dynamic-int8 graph runs one window per call; with more than one thread the
+    bundle runs several windows at once (one thread each). Same codes as one by one."""
+    from pathlib import Path
+
+    demo = Path(__file__).parent / "data" / "demo-bundle"
+    rng = np.random.default_rng(3)
+    feats = (rng.standard_normal((7, 1, 1001, 64)) * 20 - 40).astype(np.float32)
+    serial = ModelBundle.open(demo, threads=1)
+    parallel = ModelBundle.open(demo, threads=3)
+    want = serial.encode_audio(feats)
+    assert serial._audio_workers == 1
+    np.testing.assert_array_equal(parallel.encode_audio(feats), want)
+    assert parallel._audio_workers == 3
+    np.testing.assert_array_equal(parallel.encode_audio(feats[2:3]), want[2:3])
+    parallel.close()  # shuts the worker threads down; the next call makes them again
+    np.testing.assert_array_equal(parallel.encode_audio(feats[:2]), want[:2])
