@@ -1,0 +1,135 @@
+"""Where the audio graph spends its time, fp32 against int8, and how windows scale.
+
+    .venv/bin/python bench/audio_graph_profile.py compare FP32.onnx INT8.onnx
+    .venv/bin/python bench/audio_graph_profile.py parallel GRAPH.onnx [GRAPH.onnx ...]
+
+``compare``: ONNX Runtime's profiler on one 10 s window (1 thread, 6 runs, medians per
+node); each fp32 MatMul is matched with the int8 nodes made from it (the dynamic
+quantiser keeps the node name as a prefix) and the table lists the largest ones, then
+totals for matrix products and for everything else.
+
+``parallel``: per-window time of running windows one after another on 1 thread, one after
+another on 2 intra-op threads, and 2 at once on one single-threaded session (what
+`cvahash.bundle.ModelBundle` does for graphs that run one window per call).
+
+Graphs: the files ``bench/bundle_bench.py --out DIR`` writes (audio-fp32.onnx,
+audio-dynamic-qint8.onnx, ...). Results: docs/benchmarks/bundle.md, run 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+
+
+def _window() -> np.ndarray:
+    return (np.random.default_rng(0).standard_normal((1, 1, 1001, 64)) * 20 - 40).astype(np.float32)
+
+
+def _session(path: str, threads: int, profile: bool = False) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.enable_profiling = profile
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def node_times(path: str, runs: int = 6) -> dict[tuple[str, str], float]:
+    """Median ms per (node name, op type) over ``runs`` runs on one thread."""
+    session = _session(path, 1, profile=True)
+    feed = {session.get_inputs()[0].name: _window()}
+    for _ in range(runs):
+        session.run(None, feed)
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    times = collections.defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            times[(e["name"][: -len("_kernel_time")], e["args"]["op_name"])].append(e["dur"])
+    return {k: float(np.median(v)) / 1000 for k, v in times.items()}
+
+
+def _is_product(op: str) -> bool:
+    return "MatMul" in op or "Gemm" in op or "Quantize" in op
+
+
+def _origin(name: str) -> str:
+    return re.sub(r"(_quant|_MatMulIntegerToFloat.*|_fused.*)$", "", name)
+
+
+def compare(fp32: str, int8: str, top: int = 25) -> None:
+    a, b = node_times(fp32), node_times(int8)
+    base = {_origin(n): t for (n, op), t in a.items() if "MatMul" in op or "Gemm" in op}
+    quant = collections.defaultdict(float)
+    for (n, op), t in b.items():
+        if _is_product(op):
+            quant[_origin(n)] += t
+    print(f"{'node':70s} {'fp32 ms':>8s} {'int8 ms':>8s} {'x':>6s}")
+    for name, t in sorted(base.items(), key=lambda kv: -kv[1])[:top]:
+        q = quant.get(name, float("nan"))
+        print(f"{name[-70:]:70s} {t:8.2f} {q:8.2f} {t / q:6.2f}")
+    prod_a, prod_b = sum(base.values()), sum(quant.values())
+    all_a, all_b = sum(a.values()), sum(b.values())
+    print(f"matrix products: fp32 {prod_a:.1f} ms, int8 {prod_b:.1f} ms ({prod_a / prod_b:.2f}x)")
+    print(f"everything else: fp32 {all_a - prod_a:.1f} ms, int8 {all_b - prod_b:.1f} ms")
+    print(f"whole graph:     fp32 {all_a:.1f} ms, int8 {all_b:.1f} ms ({all_a / all_b:.2f}x)")
+
+
+def parallel(path: str, n: int = 12, series: int = 2) -> dict[str, float]:
+    one, two = _session(path, 1), _session(path, 2)
+    feed = {one.get_inputs()[0].name: _window()}
+    for s in (one, two):
+        s.run(None, feed)
+        s.run(None, feed)
+    best: dict[str, float] = {}
+
+    def keep(label, seconds, count):
+        best[label] = min(best.get(label, float("inf")), 1000 * seconds / count)
+
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(series):
+            t = time.perf_counter()
+            for _ in range(n // 2):
+                one.run(None, feed)
+            keep("1 thread", time.perf_counter() - t, n // 2)
+            t = time.perf_counter()
+            for _ in range(n):
+                two.run(None, feed)
+            keep("2 intra-op threads", time.perf_counter() - t, n)
+            t = time.perf_counter()
+            list(pool.map(lambda _: one.run(None, feed), range(n)))
+            keep("2 windows at once, 1 thread each", time.perf_counter() - t, n)
+    print(path)
+    for label, ms in best.items():
+        print(f"  {label:34s} {ms:7.1f} ms/window")
+    return best
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="mode", required=True)
+    c = sub.add_parser("compare", help="per-node fp32 vs int8 profile")
+    c.add_argument("fp32")
+    c.add_argument("int8")
+    p = sub.add_parser("parallel", help="sequential vs intra-op vs concurrent windows")
+    p.add_argument("graphs", nargs="+")
+    args = ap.parse_args(argv)
+    if args.mode == "compare":
+        compare(args.fp32, args.int8)
+    else:
+        for g in args.graphs:
+            parallel(g)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
