@@ -58,6 +58,9 @@ BUNDLE_FILES = (TEXT_GRAPH, AUDIO_GRAPH, TOKENIZER_FILE)
 REQUIRED_KEYS = ("format_version", "bits", "frontend", "tokenizer", "precision", "files",
                  "fingerprint")
 DEFAULT_AUDIO_BATCH = 8
+# With threads=0 ("one per core") at most this many windows run at once: each holds its
+# own activations (about 30 MB for the full-size HTSAT), which adds up on a big workstation.
+MAX_AUTO_AUDIO_WORKERS = 8
 
 
 # ---------------------------------------------------------------- hashing and fingerprint
@@ -294,7 +297,7 @@ class ModelBundle:
             if branch == "audio" and self._windows_in_parallel(providers):
                 # One window per run on the CPU: several single-threaded runs at once
                 # beat one run on several threads (bench/bundle_bench.py --parallel).
-                self._audio_workers = threads or os.cpu_count() or 1
+                self._audio_workers = threads or min(os.cpu_count() or 1, MAX_AUTO_AUDIO_WORKERS)
                 threads = 1
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
