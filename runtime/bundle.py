@@ -296,7 +296,7 @@ class ModelBundle:
             threads = self._threads
             if branch == "audio" and self._windows_in_parallel(providers):
                 # One window per run on the CPU: several single-threaded runs at once
-                # beat one run on several threads (bench/bundle_bench.py --parallel).
+                # beat one run on several threads (bench/audio_graph_profile.py parallel).
                 self._audio_workers = threads or min(os.cpu_count() or 1, MAX_AUTO_AUDIO_WORKERS)
                 threads = 1
             options.intra_op_num_threads = threads
@@ -322,8 +322,8 @@ class ModelBundle:
         """Whether audio windows run concurrently, one thread each: for a graph that runs
         one window at a time anyway (not `batch_invariant`) on the CPU provider alone,
         with more than one thread allowed. ORT's intra-op threads scale poorly on one
-        window of the int8 HTSAT graph (2 threads: 1.35x one); two windows at once on
-        one thread each do better (1.6x), and give the same codes."""
+        window of the int8 HTSAT graph (2 threads: 1.3-1.6x one); two windows at once on
+        one thread each do better (1.6-2.2x), and give the same codes."""
         return (providers == ["CPUExecutionProvider"] and self._threads != 1
                 and not self.batch_invariant("audio") and (self._threads or os.cpu_count() or 1) > 1)
 
