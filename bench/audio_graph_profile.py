@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/audio_graph_profile.py compare FP32.onnx INT8.onnx
     .venv/bin/python bench/audio_graph_profile.py parallel GRAPH.onnx [GRAPH.onnx ...]
+    .venv/bin/python bench/audio_graph_profile.py interleaved --threads 1 FP32.onnx INT8.onnx
 
 ``compare``: ONNX Runtime's profiler on one 10 s window (1 thread, 6 runs, medians per
 node); each fp32 MatMul is matched with the int8 nodes made from it (the dynamic
@@ -11,6 +12,10 @@ totals for matrix products and for everything else.
 ``parallel``: per-window time of running windows one after another on 1 thread, one after
 another on 2 intra-op threads, and 2 at once on one single-threaded session (what
 `cvahash.bundle.ModelBundle` does for graphs that run one window per call).
+
+``interleaved``: wall-clock time per window of several graphs, run in turn (graph A, B,
+A, B, ...) so that the machine's drift from one minute to the next hits them alike;
+medians of ``--runs`` runs each. The fair way to compare precisions on a shared VM.
 
 Graphs: the files ``bench/bundle_bench.py --out DIR`` writes (audio-fp32.onnx,
 audio-dynamic-qint8.onnx, ...). Results: docs/benchmarks/bundle.md, run 4.
@@ -114,6 +119,26 @@ def parallel(path: str, n: int = 12, series: int = 2) -> dict[str, float]:
     return best
 
 
+def interleaved(paths: list[str], threads: int, runs: int = 15) -> dict[str, float]:
+    sessions = [_session(p, threads) for p in paths]
+    feed = {sessions[0].get_inputs()[0].name: _window()}
+    for s in sessions:
+        s.run(None, feed)
+        s.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(runs):
+        for i, s in enumerate(sessions):
+            t = time.perf_counter()
+            s.run(None, feed)
+            times[i].append(time.perf_counter() - t)
+    out = {}
+    for path, ts in zip(paths, times):
+        out[path] = 1000 * float(np.median(ts))
+        print(f"{path}: {threads} thread(s), median {out[path]:.1f} ms "
+              f"(min {1000 * min(ts):.1f}, max {1000 * max(ts):.1f})")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -122,9 +147,15 @@ def main(argv=None) -> int:
     c.add_argument("int8")
     p = sub.add_parser("parallel", help="sequential vs intra-op vs concurrent windows")
     p.add_argument("graphs", nargs="+")
+    i = sub.add_parser("interleaved", help="graphs run in turn, medians")
+    i.add_argument("graphs", nargs="+")
+    i.add_argument("--threads", type=int, default=1)
+    i.add_argument("--runs", type=int, default=15)
     args = ap.parse_args(argv)
     if args.mode == "compare":
         compare(args.fp32, args.int8)
+    elif args.mode == "interleaved":
+        interleaved(args.graphs, args.threads, args.runs)
     else:
         for g in args.graphs:
             parallel(g)
