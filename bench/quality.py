@@ -73,8 +73,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lora", type=int, nargs="+", default=[0, 8], help="LoRA ranks (0 = none)")
     ap.add_argument("--lora-bits", type=int, nargs="+", default=None,
                     help="bit widths of the LoRA runs (default: all of --bits)")
-    ap.add_argument("--pretrained", default=None, metavar="CLIP_RUN_DIR",
-                    help="skip pretraining: use this `--objective clip` run as the base model")
+    ap.add_argument("--pretrained", default=None, metavar="MODEL",
+                    help="skip pretraining: use this base model instead (an `--objective clip` "
+                         "run folder, a local CLAP folder, or a hub id such as "
+                         "davidrrobinson/BioLingual)")
     ap.add_argument("--clip-batch", type=int, default=32)
     ap.add_argument("--clip-lr", type=float, default=2e-3)
     ap.add_argument("--clip-epochs", type=int, default=30)
@@ -118,10 +120,11 @@ def main(argv=None) -> int:
         train(clip_cfg, manifest, clip_dir, opts)
     t_clip = time.monotonic() - t0
     print(f"clip pretraining: {t_clip:.0f}s, {cpu_seconds():.0f} CPU-s so far", file=sys.stderr)
-    clip_eval = evaluate_run(clip_dir, manifest, progress=False)
-    (out / "clip_eval.json").write_text(json.dumps(clip_eval, indent=1))
-    print("pretrained continuous t2a mAP@10 "
-          f"{clip_eval['text_to_audio']['continuous']['mAP@10']:.3f}", file=sys.stderr)
+    if (clip_dir / "run.json").exists():  # our own clip run (not a plain CLAP checkpoint)
+        clip_eval = evaluate_run(clip_dir, manifest, progress=False)
+        (out / "clip_eval.json").write_text(json.dumps(clip_eval, indent=1))
+        print("pretrained continuous t2a mAP@10 "
+              f"{clip_eval['text_to_audio']['continuous']['mAP@10']:.3f}", file=sys.stderr)
 
     results, timings = [], {"corpus_s": t_corpus, "clip_pretrain_s": t_clip}
     for rank in args.lora:
@@ -130,7 +133,7 @@ def main(argv=None) -> int:
                 if rank and args.lora_bits and bits not in args.lora_bits:
                     continue
                 name = f"{objective}-{bits}b-lora{rank}"
-                cfg = RunConfig(model=str(clip_dir), bits=bits, objective=objective,
+                cfg = RunConfig(model=args.pretrained or str(clip_dir), bits=bits, objective=objective,
                                 lora_rank=rank, seed=args.seed, text_max_length=32,
                                 epochs=args.lora_epochs if rank else args.head_epochs,
                                 warmup_epochs=1 if rank else 0, batch_size=64,
