@@ -294,11 +294,10 @@ class ModelBundle:
             providers = self._choose_providers()
             options = ort.SessionOptions()
             threads = self._threads
-            if branch == "audio" and self._windows_in_parallel(providers):
-                # One window per run on the CPU: several single-threaded runs at once
-                # beat one run on several threads (bench/audio_graph_profile.py parallel).
-                self._audio_workers = threads or min(os.cpu_count() or 1, MAX_AUTO_AUDIO_WORKERS)
-                threads = 1
+            if branch == "audio":
+                self._audio_workers = self._parallel_windows(providers)
+                if self._audio_workers > 1:
+                    threads = 1
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3  # ORT's own warnings are noise on a station
@@ -318,14 +317,18 @@ class ModelBundle:
             self._sessions[branch] = session
             return session
 
-    def _windows_in_parallel(self, providers: list[str]) -> bool:
-        """Whether audio windows run concurrently, one thread each: for a graph that runs
-        one window at a time anyway (not `batch_invariant`) on the CPU provider alone,
-        with more than one thread allowed. ORT's intra-op threads scale poorly on one
-        window of the int8 HTSAT graph (2 threads: 1.3-1.6x one); two windows at once on
-        one thread each do better (1.6-2.2x), and give the same codes."""
-        return (providers == ["CPUExecutionProvider"] and self._threads != 1
-                and not self.batch_invariant("audio") and (self._threads or os.cpu_count() or 1) > 1)
+    def _parallel_windows(self, providers: list[str]) -> int:
+        """How many audio windows run at once, one single-threaded run each (1: windows
+        run in batches on one session with `threads` threads instead).
+
+        Above 1 only for a graph that runs one window per call anyway (not
+        `batch_invariant`) on the CPU provider alone: ORT's intra-op threads scale poorly
+        on one window of the int8 HTSAT graph (2 threads: 1.3-1.6x one), two windows at
+        once on one thread each do better (1.6-2.2x; bench/audio_graph_profile.py
+        parallel), and give the same codes."""
+        if providers != ["CPUExecutionProvider"] or self.batch_invariant("audio"):
+            return 1
+        return self._threads or min(os.cpu_count() or 1, MAX_AUTO_AUDIO_WORKERS)
 
     def _worker_pool(self):
         with self._lock:
