@@ -307,9 +307,10 @@ class Windower:
 
     `push(mono)` resamples a block (one soxr stream for the whole run, so there are no
     clicks at block edges) and returns the resampled samples; `ready()` then yields every
-    window the buffer completes: starts at ``k * hop``, ``win`` samples long. After
-    `push(..., last=True)`, `ready()` also yields one shorter tail window reaching the
-    end, if it holds at least ``min_last`` samples and the end is not already covered.
+    window the buffer completes: starts at ``k * hop``, ``win`` samples long. `finish()`
+    marks the end of the stream (and returns the resampler's last samples); `ready()`
+    then also yields one shorter tail window reaching the end, if it holds at least
+    ``min_last`` samples and the end is not already covered.
     The buffer holds at most about one window plus one block.
     """
 
@@ -327,8 +328,13 @@ class Windower:
         self._covered = 0  # output samples [0, covered) are inside some yielded window
         self._last = False
 
-    def push(self, mono: np.ndarray, last: bool = False) -> np.ndarray:
-        mono = np.asarray(mono, dtype=np.float32)
+    def push(self, mono: np.ndarray) -> np.ndarray:
+        return self._append(np.asarray(mono, dtype=np.float32), last=False)
+
+    def finish(self) -> np.ndarray:
+        return self._append(np.zeros(0, dtype=np.float32), last=True)
+
+    def _append(self, mono: np.ndarray, last: bool) -> np.ndarray:
         if self._resampler is not None:
             out = self._resampler.resample_chunk(mono, last=last)
         else:
@@ -365,7 +371,7 @@ def _stream(
         while True:
             frames = _read(f, block, path, read_pos, info.sample_rate)
             if len(frames) == 0:
-                windower.push(np.zeros(0, dtype=np.float32), last=True)
+                windower.finish()
                 yield from windower.ready()
                 return
             _check_finite(frames, path, read_pos, info.sample_rate)

@@ -166,7 +166,7 @@ class Daemon:
         run, self._run = self._run, None
         if run is None:
             return
-        samples = run.windower.push(np.zeros(0, dtype=np.float32), last=True)
+        samples = run.windower.finish()
         windows = list(run.windower.ready())
         self._retain(samples)
         self._queue(run, windows)

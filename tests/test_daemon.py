@@ -351,7 +351,7 @@ def test_live_blocks_give_the_windows_of_the_file(tmp_path):
     for i in range(0, len(x), step):
         sw.push(downmix(x[i:i + step]))
         got += sw.ready()
-    sw.push(np.zeros(0, np.float32), last=True)
+    sw.finish()
     got += sw.ready()
     assert [w.offset_s for w in got] == [w.offset_s for w in ref]
     assert [round(w.length_s, 3) for w in got] == [round(w.length_s, 3) for w in ref]
