@@ -55,4 +55,4 @@ bench: $(VENV)/.installed
 	@ls bench/*.py
 
 clean:
-	rm -rf build *.egg-info runtime/*.so runtime/_hamming_cffi.* $(VENV)
+	rm -rf build *.egg-info runtime/*.so runtime/kernel/*.so runtime/kernel/_hamming_cffi.* $(VENV)

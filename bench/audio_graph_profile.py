@@ -11,7 +11,7 @@ totals for matrix products and for everything else.
 
 ``parallel``: per-window time of running windows one after another on 1 thread, one after
 another on 2 intra-op threads, and 2 at once on one single-threaded session (what
-`cvahash.bundle.ModelBundle` does for graphs that run one window per call).
+`cvahash.model.bundle.ModelBundle` does for graphs that run one window per call).
 
 ``interleaved``: wall-clock time per window of several graphs, run in turn (graph A, B,
 A, B, ...) so that the machine's drift from one minute to the next hits them alike;

@@ -84,16 +84,16 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
-    from cvahash.export.model import HashingModel, build_tiny_clap, full_size_clap_config
-    from cvahash.export.onnx_export import (
+    from cvahash.export.train.model import HashingModel, build_tiny_clap, full_size_clap_config
+    from cvahash.export.onnx.convert import (
         export_audio_graph,
         export_text_graph,
         torch_audio_logits,
         torch_text_logits,
     )
-    from cvahash.export.quantize import agreement, quantize_graph, run_graph
-    from cvahash.export.verify import builtin_probe
-    from cvahash.frontend import FrontendParams
+    from cvahash.export.onnx.quantize import agreement, quantize_graph, run_graph
+    from cvahash.export.onnx.verify import builtin_probe
+    from cvahash.model.frontend import FrontendParams
     from transformers import ClapModel
 
     torch.manual_seed(0)

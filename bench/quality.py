@@ -4,7 +4,7 @@
     .venv/bin/python bench/quality.py --out /tmp/q --n 300 --quick          # smoke run
     .venv/bin/python bench/quality.py --full-size-step                      # one LoRA step, 153M
 
-1. generate the synthetic corpus (cvahash.export.synth), relevance = sharing a label;
+1. generate the synthetic corpus (cvahash.export.synth.corpus), relevance = sharing a label;
 2. pretrain a tiny CLAP from scratch with the ``clip`` objective (the stand-in foundation
    model: no pretrained weights here);
 3. train CVA-Hash heads at each bit width, for both objectives (crovca, contrastive),
@@ -31,8 +31,8 @@ from pathlib import Path
 def full_size_step(batch: int = 16, rank: int = 8) -> dict:
     """Time and peak memory of one LoRA training step of the full-size ClapConfig."""
     import torch
-    from cvahash.export.losses import make_objective
-    from cvahash.export.model import HashingModel, full_size_clap_config
+    from cvahash.export.train.losses import make_objective
+    from cvahash.export.train.model import HashingModel, full_size_clap_config
     from transformers import ClapModel
 
     torch.manual_seed(0)
@@ -96,10 +96,10 @@ def main(argv=None) -> int:
     if args.quick:
         args.clip_epochs, args.head_epochs, args.lora_epochs = 3, 10, 2
 
-    from cvahash.export.evaluate import evaluate_run, format_table
-    from cvahash.export.run import RunConfig
-    from cvahash.export.synth import generate_corpus
-    from cvahash.export.train import TrainOptions, train
+    from cvahash.export.train.evaluate import evaluate_run, format_table
+    from cvahash.export.train.run import RunConfig
+    from cvahash.export.synth.corpus import generate_corpus
+    from cvahash.export.train.loop import TrainOptions, train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def cpu_seconds() -> float:
 def save(out: Path, results: list[dict], timings: dict, t_start: float) -> dict:
     """Write results.json, table.md and the plot now, so an interrupted run keeps its data."""
     import torch
-    from cvahash.export.evaluate import plot_map_vs_bits
+    from cvahash.export.train.evaluate import plot_map_vs_bits
 
     timings = dict(timings, wall_s=time.monotonic() - t_start, cpu_s=cpu_seconds())
     meta = {"argv": sys.argv, "machine": platform.platform(), "cpus": os.cpu_count(),

@@ -55,10 +55,10 @@ def log(msg: str) -> None:
 def build_full_bundle(out: Path, bits: int) -> Path:
     """Full-size random CLAP + hashing heads -> int8 bundle (dynamic quantisation only:
     with random weights the static/QDQ candidates cost minutes and prove nothing)."""
-    from cvahash.export.bundle_writer import export_run
-    from cvahash.export.model import HashingModel, full_size_clap_config, reinit_weights
-    from cvahash.export.run import RunConfig, save_run
-    from cvahash.export.tokenizer import train_caption_tokenizer
+    from cvahash.export.onnx.bundle_writer import export_run
+    from cvahash.export.train.model import HashingModel, full_size_clap_config, reinit_weights
+    from cvahash.export.train.run import RunConfig, save_run
+    from cvahash.export.train.tokenizer import train_caption_tokenizer
     from transformers import ClapModel
 
     work = out.parent / (out.name + ".work")
@@ -83,7 +83,7 @@ def build_full_bundle(out: Path, bits: int) -> Path:
 
 def build_store(out: Path, rows: int, bits: int, fingerprint: str, seed: int = 0) -> Path:
     """``rows`` random codes as 24 h recordings of 10 s windows across 3 stations."""
-    from cvahash.store import CodeStore, Recording, Segment
+    from cvahash.store.code_store import CodeStore, Recording, Segment
 
     per_rec = int(24 * 3600 / WINDOW_S)
     nbytes = (bits + 7) // 8
@@ -168,8 +168,8 @@ def cold_search(store: Path, bundle: Path, repeats: int, cores: str) -> dict:
 
 
 def warm_latency(store: Path, bundle_dir: Path, repeats: int, threads: int) -> dict:
-    from cvahash.bundle import ModelBundle
-    from cvahash.store import CodeStore
+    from cvahash.model.bundle import ModelBundle
+    from cvahash.store.code_store import CodeStore
 
     bundle = ModelBundle.open(bundle_dir, threads=threads)
     enc, srch = [], []
@@ -213,8 +213,8 @@ def index_speed(recording: Path, bundle: Path, cores: str, minutes: float) -> di
 def query_map(bundle_dir: Path, corpus: Path, splits=("val", "test"), k: int = 10) -> dict:
     """mAP@k of text queries and of query by example, through the runtime path.
 
-    The clips of ``splits`` of a synthetic corpus (cvahash.export.synth, manifest.jsonl)
-    are indexed into a fresh store with `cvahash.index`; a window's labels are the calls
+    The clips of ``splits`` of a synthetic corpus (cvahash.export.synth.corpus, manifest.jsonl)
+    are indexed into a fresh store with `cvahash.library.index`; a window's labels are the calls
     that sound inside it. Text: one query per call type present, in its seen phrasing
     and (where it has one) its held-out phrasing; a window is relevant when it holds that
     call. By example: every window queries the others (its own row left out), relevant
@@ -222,11 +222,11 @@ def query_map(bundle_dir: Path, corpus: Path, splits=("val", "test"), k: int = 1
     ``search --like FILE@OFFSET`` computes (tests/test_cli_runtime.py checks distance 0).
     Ties are ranked by row, as the kernel does.
     """
-    from cvahash.bundle import ModelBundle
-    from cvahash.export.metrics import average_precision_at_k
-    from cvahash.export.synth import queries_for
-    from cvahash.index import index_recordings
-    from cvahash.store import CodeStore
+    from cvahash.model.bundle import ModelBundle
+    from cvahash.export.train.metrics import average_precision_at_k
+    from cvahash.export.synth.corpus import queries_for
+    from cvahash.library.index import index_recordings
+    from cvahash.store.code_store import CodeStore
 
     entries = [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines()
                if line.strip()]
@@ -322,7 +322,7 @@ def main() -> int:
     if not (bundle / "manifest.json").is_file():
         log(f"building {bundle}")
         build_full_bundle(bundle, args.bits)
-    from cvahash.bundle import ModelBundle
+    from cvahash.model.bundle import ModelBundle
 
     fingerprint = ModelBundle.open(bundle).fingerprint
     store = args.cache / f"store-{args.rows}-{args.bits}-{fingerprint}"

@@ -1,7 +1,7 @@
 """Exact Hamming top-k: cvahash vs faiss IndexBinaryFlat vs numpy vs float32 cosine.
 
 On the same random codes, in one run, times (median of several repeats):
-  cvahash        cvahash.hamming.knn (the kernel active_isa() names)
+  cvahash        cvahash.kernel.hamming.knn (the kernel active_isa() names)
   faiss          faiss IndexBinaryFlat, same thread count (omp_set_num_threads)
   numpy-seed     numpy as the seed document does it: unpackbits(xor).sum, argsort
   numpy-popcnt   numpy bitwise_count(xor).sum + argpartition
@@ -29,8 +29,8 @@ import sys
 import time
 
 import numpy as np
-from cvahash import hamming
-from cvahash._hamming_cffi import ffi, lib
+from cvahash.kernel import hamming
+from cvahash.kernel._hamming_cffi import ffi, lib
 
 EMB_DIM = 512
 

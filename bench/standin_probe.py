@@ -36,8 +36,8 @@ from torch import nn
 
 
 def load(corpus: Path, splits=("train", "test")):
-    from cvahash.export.data import log_mel_features, read_manifest, select_split
-    from cvahash.frontend import FrontendParams
+    from cvahash.export.train.data import log_mel_features, read_manifest, select_split
+    from cvahash.model.frontend import FrontendParams
 
     manifest = corpus / "manifest.jsonl"
     entries = read_manifest(manifest)
@@ -84,7 +84,7 @@ def band_stats(data, labels, epochs: int) -> None:
 
 
 def htsat(data, labels, epochs: int, lr: float, overrides: dict) -> None:
-    from cvahash.export.model import build_tiny_clap
+    from cvahash.export.train.model import build_tiny_clap
 
     clap = build_tiny_clap(0, audio_config=overrides)
     tower, proj = clap.audio_model, clap.audio_projection
@@ -121,8 +121,8 @@ def htsat(data, labels, epochs: int, lr: float, overrides: dict) -> None:
 
 
 def text(data, labels, epochs: int) -> None:
-    from cvahash.export.model import build_tiny_clap
-    from cvahash.export.tokenizer import tokenize, train_caption_tokenizer
+    from cvahash.export.train.model import build_tiny_clap
+    from cvahash.export.train.tokenizer import tokenize, train_caption_tokenizer
 
     (etr, _, ytr), (ete, _, yte) = data["train"], data["test"]
     tok = train_caption_tokenizer([e.caption for e in etr], vocab_size=1000, model_max_length=32)
@@ -152,10 +152,10 @@ def text(data, labels, epochs: int) -> None:
 
 
 def clip_run(corpus: Path, run_dir: Path, limit: int = 200) -> None:
-    from cvahash.export import metrics
-    from cvahash.export.run import load_run
-    from cvahash.export.tokenizer import tokenize
-    from cvahash.export.train import encode_all
+    from cvahash.export.train import metrics
+    from cvahash.export.train.run import load_run
+    from cvahash.export.train.tokenizer import tokenize
+    from cvahash.export.train.loop import encode_all
 
     model, config, tok = load_run(run_dir)
     data, _ = load(corpus, ("train", "val", "test"))
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    from cvahash.export.train import quiet_transformers
+    from cvahash.export.train.loop import quiet_transformers
 
     quiet_transformers()
     if args.probe == "clip-run":

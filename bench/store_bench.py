@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from cvahash import hamming
-from cvahash.store import CodeStore, Recording, Segment, Window
+from cvahash.kernel import hamming
+from cvahash.store.code_store import CodeStore, Recording, Segment, Window
 
 HOP, LENGTH = 5.0, 10.0
 PER_REC = 720       # windows per recording (one hour); --per-recording changes it

@@ -1,8 +1,8 @@
-"""cffi (API, out-of-line) build of the C Hamming kernels as ``cvahash._hamming_cffi``.
+"""cffi (API, out-of-line) build of the C Hamming kernels as ``cvahash.kernel._hamming_cffi``.
 
 setup.py names this file in ``cffi_modules``; the editable install then compiles
 csrc/hamming.c (every ISA in one translation unit, chosen at run time) into
-runtime/, where ``import cvahash._hamming_cffi`` finds it. Run directly
+runtime/kernel/, where ``import cvahash.kernel._hamming_cffi`` finds it. Run directly
 (``python csrc/build_hamming.py``) to build into the current directory.
 """
 
@@ -55,7 +55,7 @@ def _rel(path: str) -> str:
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
-    "cvahash._hamming_cffi",
+    "cvahash.kernel._hamming_cffi",
     '#include "hamming.h"',
     sources=[_rel(os.path.join(HERE, "hamming.c"))],
     include_dirs=[_rel(HERE)],

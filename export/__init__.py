@@ -2,5 +2,5 @@
 
 Heavy dependencies (torch, transformers, peft, onnx) are imported by the submodules
 that need them, never here, so ``import cvahash.export`` is cheap and
-``cvahash.export.synth`` works with numpy alone.
+``cvahash.export.synth.corpus`` works with numpy alone.
 """

@@ -32,7 +32,7 @@ DEMO_CALLS = ["woodpecker_drumming", "owl_hooting", "tree_frog_croaking", "crick
 
 
 def cli(*args: str) -> int:
-    from cvahash.cli import main
+    from ..cli import main
 
     print(f"\n$ cvahash {' '.join(shlex.quote(a) for a in args)}", flush=True)
     return main(list(args))
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="train and export a new bundle instead of the shipped one")
     ap.add_argument("--bundle", help="use this bundle")
     args = ap.parse_args(argv)
-    from cvahash.export.synth import events_path, queries_for
-    from cvahash.search import open_store_and_bundle, search_text
+    from .synth.corpus import events_path, queries_for
+    from ..query.search import open_store_and_bundle, search_text
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

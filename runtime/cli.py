@@ -17,8 +17,8 @@ import logging
 import os
 import sys
 
-from cvahash import __version__
-from cvahash.errors import CvahashError
+from . import __version__
+from .errors import CvahashError
 
 # (module under cvahash.commands, one-line purpose); order is the order in --help.
 COMMANDS = [

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from cvahash.frontend import FrontendParams, mel_filterbank
+from cvahash.model.frontend import FrontendParams, mel_filterbank
 
 GROUPS = 8
 BITS = 2 * GROUPS
@@ -108,7 +108,7 @@ def word_tokenizer(path: Path, words: list[str], specials: list[str] = SPECIALS)
 
 def make_band_bundle(root: Path) -> Path:
     """Write the bundle into the new directory `root` and return it."""
-    from cvahash.export.bundle_writer import write_manifest
+    from cvahash.export.onnx.bundle_writer import write_manifest
 
     root = Path(root)
     root.mkdir(parents=True)

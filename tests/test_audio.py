@@ -1,4 +1,4 @@
-"""cvahash.audio: reading, resampling, streaming windows, bad files, capture times.
+"""cvahash.model.audio: reading, resampling, streaming windows, bad files, capture times.
 
 Files are written with soundfile (or byte by byte where a recorder's or a broken
 header is the point) in tmp dirs. References: numpy sines at the target rate, soxr's
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from cvahash.audio import (
+from cvahash.model.audio import (
     AUDIO_EXTENSIONS,
     AudioInfo,
     Window,
@@ -395,7 +395,7 @@ def test_capture_time_of_missing_or_broken_file(tmp_path):
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=60))
 def test_capture_time_never_raises_on_odd_names(tmp_path_factory, name):
-    from cvahash.audio import parse_audiomoth_comment, parse_filename_time
+    from cvahash.model.audio import parse_audiomoth_comment, parse_filename_time
 
     t = parse_filename_time(name)
     assert t is None or t.tzinfo is not None
@@ -406,7 +406,7 @@ def test_capture_time_never_raises_on_odd_names(tmp_path_factory, name):
 @settings(max_examples=200, deadline=None)
 @given(st.datetimes(min_value=datetime(1995, 1, 1), max_value=datetime(2090, 1, 1)))
 def test_filename_time_round_trip(when):
-    from cvahash.audio import parse_filename_time
+    from cvahash.model.audio import parse_filename_time
 
     when = when.replace(microsecond=0, tzinfo=UTC)
     assert parse_filename_time(when.strftime("%Y%m%d_%H%M%S.WAV")) == when

@@ -1,4 +1,4 @@
-"""cvahash.bundle.ModelBundle on hand-built bundles, checked against numpy references.
+"""cvahash.model.bundle.ModelBundle on hand-built bundles, checked against numpy references.
 
 No torch here: the graphs are written with the ``onnx`` helper (a tiny embedding-mean
 text encoder and a mel-mean audio encoder, both followed by a linear layer), so every
@@ -18,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 from band_bundle import word_tokenizer
-from cvahash.bundle import (
+from cvahash.model.bundle import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     ModelBundle,
@@ -28,7 +28,7 @@ from cvahash.bundle import (
     sha256_file,
 )
 from cvahash.errors import BundleError, InvalidArgument
-from cvahash.frontend import FrontendParams
+from cvahash.model.frontend import FrontendParams
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper
@@ -100,7 +100,7 @@ def _reference_ids(text):
 
 
 def make_bundle(root, seed=0):
-    from cvahash.export.bundle_writer import write_manifest
+    from cvahash.export.onnx.bundle_writer import write_manifest
 
     root.mkdir()
     w = _weights(seed)
@@ -215,7 +215,7 @@ def test_bad_audio_features_are_refused(built):
 
 def test_properties_and_lazy_sessions(built, caplog):
     root, _ = built
-    with caplog.at_level(logging.INFO, logger="cvahash.bundle"):
+    with caplog.at_level(logging.INFO, logger="cvahash.model.bundle"):
         bundle = ModelBundle.open(root, threads=1,
                                   providers=["NoSuchExecutionProvider", "CPUExecutionProvider"])
         assert bundle.bits == BITS and bundle.nbytes == 2
@@ -342,7 +342,7 @@ def test_bundle_loads_without_torch(built, tmp_path):
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
         import numpy as np
-        from cvahash.bundle import ModelBundle
+        from cvahash.model.bundle import ModelBundle
         b = ModelBundle.open({str(built[0])!r})
         print(b.encode_text(["owl hoot"]).tolist())
         assert not any(m.split(".")[0] in ("torch", "transformers", "onnx") for m in sys.modules)
@@ -361,7 +361,7 @@ def test_bundle_loads_without_torch(built, tmp_path):
 ])
 def test_unloadable_file_with_valid_hash_names_the_file(copy, name, call):
     """A bundle written with a broken file (hashes match it) fails on use, naming it."""
-    from cvahash.export.bundle_writer import write_manifest
+    from cvahash.export.onnx.bundle_writer import write_manifest
 
     (copy / name).write_bytes(b"this is not what it should be")
     fields = json.loads((copy / MANIFEST_NAME).read_text())
@@ -394,7 +394,7 @@ def _batch_dependent_audio_graph(w, path):
 
 @pytest.mark.parametrize("declared", [None, False, True])
 def test_graphs_not_batch_invariant_run_row_by_row(copy, built, declared):
-    from cvahash.export.bundle_writer import write_manifest
+    from cvahash.export.onnx.bundle_writer import write_manifest
 
     w = built[1]
     _batch_dependent_audio_graph(w, copy / "audio.onnx")
@@ -417,7 +417,7 @@ def test_graphs_not_batch_invariant_run_row_by_row(copy, built, declared):
 
 
 def test_trim_padding_gives_the_same_logits(copy, built):
-    from cvahash.export.bundle_writer import write_manifest
+    from cvahash.export.onnx.bundle_writer import write_manifest
 
     texts = ["owl", "woodpecker drumming on dead tree", "frog croak croak"]
     want = ModelBundle.open(built[0]).text_logits(texts)

@@ -30,10 +30,10 @@ def make_tiny_bundle(root: Path) -> Path:
     """A tiny untrained CLAP + hashing heads exported as an fp32 bundle at root/bundle."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from cvahash.export.bundle_writer import export_run
-    from cvahash.export.model import HashingModel, build_tiny_clap
-    from cvahash.export.run import RunConfig, save_run
-    from cvahash.export.tokenizer import train_caption_tokenizer
+    from cvahash.export.onnx.bundle_writer import export_run
+    from cvahash.export.train.model import HashingModel, build_tiny_clap
+    from cvahash.export.train.run import RunConfig, save_run
+    from cvahash.export.train.tokenizer import train_caption_tokenizer
 
     tokenizer = train_caption_tokenizer(CAPTIONS * 4, vocab_size=300)
     model = HashingModel(build_tiny_clap(seed=0, vocab_size=len(tokenizer)), 64)
@@ -107,9 +107,9 @@ def indexed(season, tiny_bundle, tmp_path_factory):
 
 def all_window_codes(bundle_dir: Path, paths) -> tuple[np.ndarray, list[tuple[str, float]]]:
     """Every window's code, recomputed from the audio: the reference the store must match."""
-    from cvahash.audio import iter_windows
-    from cvahash.bundle import ModelBundle
-    from cvahash.frontend import log_mel
+    from cvahash.model.audio import iter_windows
+    from cvahash.model.bundle import ModelBundle
+    from cvahash.model.frontend import log_mel
 
     bundle = ModelBundle.open(bundle_dir)
     codes, where = [], []
@@ -202,7 +202,7 @@ def test_index_all_good_exits_0(tmp_path, tiny_bundle, capsys, season):
 
 
 def test_text_search_matches_brute_force_over_recomputed_codes(indexed, tiny_bundle, capsys):
-    from cvahash.bundle import ModelBundle
+    from cvahash.model.bundle import ModelBundle
 
     rc, out, err = cli(capsys, "search", "a crow cawing", "--db", indexed["db"], "-k", "4",
                        "--json")
@@ -325,8 +325,8 @@ def test_a_recording_that_is_gone_is_reported_per_hit(season, tiny_bundle, tmp_p
 
 
 def test_a_store_made_with_another_bundle_is_refused(tmp_path, tiny_bundle, capsys, season):
-    from cvahash.bundle import ModelBundle
-    from cvahash.store import CodeStore
+    from cvahash.model.bundle import ModelBundle
+    from cvahash.store.code_store import CodeStore
 
     CodeStore.create(tmp_path / "other", 64, "0123456789abcdef").close()
     mine = ModelBundle.open(tiny_bundle).fingerprint
@@ -342,7 +342,7 @@ def test_a_store_made_with_another_bundle_is_refused(tmp_path, tiny_bundle, caps
 
 
 def test_search_says_what_to_pass_when_no_bundle_is_known(tmp_path, capsys, monkeypatch):
-    from cvahash.store import CodeStore
+    from cvahash.store.code_store import CodeStore
 
     monkeypatch.delenv("CVAHASH_BUNDLE", raising=False)
     CodeStore.create(tmp_path / "db", 64, "0123456789abcdef").close()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import tomllib
 from cvahash.cli import main
-from cvahash.config import SCHEMA, WATCH_SCHEMA, DeviceConfig, load_config, loads_config
+from cvahash.station.config import SCHEMA, WATCH_SCHEMA, DeviceConfig, load_config, loads_config
 from cvahash.errors import ConfigError
 from hypothesis import given, settings
 from hypothesis import strategies as st

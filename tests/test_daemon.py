@@ -25,7 +25,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
 from band_bundle import make_band_bundle, tone_scene
-from cvahash.store import CodeStore
+from cvahash.store.code_store import CodeStore
 
 PY = sys.executable
 
@@ -287,7 +287,7 @@ def test_sigterm_on_an_idle_device_free_run_exits_fast(bundle, tmp_path):
 
 
 def test_status_command_verdicts(tmp_path):
-    from cvahash.health import Health, verdict, write_status
+    from cvahash.station.health import Health, verdict, write_status
 
     h = Health(source="device:default", state="capturing")
     now = datetime.now(timezone.utc)
@@ -314,7 +314,7 @@ def test_status_command_verdicts(tmp_path):
 
 
 def test_retention_quota_deletes_oldest_and_full_disk_pauses(tmp_path):
-    from cvahash.retention import AudioRetention
+    from cvahash.station.retention import AudioRetention
 
     ret = AudioRetention(tmp_path / "audio", quota_mb=0.5, min_free_mb=0)
     rng = np.random.default_rng(0)
@@ -336,9 +336,9 @@ def test_retention_quota_deletes_oldest_and_full_disk_pauses(tmp_path):
 
 
 def test_live_blocks_give_the_windows_of_the_file(tmp_path):
-    """The daemon feeds cvahash.audio.Windower odd-sized live blocks; the windows must be
+    """The daemon feeds cvahash.model.audio.Windower odd-sized live blocks; the windows must be
     those iter_windows cuts from the same audio read as a file."""
-    from cvahash.audio import Windower, downmix, iter_windows
+    from cvahash.model.audio import Windower, downmix, iter_windows
 
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((44100 * 37, 2)) * 0.1).astype(np.float32)
@@ -360,7 +360,7 @@ def test_live_blocks_give_the_windows_of_the_file(tmp_path):
 
 
 def test_ring_buffer_wraps_and_reports_drops():
-    from cvahash.capture import RingBuffer
+    from cvahash.station.capture import RingBuffer
 
     ring = RingBuffer(10, 1)
     now = datetime.now(timezone.utc)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cvahash.bundle import check_bundle
+from cvahash.model.bundle import check_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """Export a tiny trained run to a bundle and prove the device computes the same codes.
 
-The run comes from the real training path (``cvahash.export.train`` on a small
-``cvahash.export.synth`` corpus, a few steps, LoRA on); the checks use that corpus's
+The run comes from the real training path (``cvahash.export.train.loop`` on a small
+``cvahash.export.synth.corpus`` corpus, a few steps, LoRA on); the checks use that corpus's
 held-out clips and captions, never random tensors.
 """
 
@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from cvahash.bundle import MANIFEST_NAME, ModelBundle, fingerprint_of, sha256_file
+from cvahash.model.bundle import MANIFEST_NAME, ModelBundle, fingerprint_of, sha256_file
 from cvahash.errors import BundleError
 
 # About 1-2 minutes on 2 busy cores (corpus, a short training run, three exports).
@@ -28,15 +28,15 @@ pytestmark = [pytest.mark.workstation, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from cvahash.export.synth import generate_corpus
+    from cvahash.export.synth.corpus import generate_corpus
 
     return generate_corpus(tmp_path_factory.mktemp("corpus"), n=40, seed=0)
 
 
 @pytest.fixture(scope="module")
 def run_dir(corpus, tmp_path_factory):
-    from cvahash.export.run import RunConfig
-    from cvahash.export.train import TrainOptions, train
+    from cvahash.export.train.run import RunConfig
+    from cvahash.export.train.loop import TrainOptions, train
 
     out = tmp_path_factory.mktemp("run") / "run"
     config = RunConfig(model="tiny", bits=32, epochs=2, warmup_epochs=1, batch_size=8,
@@ -47,7 +47,7 @@ def run_dir(corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def int8_bundle(run_dir, corpus, tmp_path_factory):
-    from cvahash.export.bundle_writer import export_run
+    from cvahash.export.onnx.bundle_writer import export_run
 
     return export_run(run_dir, tmp_path_factory.mktemp("int8") / "bundle", "int8",
                       data=corpus).path
@@ -65,8 +65,8 @@ def fp32_bundle(run_dir, corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def held_out(corpus):
-    from cvahash.export.verify import load_probe
-    from cvahash.frontend import FrontendParams
+    from cvahash.export.onnx.verify import load_probe
+    from cvahash.model.frontend import FrontendParams
 
     return load_probe(corpus, FrontendParams(), splits=("val", "test"))
 
@@ -74,9 +74,9 @@ def held_out(corpus):
 @pytest.fixture(scope="module")
 def reference(run_dir, held_out):
     """PyTorch logits (merged model, transformers tokenizer) of the held-out clips."""
-    from cvahash.export.model import load_run
-    from cvahash.export.onnx_export import torch_audio_logits, torch_text_logits
-    from cvahash.export.tokenizer import tokenize
+    from cvahash.export.train.model import load_run
+    from cvahash.export.onnx.convert import torch_audio_logits, torch_text_logits
+    from cvahash.export.train.tokenizer import tokenize
 
     model, config, tokenizer = load_run(run_dir)
     merged = model.merged()
@@ -119,7 +119,7 @@ def test_text_graph_has_dynamic_batch_and_sequence(fp32_bundle, reference):
 
 
 def test_int8_bundle_verifies_against_the_run(int8_bundle, run_dir, corpus):
-    from cvahash.export.verify import verify_bundle
+    from cvahash.export.onnx.verify import verify_bundle
 
     report = verify_bundle(int8_bundle, run_dir, corpus)
     assert report.passed, report.format()
@@ -183,7 +183,7 @@ def test_manifest_describes_the_bundle(int8_bundle, reference):
 
 
 def test_tokenizer_json_alone_gives_transformers_ids(int8_bundle, held_out, reference):
-    from cvahash.export.tokenizer import tokenize
+    from cvahash.export.train.tokenizer import tokenize
 
     bundle = ModelBundle.open(int8_bundle)
     tokens = bundle.tokenize(held_out.captions)
@@ -209,7 +209,7 @@ def test_codes_identical_in_a_process_without_torch(int8_bundle, held_out, refer
                     raise ImportError(f"{{name}} is blocked in this test")
         sys.meta_path.insert(0, BlockHeavy())
         import numpy as np
-        from cvahash.bundle import ModelBundle
+        from cvahash.model.bundle import ModelBundle
         bundle = ModelBundle.open({str(int8_bundle)!r}, threads=1)
         captions = json.loads(open({str(tmp_path / "captions.json")!r}).read())
         np.save({str(tmp_path / "text.npy")!r}, bundle.encode_text(captions))
@@ -238,8 +238,8 @@ def test_verify_fails_for_a_bundle_of_another_model(int8_bundle, run_dir, corpus
     import copy
 
     from cvahash.cli import main
-    from cvahash.export.bundle_writer import write_manifest
-    from cvahash.export.onnx_export import export_audio_graph
+    from cvahash.export.onnx.bundle_writer import write_manifest
+    from cvahash.export.onnx.convert import export_audio_graph
 
     other = copy.deepcopy(reference["merged"])
     with torch.no_grad():
@@ -281,7 +281,7 @@ def test_tampered_bundle_is_refused_by_verify(int8_bundle, run_dir, tmp_path, ca
 
 def test_export_refuses_to_overwrite_and_bad_precision(int8_bundle, run_dir, capsys):
     from cvahash.cli import main
-    from cvahash.export.bundle_writer import ExportError, export_run
+    from cvahash.export.onnx.bundle_writer import ExportError, export_run
 
     before = sha256_file(int8_bundle / MANIFEST_NAME)
     assert main(["export", str(run_dir), "--out", str(int8_bundle)]) == 1
@@ -295,8 +295,8 @@ def test_export_refuses_to_overwrite_and_bad_precision(int8_bundle, run_dir, cap
 
 def test_export_of_a_missing_run_names_it(tmp_path):
     from cvahash.cli import main
-    from cvahash.export.bundle_writer import export_run
-    from cvahash.export.model import ModelLoadError
+    from cvahash.export.onnx.bundle_writer import export_run
+    from cvahash.export.train.model import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="run.json"):
         export_run(tmp_path / "nope", tmp_path / "out")
@@ -306,7 +306,7 @@ def test_export_of_a_missing_run_names_it(tmp_path):
 
 def test_fp16_export_without_corpus_uses_the_builtin_probe(run_dir, held_out, reference,
                                                           int8_bundle, tmp_path):
-    from cvahash.export.bundle_writer import export_run
+    from cvahash.export.onnx.bundle_writer import export_run
 
     result = export_run(run_dir, tmp_path / "fp16", "fp16")
     q = result.manifest["quantization"]

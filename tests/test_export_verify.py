@@ -1,4 +1,4 @@
-"""The parts of cvahash.export.verify that need no model: probes and metrics."""
+"""The parts of cvahash.export.onnx.verify that need no model: probes and metrics."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from cvahash.export.verify import DataError, builtin_probe, hamming_matrix, load_probe, map_at_k
-from cvahash.frontend import FrontendParams, log_mel
+from cvahash.export.onnx.verify import DataError, builtin_probe, hamming_matrix, load_probe, map_at_k
+from cvahash.model.frontend import FrontendParams, log_mel
 from oracle import hamming_matrix as oracle_hamming
 
 PARAMS = FrontendParams()

@@ -1,4 +1,4 @@
-"""cvahash.frontend against transformers' ClapFeatureExtractor (the reference the models
+"""cvahash.model.frontend against transformers' ClapFeatureExtractor (the reference the models
 are trained with) and against facts that need no reference (silence, tone placement).
 
 The comparisons need torch + transformers (the [export] extra) and are skipped without
@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from cvahash.frontend import FrontendParams, log_mel, mel_filterbank
+from cvahash.model.frontend import FrontendParams, log_mel, mel_filterbank
 
 SR = 48000
 N = 480000

@@ -1,4 +1,4 @@
-"""cvahash.hamming: every kernel this CPU has, against serial, against numpy (tests/oracle.py).
+"""cvahash.kernel.hamming: every kernel this CPU has, against serial, against numpy (tests/oracle.py).
 
 Codes are random with planted near-duplicates of the queries and many exact ties, so
 the (distance, id) order and the top-k threshold are exercised at every width.
@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 import pytest
-from cvahash import hamming
+from cvahash.kernel import hamming
 from cvahash.errors import InvalidArgument, InvalidCodes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -300,7 +300,7 @@ def test_unknown_or_unavailable_kernel_is_an_error():
 def _run_with_env(value):
     env = dict(os.environ, CVAHASH_SIMD=value)
     return subprocess.run(
-        [sys.executable, "-c", "from cvahash import hamming; print(hamming.active_isa())"],
+        [sys.executable, "-c", "from cvahash.kernel import hamming; print(hamming.active_isa())"],
         check=False, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

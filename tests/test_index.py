@@ -1,4 +1,4 @@
-"""Indexing recordings into a code store (cvahash.index), with a numpy stand-in bundle.
+"""Indexing recordings into a code store (cvahash.library.index), with a numpy stand-in bundle.
 
 The stand-in turns log-mel features into codes by a fixed random projection, so these
 tests need no ONNX model and check the pipeline itself: which windows go in, with what
@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 from cvahash.errors import AudioError, StoreError
-from cvahash.frontend import FrontendParams, log_mel
-from cvahash.index import Progress, content_hash, find_recordings, index_recordings
-from cvahash.store import CodeStore
+from cvahash.model.frontend import FrontendParams, log_mel
+from cvahash.library.index import Progress, content_hash, find_recordings, index_recordings
+from cvahash.store.code_store import CodeStore
 
 
 class StandInBundle:
-    """What cvahash.index needs of a ModelBundle, in numpy: 64-bit codes from a fixed
+    """What cvahash.library.index needs of a ModelBundle, in numpy: 64-bit codes from a fixed
     random projection of the mean log-mel per band and its time profile."""
 
     bits = 64
@@ -105,7 +105,7 @@ def test_windows_codes_and_metadata_go_in(tmp_path, store):
     assert by_path["b.flac"][0].clock_source == "file-mtime"
 
     # The stored codes are the codes of the windows, computed independently here.
-    from cvahash.audio import iter_windows
+    from cvahash.model.audio import iter_windows
 
     windows = list(iter_windows(a))
     want = bundle.encode_audio(log_mel([w.samples for w in windows], bundle.frontend_params))

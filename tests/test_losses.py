@@ -7,14 +7,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from cvahash.export.losses import (
+from cvahash.export.train.losses import (
     ClipLoss,
     ContrastiveHashLoss,
     CroVCALoss,
     coding_rate,
     make_objective,
 )
-from cvahash.export.model import sign_ste
+from cvahash.export.train.model import sign_ste
 
 
 def test_sign_ste_forward_is_the_code_rule_and_backward_is_identity():

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from cvahash.export.metrics import (
+from cvahash.export.train.metrics import (
     average_precision_at_k,
     cosine_similarities,
     hamming_distances,

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from cvahash.errors import BundleError, CvahashError, InvalidArgument
-from cvahash.frontend import FrontendParams, log_mel
-from cvahash.png import VIRIDIS_ANCHORS, colorize, encode_png, write_png
-from cvahash.report import (
+from cvahash.model.frontend import FrontendParams, log_mel
+from cvahash.query.png import VIRIDIS_ANCHORS, colorize, encode_png, write_png
+from cvahash.query.report import (
     clip_name,
     display_paths,
     format_span,
@@ -27,7 +27,7 @@ from cvahash.report import (
     write_clips,
     write_spectrograms,
 )
-from cvahash.search import (
+from cvahash.query.search import (
     BUNDLE_ENV,
     MAX_QUERY_CHARS,
     Hit,
@@ -312,8 +312,8 @@ def test_colour_map_runs_dark_to_bright_and_handles_odd_values():
 
 @pytest.mark.parametrize("start", [0.0, 5.0, 12.5, 27.0])
 def test_example_window_is_the_audio_from_start(recording, start):
-    from cvahash.audio import load
-    from cvahash.search import example_window
+    from cvahash.model.audio import load
+    from cvahash.query.search import example_window
 
     path, _, _ = recording  # 30 s at 22.05 kHz, stereo: resampled and downmixed
     params = FrontendParams()
@@ -326,7 +326,7 @@ def test_example_window_is_the_audio_from_start(recording, start):
 
 
 def test_example_window_past_the_end_is_refused(recording):
-    from cvahash.search import example_window
+    from cvahash.query.search import example_window
 
     with pytest.raises(QueryError, match="past the end"):
         example_window(recording[0], 30.0, FrontendParams())

@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 from cvahash.errors import FingerprintMismatch, InvalidArgument, InvalidCodes, StoreError
-from cvahash.store import CodeStore, Recording, Segment, Window
-from cvahash.store_meta import first_at_or_after, segment_crc, segment_hashes
+from cvahash.store.code_store import CodeStore, Recording, Segment, Window
+from cvahash.store.metadata import first_at_or_after, segment_crc, segment_hashes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import hamming_matrix, knn_reference
@@ -387,7 +387,7 @@ def test_sqlite_failures_are_told_apart():
     import sqlite3
 
     from cvahash.errors import StoreCorrupt
-    from cvahash.store_meta import db_failure
+    from cvahash.store.metadata import db_failure
     busy = db_failure(sqlite3.OperationalError("database is locked"), "m.sqlite", "commit")
     assert type(busy) is StoreError and "m.sqlite" in str(busy)
     for damage in (sqlite3.DatabaseError("database disk image is malformed"),

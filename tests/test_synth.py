@@ -14,9 +14,9 @@ import pytest
 import soundfile as sf
 from cvahash.cli import main
 from cvahash.errors import InvalidArgument
-from cvahash.export import synth
-from cvahash.export.synth_backgrounds import SNR_RANGE_DB
-from cvahash.export.synth_captions import (
+from cvahash.export.synth import corpus as synth
+from cvahash.export.synth.backgrounds import SNR_RANGE_DB
+from cvahash.export.synth.captions import (
     ATTRIBUTE_WORDS,
     BACKGROUND_TEMPLATES,
     OVERLAP_TEMPLATES,
@@ -301,7 +301,7 @@ def test_synth_needs_neither_torch_nor_transformers():
     import subprocess
     import sys
 
-    code = ("import sys, cvahash.export.synth, cvahash.commands.synth; "
+    code = ("import sys, cvahash.export.synth.corpus, cvahash.commands.synth; "
             "bad = [m for m in ('torch', 'transformers', 'peft', 'onnx', 'matplotlib') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,11 +13,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 sf = pytest.importorskip("soundfile")
 
-from cvahash.export.data import ManifestError, log_mel_features, read_manifest
-from cvahash.export.model import HashingModel, build_tiny_clap
-from cvahash.export.run import RunConfig, load_checkpoint, load_run
-from cvahash.export.tokenizer import tokenize, train_caption_tokenizer
-from cvahash.export.train import TrainOptions, train
+from cvahash.export.train.data import ManifestError, log_mel_features, read_manifest
+from cvahash.export.train.model import HashingModel, build_tiny_clap
+from cvahash.export.train.run import RunConfig, load_checkpoint, load_run
+from cvahash.export.train.tokenizer import tokenize, train_caption_tokenizer
+from cvahash.export.train.loop import TrainOptions, train
 
 CLASSES = {
     "tone": ["a steady high tone", "pure whistle tone", "high pitched beep"],
@@ -107,8 +107,8 @@ def test_manifest_errors_name_the_line(tmp_path, corpus):
 
 
 def test_feature_cache_is_reused_and_matches_the_frontend(tmp_path, corpus):
-    from cvahash.export.data import load_audio
-    from cvahash.frontend import log_mel
+    from cvahash.export.train.data import load_audio
+    from cvahash.model.frontend import log_mel
 
     entries = read_manifest(corpus)[:3]
     first = log_mel_features(entries, tmp_path, progress=False)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from cvahash.cli import main
 from cvahash.errors import FingerprintMismatch, StoreError, UpdateRejected
-from cvahash.store import CodeStore, Recording, Segment
-from cvahash.update import apply_update, build_update, merge_stores, segments_of
-from cvahash.update_format import (
+from cvahash.store.code_store import CodeStore, Recording, Segment
+from cvahash.update.apply import apply_update, build_update, merge_stores, segments_of
+from cvahash.update.format import (
     ROW_DTYPE,
     UpdateForOtherBundle,
     UpdatePackage,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cvahash.store import CodeStore, Recording, Segment
-from cvahash.update import apply_update, build_update
-from cvahash.update_format import generate_keypair, load_public_key, read_update
+from cvahash.store.code_store import CodeStore, Recording, Segment
+from cvahash.update.apply import apply_update, build_update
+from cvahash.update.format import generate_keypair, load_public_key, read_update
 
 FP = "bundle-A"
 ROWS = 4_000
@@ -32,8 +32,8 @@ KILLS = 12
 # (the commit), so half of the kills can aim at the commit itself.
 CHILD = """
 import sys, time
-from cvahash.store import CodeStore
-from cvahash.update import apply_update
+from cvahash.store.code_store import CodeStore
+from cvahash.update.apply import apply_update
 append = CodeStore.append
 def announced(self, *args, **kwargs):
     global t_append

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cvahash.errors import FingerprintMismatch, UpdateRejected
-from cvahash.update_format import (
+from cvahash.update.format import (
     MAGIC,
     PREFIX,
     ROW_DTYPE,
@@ -211,7 +211,7 @@ def body_with(recordings=None, rows=None, clocks=CLOCKS, n=4):
     tables = json.dumps({"recordings": recordings, "clocks": clocks}).encode()
     body = codes.tobytes() + rows.tobytes() + tables
 
-    from cvahash.update_format import update_id_for
+    from cvahash.update.format import update_id_for
     sha = hashlib.sha256(body).hexdigest()
     header = {"update_id": update_id_for(FP, 64, sha), "created": "2026-11-26", "fingerprint": FP,
               "bits": 64, "rows": n, "since": None, "source": {},

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from cvahash.errors import BundleError, MissingExtra
+    from ..errors import BundleError, MissingExtra
 
     if args.data and not args.against:
         print("cvahash bundle verify: error: --data needs --against RUN_DIR", file=sys.stderr)
@@ -52,9 +52,9 @@ def run_verify(args: argparse.Namespace) -> int:
         print("cvahash bundle verify: error: --limit must be >= 1, --min-agreement within "
               "0..1 and --max-map-drop >= 0", file=sys.stderr)
         return 2
-    # cvahash.export.verify needs numpy and cvahash.bundle only; torch is imported for
+    # cvahash.export.onnx.verify needs numpy and cvahash.model.bundle only; torch is imported for
     # --against alone, so the files-only check runs on a station.
-    from cvahash.export.verify import verify_bundle
+    from ..export.onnx.verify import verify_bundle
 
     if args.against and importlib.util.find_spec("torch") is None:
         raise MissingExtra("--against needs the workstation extra (torch is missing): "

@@ -32,8 +32,8 @@ def register(subparsers) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from cvahash.config import load_config
-    from cvahash.errors import ConfigError
+    from ..station.config import load_config
+    from ..errors import ConfigError
 
     failed = 0
     for path in args.files:
@@ -53,7 +53,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from cvahash.config import load_config
+    from ..station.config import load_config
 
     config = load_config(args.file, base_dir=args.base_dir)
     json.dump(config.to_dict(), sys.stdout, indent=2)

@@ -30,8 +30,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from cvahash.config import load_config
-    from cvahash.daemon import Daemon, install_signal_handlers
+    from ..station.config import load_config
+    from ..station.daemon import Daemon, install_signal_handlers
 
     cfg = load_config(args.config)
     if args.verbose == 0:

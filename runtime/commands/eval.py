@@ -32,10 +32,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvahash.errors import MissingExtra
+    from ..errors import MissingExtra
 
     try:
-        from cvahash.export import evaluate
+        from ..export.train import evaluate
     except ImportError as exc:
         raise MissingExtra(f"cvahash eval needs the workstation extra ({exc.name} is missing): "
                            "pip install 'cvahash[export]'") from exc

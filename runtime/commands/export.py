@@ -36,14 +36,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvahash.errors import MissingExtra
+    from ..errors import MissingExtra
 
     # Fail early with the extra's name, not deep inside the exporter.
     if importlib.util.find_spec("torch") is None:
         raise MissingExtra("cvahash export needs the workstation extra (torch is missing): "
                            "pip install 'cvahash[export]'")
     try:
-        from cvahash.export.bundle_writer import export_run
+        from ..export.onnx.bundle_writer import export_run
     except ImportError as exc:
         raise MissingExtra(f"cvahash export needs the workstation extra ({exc.name} is "
                            "missing): pip install 'cvahash[export]'") from exc

@@ -47,8 +47,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvahash.index import Progress, find_recordings, index_recordings
-    from cvahash.search import open_store_and_bundle
+    from ..library.index import Progress, find_recordings, index_recordings
+    from ..query.search import open_store_and_bundle
 
     if args.hop is not None and not (math.isfinite(args.hop) and args.hop > 0):
         args._parser.error(f"--hop {args.hop:g}: the seconds between windows must be above 0")

@@ -23,13 +23,13 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from cvahash.search import store_info
+    from ..query.search import store_info
 
     info = store_info(args.db)
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return 0
-    from cvahash.report import format_info
+    from ..query.report import format_info
 
     print(format_info(info))
     return 0

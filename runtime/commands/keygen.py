@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvahash.update_format import generate_keypair, load_public_key
+    from ..update.format import generate_keypair, load_public_key
 
     private, public = generate_keypair(args.out, comment=args.comment)
     key_id = load_public_key(public).key_id_hex

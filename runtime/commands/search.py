@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.context <= 60:
         parser.error(f"--context {args.context}: must be between 0 and 60 seconds")
 
-    from cvahash import report
-    from cvahash.search import (
+    from ..query import report
+    from ..query.search import (
         open_store_and_bundle,
         parse_like,
         parse_when,

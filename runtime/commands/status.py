@@ -25,10 +25,10 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from cvahash.health import format_status, read_status, verdict
+    from ..station.health import format_status, read_status, verdict
 
     if args.config:
-        from cvahash.config import load_config
+        from ..station.config import load_config
 
         path = load_config(args.config).status.path
     else:

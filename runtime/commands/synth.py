@@ -83,8 +83,8 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvahash.errors import InvalidArgument
-    from cvahash.export import synth
+    from ..errors import InvalidArgument
+    from ..export.synth import corpus as synth
 
     if args.list:
         for call in synth.CALL_TYPES:

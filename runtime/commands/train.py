@@ -49,11 +49,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvahash.errors import MissingExtra
+    from ..errors import MissingExtra
 
     try:
-        from cvahash.export.run import RunConfig
-        from cvahash.export.train import TrainOptions, train
+        from ..export.train.run import RunConfig
+        from ..export.train.loop import TrainOptions, train
     except ImportError as exc:
         raise MissingExtra(f"cvahash train needs the workstation extra ({exc.name} is missing): "
                            "pip install 'cvahash[export]'") from exc

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from cvahash.update import build_update
+    from ..update.apply import build_update
 
     result = build_update(args.db, args.key, args.out, since=args.since, root=args.root)
     print(f"wrote {result.path}: {result.rows} windows from {result.recordings} recordings, "
@@ -57,7 +57,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    from cvahash.update import apply_update
+    from ..update.apply import apply_update
 
     result = apply_update(args.file, args.db, args.trust, create=args.create)
     if args.json:

@@ -1,0 +1,1 @@
+"""ONNX export, int8 quantisation, bundle writing and verification."""

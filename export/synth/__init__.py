@@ -1,0 +1,1 @@
+"""The synthetic bioacoustic corpus (calls, backgrounds, captions) for tests and demos."""

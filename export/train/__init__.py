@@ -1,0 +1,1 @@
+"""Training: the CLAP model with hashing heads, losses, data, the loop, evaluation."""

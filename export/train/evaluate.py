@@ -1,0 +1,145 @@
+"""Evaluate a run: binary Hamming vs continuous cosine retrieval on a manifest split.
+
+For each direction (text->audio: every caption queries every clip; audio->text: every clip
+queries every caption) and each K in (1, 5, 10, 20) we report mAP@K and P@K for
+
+- ``binary``: Hamming distance between the heads' codes (bit = logit > 0);
+- ``continuous``: cosine similarity of the same encoders' projected features (with LoRA,
+  the tuned encoders);
+- ``two_stage``: Hamming top-``rerank_depth`` re-ranked by cosine;
+- ``continuous_base`` (LoRA runs only): cosine of the encoders *without* the adapters, to
+  show how hashing changed the continuous embeddings.
+
+Relevance: a caption and a clip are relevant when they share a label; if the manifest
+has no labels at all, each caption is relevant to its own clip only. Definitions of the
+metrics are in ``cvahash.export.train.metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from . import metrics
+from .data import log_mel_features, read_manifest, select_split
+from .run import load_run
+from .tokenizer import tokenize
+from .loop import encode_all, pick_device, quiet_transformers
+
+KS = (1, 5, 10, 20)
+
+
+def _scores(text_codes, audio_codes, text_emb, audio_emb, relevant, depth, ks):
+    """{binary, continuous, two_stage} scores for queries (rows of relevant) -> items."""
+    ham = metrics.hamming_distances(text_codes, audio_codes)
+    cos = metrics.cosine_similarities(text_emb, audio_emb)
+    by_ham = metrics.rank_by_distance(ham)
+    two = metrics.rerank(by_ham[:, :depth], cos)
+    return {"binary": metrics.retrieval_scores(by_ham, relevant, ks),
+            "continuous": metrics.retrieval_scores(metrics.rank_by_similarity(cos), relevant, ks),
+            "two_stage": metrics.retrieval_scores(two, relevant, ks)}
+
+
+def evaluate_run(run_dir: str | Path, manifest: str | Path, *, split: str = "test",
+                 device: str = "auto", cache_dir: str | Path | None = None,
+                 rerank_depth: int = 100, ks=KS, progress: bool = True) -> dict:
+    """Scores of the run in ``run_dir`` on ``split`` of ``manifest`` (see module docstring)."""
+    from ...model.frontend import FrontendParams
+
+    quiet_transformers()
+    dev = pick_device(device)
+    model, config, tokenizer = load_run(run_dir)
+    model.to(dev).eval()
+    entries = select_split(read_manifest(manifest), split)
+    if len(entries) < 2:
+        raise ValueError(f"{manifest}: split {split!r} has {len(entries)} clips; need at least 2")
+    params = FrontendParams.from_dict(config.frontend)
+    cache_dir = cache_dir or Path(manifest).parent / ".cvahash-cache"
+    # Evaluation crops long clips with a fixed seed (0), whatever the training seed was.
+    feats = log_mel_features(entries, cache_dir, params, seed=0, progress=progress)
+    ids, mask = tokenize(tokenizer, [e.caption for e in entries], config.text_max_length,
+                         config.text_padding)
+    t_emb, a_emb = encode_all(model, feats, ids, mask, dev, progress=progress)
+    with torch.no_grad():
+        t_log = model.text_head(t_emb).cpu().numpy()
+        a_log = model.audio_head(a_emb).cpu().numpy()
+    t_emb, a_emb = t_emb.cpu().numpy(), a_emb.cpu().numpy()
+
+    labels = [e.labels for e in entries]
+    if any(labels):
+        rel = metrics.relevance_matrix(labels, labels)
+    else:
+        rel = np.eye(len(entries), dtype=bool)
+    t_codes, a_codes = t_log > 0, a_log > 0
+    result = {
+        "run": str(run_dir), "bits": config.bits, "objective": config.objective,
+        "head": config.head, "lora_rank": config.lora_rank, "split": split,
+        "n_clips": len(entries), "rerank_depth": rerank_depth,
+        "text_to_audio": _scores(t_codes, a_codes, t_emb, a_emb, rel, rerank_depth, ks),
+        "audio_to_text": _scores(a_codes, t_codes, a_emb, t_emb, rel.T, rerank_depth, ks),
+        "bit_balance": float(np.abs(np.concatenate([t_codes, a_codes]).mean(0) - 0.5).mean()),
+    }
+    if config.lora_rank and hasattr(model.clap, "disable_adapter"):
+        with model.clap.disable_adapter():
+            bt, ba = encode_all(model, feats, ids, mask, dev)
+        bt, ba = bt.cpu().numpy(), ba.cpu().numpy()
+        result["text_to_audio"]["continuous_base"] = metrics.retrieval_scores(
+            metrics.rank_by_similarity(metrics.cosine_similarities(bt, ba)), rel, ks)
+        result["audio_to_text"]["continuous_base"] = metrics.retrieval_scores(
+            metrics.rank_by_similarity(metrics.cosine_similarities(ba, bt)), rel.T, ks)
+    return result
+
+
+def format_table(results: list[dict], ks=KS) -> str:
+    """A plain-text table: one row per (run, direction, method)."""
+    head = f"{'run':<28} {'bits':>4} {'dir':<4} {'method':<16}" + "".join(
+        f" {'mAP@' + str(k):>7}" for k in ks) + "".join(f" {'P@' + str(k):>6}" for k in ks)
+    lines = [head, "-" * len(head)]
+    for r in results:
+        name = Path(r["run"]).name[:28]
+        for direction, short in (("text_to_audio", "t2a"), ("audio_to_text", "a2t")):
+            for method, s in r[direction].items():
+                lines.append(f"{name:<28} {r['bits']:>4} {short:<4} {method:<16}"
+                             + "".join(f" {s[f'mAP@{k}']:>7.3f}" for k in ks)
+                             + "".join(f" {s[f'P@{k}']:>6.3f}" for k in ks))
+    return "\n".join(lines)
+
+
+def plot_map_vs_bits(results: list[dict], path: str | Path, k: int = 10) -> Path:
+    """PNG: text->audio mAP@k against bits, binary and continuous, one line per
+    (objective, LoRA) group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(f"{r['objective']} lora{r['lora_rank']}", []).append(r)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r["bits"])
+        bits = [r["bits"] for r in rs]
+        line, = ax.plot(bits, [r["text_to_audio"]["binary"][f"mAP@{k}"] for r in rs], "o-",
+                        label=f"{name} binary")
+        ax.plot(bits, [r["text_to_audio"]["continuous"][f"mAP@{k}"] for r in rs], "s--",
+                color=line.get_color(), label=f"{name} continuous")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("bits")
+    ax.set_ylabel(f"text->audio mAP@{k}")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_json(results: list[dict], path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(results if len(results) != 1 else results[0], indent=2) + "\n")
+    return path

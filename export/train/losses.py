@@ -1,0 +1,111 @@
+"""Training objectives. Each is a small nn.Module returning a dict of named, weighted losses.
+
+The training loop sums the dict and never knows which terms exist (open_clip's ClipLoss
+style). ``uses`` says what the objective consumes: ``"logits"`` (the heads' (B, bits)
+outputs of both views) or ``"embeddings"`` (the encoders' projected features).
+
+- ``crovca``: Cross-View Alignment. Each view's logits are pushed by BCE-with-logits toward
+  the hard codes of the *other* view (targets carry no gradient), plus a coding-rate (MCR)
+  regulariser on the L2-normalised logits of each view that keeps the codes spread out.
+- ``contrastive``: symmetric InfoNCE on straight-through sign codes, plus a quantisation
+  loss pulling |logits| to 1 and a bit-balance loss pushing each bit's mean to 0.
+- ``clip``: the ordinary continuous contrastive loss on normalised embeddings, used to
+  pretrain a tiny CLAP from scratch as a stand-in foundation model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from .model import sign_ste
+from torch import nn
+
+OBJECTIVES = ("crovca", "contrastive", "clip")
+
+
+def coding_rate(z: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
+    """MCR coding rate ``1/2 logdet(I + d/(n eps) Z^T Z)`` of rows of ``z`` (n, d),
+    L2-normalised first. Larger = codes spread over more directions."""
+    z = F.normalize(z.float(), dim=1)
+    n, d = z.shape
+    gram = z.T @ z  # (d, d)
+    eye = torch.eye(d, device=z.device, dtype=z.dtype)
+    return 0.5 * torch.logdet(eye + (d / (n * eps)) * gram)
+
+
+def _symmetric_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = (a @ b.T) / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+class CroVCALoss(nn.Module):
+    """Cross-View Alignment: BCE toward the other view's hard codes + coding-rate term."""
+
+    uses = "logits"
+
+    def __init__(self, align_weight: float = 1.0, rate_weight: float = 0.1, eps: float = 0.05):
+        super().__init__()
+        self.align_weight, self.rate_weight, self.eps = align_weight, rate_weight, eps
+
+    def alignment(self, text: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        # Targets are the other view's bits (logit > 0), detached: each view follows the
+        # other's current code, never drags it.
+        text_bits = (text > 0).to(text.dtype).detach()
+        audio_bits = (audio > 0).to(audio.dtype).detach()
+        return 0.5 * (F.binary_cross_entropy_with_logits(text, audio_bits)
+                      + F.binary_cross_entropy_with_logits(audio, text_bits))
+
+    def rate(self, text: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        # Negative: we maximise the coding rate.
+        return -0.5 * (coding_rate(text, self.eps) + coding_rate(audio, self.eps))
+
+    def forward(self, text: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"align": self.align_weight * self.alignment(text, audio),
+                "coding_rate": self.rate_weight * self.rate(text, audio)}
+
+
+class ContrastiveHashLoss(nn.Module):
+    """Symmetric InfoNCE on sign codes (STE) + quantisation + bit balance."""
+
+    uses = "logits"
+
+    def __init__(self, temperature: float = 0.2, alpha: float = 0.1, beta: float = 0.01):
+        super().__init__()
+        self.temperature, self.alpha, self.beta = temperature, alpha, beta
+
+    def forward(self, text: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        bits = text.shape[1]
+        tc, ac = sign_ste(text.float()), sign_ste(audio.float())
+        # codes / sqrt(bits) have unit norm: the dot product is 1 - 2 * hamming / bits.
+        scale = bits ** -0.5
+        info = _symmetric_infonce(tc * scale, ac * scale, self.temperature)
+        quant = 0.5 * ((text.float().abs() - 1).abs().mean() + (audio.float().abs() - 1).abs().mean())
+        balance = 0.5 * (tc.mean(0).abs().mean() + ac.mean(0).abs().mean())
+        return {"infonce": info, "quantization": self.alpha * quant,
+                "bit_balance": self.beta * balance}
+
+
+class ClipLoss(nn.Module):
+    """Continuous symmetric InfoNCE on L2-normalised embeddings (CLIP/CLAP pretraining)."""
+
+    uses = "embeddings"
+
+    def __init__(self, temperature: float = 0.07):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, text: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        t, a = F.normalize(text.float(), dim=1), F.normalize(audio.float(), dim=1)
+        return {"clip": _symmetric_infonce(t, a, self.temperature)}
+
+
+def make_objective(name: str, **kwargs) -> nn.Module:
+    """The objective called ``name`` with keyword overrides (weights, temperature...)."""
+    classes = {"crovca": CroVCALoss, "contrastive": ContrastiveHashLoss, "clip": ClipLoss}
+    if name not in classes:
+        raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    try:
+        return classes[name](**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"objective {name!r}: bad loss settings {kwargs}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""The Hamming kernel: the cffi binding to csrc/ (knn, within, active_isa)."""

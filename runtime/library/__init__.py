@@ -1,0 +1,1 @@
+"""A Library: a code store bound to the model bundle that made its codes; indexing."""

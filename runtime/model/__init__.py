@@ -1,0 +1,1 @@
+"""The model bundle, the log-mel front-end and audio file reading."""

@@ -1,0 +1,484 @@
+"""The model bundle on the device: verify it, load it, turn text and log-mel into codes.
+
+A bundle is a directory written by ``cvahash export`` (docs/bundle.md):
+
+    manifest.json   format version, bits, source model, front-end parameters, tokenizer
+                    settings, precision, sha256 and size of every file, fingerprint
+    text.onnx       input_ids, attention_mask (int64 [batch, seq]) -> logits float32 [batch, bits]
+    audio.onnx      input_features float32 [batch, 1, frames, mels] -> logits float32 [batch, bits]
+    tokenizer.json  a ``tokenizers`` file; padding and truncation come from the manifest
+
+`ModelBundle.open` checks the format version, every file's sha256 and the fingerprint
+*before* anything is loaded, and raises `BundleError` naming the file otherwise.
+ONNX Runtime sessions are created lazily: a search only loads the text graph, indexing
+only the audio graph. This module needs numpy, onnxruntime and tokenizers only; it never
+imports torch or transformers.
+
+Codes: bit i is 1 where logit i > 0, packed MSB-first per byte (``numpy.packbits``),
+``ceil(bits / 8)`` bytes per row (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ..errors import BundleError, InvalidArgument
+
+__all__ = [
+    "BUNDLE_FILES",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "ModelBundle",
+    "TokenizedText",
+    "check_bundle",
+    "fingerprint_of",
+    "pack_codes",
+    "sha256_file",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+TEXT_GRAPH = "text.onnx"
+AUDIO_GRAPH = "audio.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+BUNDLE_FILES = (TEXT_GRAPH, AUDIO_GRAPH, TOKENIZER_FILE)
+# Manifest keys every reader of format 1 relies on.
+REQUIRED_KEYS = ("format_version", "bits", "frontend", "tokenizer", "precision", "files",
+                 "fingerprint")
+DEFAULT_AUDIO_BATCH = 8
+# With threads=0 ("one per core") at most this many windows run at once: each holds its
+# own activations (about 30 MB for the full-size HTSAT), which adds up on a big workstation.
+MAX_AUTO_AUDIO_WORKERS = 8
+
+
+# ---------------------------------------------------------------- hashing and fingerprint
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (graphs are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint_of(manifest: Mapping[str, Any]) -> str:
+    """The bundle's fingerprint: 16 hex chars of sha256 over a canonical JSON of what
+    decides the codes: bits, front-end parameters, tokenizer settings and the sha256 of
+    text.onnx, audio.onnx and tokenizer.json.
+
+    Two bundles with the same fingerprint turn the same input into the same codes; code
+    stores and update packages bind to it. Descriptive fields (source model, precision
+    label, quantisation report, creation time) are left out on purpose: they are covered
+    by the graph hashes where they matter.
+    """
+    files = manifest.get("files") or {}
+    semantic = {
+        "bits": manifest.get("bits"),
+        "frontend": manifest.get("frontend"),
+        "tokenizer": manifest.get("tokenizer"),
+        "sha256": {name: (files.get(name) or {}).get("sha256") for name in BUNDLE_FILES},
+    }
+    canonical = json.dumps(semantic, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
+
+
+def pack_codes(logits: np.ndarray) -> np.ndarray:
+    """Logits [n, bits] -> packed codes uint8 [n, ceil(bits/8)]: bit i = logit i > 0, MSB first."""
+    logits = np.asarray(logits)
+    if logits.ndim != 2:
+        raise InvalidArgument(f"pack_codes: logits must be 2-D [n, bits], got shape {logits.shape}")
+    return np.ascontiguousarray(np.packbits(logits > 0, axis=1))
+
+
+# ---------------------------------------------------------------- manifest checks
+
+
+def _read_manifest(root: Path) -> dict:
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a model bundle directory (it does not exist or is a "
+                          "file); make one with `cvahash export RUN_DIR --out DIR`")
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; {root} is not a complete model bundle "
+                          "(re-copy it or export it again)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable or not valid JSON ({exc}); re-copy the bundle") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: expected a JSON object at the top level")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BundleError(f"{path}: key 'format_version' is missing or not an integer")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format {version} is newer than this cvahash reads "
+                          f"(format {FORMAT_VERSION}); upgrade cvahash on this device")
+    if version < 1:
+        raise BundleError(f"{path}: bundle format {version} is not valid")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{path}: missing key(s) {', '.join(missing)}")
+    bits = manifest["bits"]
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+        raise BundleError(f"{path}: key 'bits' must be a positive integer, got {bits!r}")
+    if not isinstance(manifest["files"], dict):
+        raise BundleError(f"{path}: key 'files' must be an object of file name -> sha256")
+    return manifest
+
+
+def check_bundle(root: str | Path) -> dict:
+    """Verify a bundle without loading any model; return its manifest.
+
+    Checks, in order: manifest.json readable and of a known format; every required file
+    listed and present; every listed file's size and sha256; the fingerprint recomputed
+    from the manifest. Raises `BundleError` naming the first file that fails.
+    """
+    root = Path(root)
+    manifest = _read_manifest(root)
+    files = manifest["files"]
+    for name in BUNDLE_FILES:
+        if name not in files:
+            raise BundleError(f"{root / MANIFEST_NAME}: does not list {name}; the bundle is "
+                              "incomplete (export it again)")
+    for name, entry in files.items():
+        path = root / name
+        # Names come from the manifest: refuse anything that would leave the directory.
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise BundleError(f"{root / MANIFEST_NAME}: file name {name!r} is not a plain "
+                              "file name inside the bundle")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise BundleError(f"{root / MANIFEST_NAME}: files.{name} needs a 'sha256' string")
+        if not path.is_file():
+            raise BundleError(f"{path}: missing from the bundle (listed in manifest.json); "
+                              "re-copy the bundle")
+        size = entry.get("bytes")
+        if size is not None and path.stat().st_size != size:
+            raise BundleError(f"{path}: is {path.stat().st_size} bytes, manifest.json says "
+                              f"{size}; the file is truncated or replaced (re-copy the bundle)")
+        digest = sha256_file(path)
+        if digest != entry["sha256"].lower():
+            raise BundleError(f"{path}: sha256 {digest[:16]}... does not match manifest.json "
+                              f"({entry['sha256'][:16]}...); the file was changed or damaged "
+                              "(re-copy the bundle)")
+    expected = fingerprint_of(manifest)
+    if manifest["fingerprint"] != expected:
+        raise BundleError(f"{root / MANIFEST_NAME}: fingerprint {manifest['fingerprint']!r} does "
+                          f"not match its contents ({expected}); manifest.json was edited")
+    return manifest
+
+
+# ---------------------------------------------------------------- the bundle
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """Token ids and mask (int64 [n, seq]) as the text graph takes them, and which texts
+    were cut to the bundle's ``max_length`` (bool [n])."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    truncated: np.ndarray
+
+
+class ModelBundle:
+    """A verified model bundle; turns text and log-mel spectrograms into packed codes.
+
+    Use `ModelBundle.open`. Thread-safe: sessions are created once under a lock and
+    ONNX Runtime sessions may be run from several threads.
+    """
+
+    def __init__(self, root: Path, manifest: dict, *, threads: int, providers):
+        self.path = root
+        self._manifest = manifest
+        self._threads = threads
+        self._providers = list(providers) if providers else None
+        self._sessions: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._tokenizer = None
+        self._audio_workers = 1  # windows run at once; set when the audio session is made
+        self._pool = None
+        self.providers_in_use: dict[str, list[str]] = {}
+        from .frontend import FrontendParams
+
+        try:
+            self._frontend = FrontendParams.from_dict(manifest["frontend"])
+        except (InvalidArgument, TypeError) as exc:
+            raise BundleError(f"{root / MANIFEST_NAME}: key 'frontend': {exc}") from exc
+        tok = manifest["tokenizer"]
+        if not isinstance(tok, dict) or not isinstance(tok.get("max_length"), int):
+            raise BundleError(f"{root / MANIFEST_NAME}: key 'tokenizer' needs an integer "
+                              "'max_length'")
+
+    @classmethod
+    def open(cls, path: str | Path, *, threads: int = 0,
+             providers: Sequence[str] | None = None) -> ModelBundle:
+        """Verify the bundle at ``path`` (format, sha256 of every file, fingerprint) and
+        return it; no graph is loaded yet.
+
+        ``threads``: ONNX Runtime intra-op threads (0 = its default, one per core).
+        ``providers``: execution providers in order of preference, e.g.
+        ``["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]``;
+        those not available in this onnxruntime build are dropped (CPU is always the
+        last resort). None means CPU only.
+        """
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise InvalidArgument(f"threads must be an integer >= 0, got {threads!r}")
+        root = Path(path)
+        manifest = check_bundle(root)
+        return cls(root, manifest, threads=threads, providers=providers)
+
+    # -- what the bundle is
+    @property
+    def manifest(self) -> dict:
+        """A copy of manifest.json as a dict."""
+        return json.loads(json.dumps(self._manifest))
+
+    @property
+    def bits(self) -> int:
+        return int(self._manifest["bits"])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes per packed code: ceil(bits / 8)."""
+        return math.ceil(self.bits / 8)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self._manifest["fingerprint"])
+
+    @property
+    def frontend_params(self):
+        """The `cvahash.model.frontend.FrontendParams` the model was trained with."""
+        return self._frontend
+
+    @property
+    def precision(self) -> str:
+        return str(self._manifest["precision"])
+
+    def __repr__(self) -> str:
+        return (f"ModelBundle({str(self.path)!r}, bits={self.bits}, "
+                f"fingerprint={self.fingerprint!r}, precision={self.precision!r})")
+
+    # -- sessions
+    def _choose_providers(self) -> list[str]:
+        import onnxruntime as ort
+
+        available = set(ort.get_available_providers())
+        wanted = self._providers or ["CPUExecutionProvider"]
+        chosen = [p for p in wanted if p in available]
+        if "CPUExecutionProvider" not in chosen:
+            chosen.append("CPUExecutionProvider")
+        return chosen
+
+    def _session(self, branch: str):
+        with self._lock:
+            if branch in self._sessions:
+                return self._sessions[branch]
+            import onnxruntime as ort
+
+            name = TEXT_GRAPH if branch == "text" else AUDIO_GRAPH
+            providers = self._choose_providers()
+            options = ort.SessionOptions()
+            threads = self._threads
+            if branch == "audio":
+                self._audio_workers = self._parallel_windows(providers)
+                if self._audio_workers > 1:
+                    threads = 1
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3  # ORT's own warnings are noise on a station
+            try:
+                session = ort.InferenceSession(str(self.path / name), sess_options=options,
+                                               providers=providers)
+            except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+                raise BundleError(f"{self.path / name}: onnxruntime cannot load it ({exc})") from exc
+            used = session.get_providers()
+            self.providers_in_use[branch] = used
+            if branch == "audio" and self._audio_workers > 1:
+                log.info("bundle %s: audio graph on %s (%d windows at once, 1 thread each)",
+                         self.fingerprint, used[0], self._audio_workers)
+            else:
+                log.info("bundle %s: %s graph on %s (%s threads)", self.fingerprint, branch,
+                         used[0], threads or "default")
+            self._sessions[branch] = session
+            return session
+
+    def _parallel_windows(self, providers: list[str]) -> int:
+        """How many audio windows run at once, one single-threaded run each (1: windows
+        run in batches on one session with `threads` threads instead).
+
+        Above 1 only for a graph that runs one window per call anyway (not
+        `batch_invariant`) on the CPU provider alone: ORT's intra-op threads scale poorly
+        on one window of the int8 HTSAT graph (2 threads: 1.3-1.6x one), two windows at
+        once on one thread each do better (1.6-2.2x; bench/audio_graph_profile.py
+        parallel), and give the same codes."""
+        if providers != ["CPUExecutionProvider"] or self.batch_invariant("audio"):
+            return 1
+        return self._threads or min(os.cpu_count() or 1, MAX_AUTO_AUDIO_WORKERS)
+
+    def _worker_pool(self):
+        with self._lock:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self._audio_workers,
+                                                thread_name_prefix="cvahash-audio")
+            return self._pool
+
+    def close(self) -> None:
+        """Drop the ONNX Runtime sessions (they are recreated on the next use)."""
+        with self._lock:
+            self._sessions.clear()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    # -- text
+    def _load_tokenizer(self):
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = self._make_tokenizer()
+            return self._tokenizer
+
+    def _make_tokenizer(self):
+        """tokenizer.json with the manifest's truncation and padding switched on (the saved
+        file carries none; FINDINGS.md)."""
+        from tokenizers import Tokenizer
+
+        settings = self._manifest["tokenizer"]
+        path = self.path / TOKENIZER_FILE
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a plain Exception
+            raise BundleError(f"{path}: the tokenizers package cannot read it ({exc})") from exc
+        pad = {"pad_id": int(settings.get("pad_id", 1)),
+               "pad_token": str(settings.get("pad_token", "<pad>"))}
+        tok.no_padding()
+        tok.enable_truncation(max_length=int(settings["max_length"]))
+        if settings.get("padding", "max_length") == "max_length":
+            tok.enable_padding(length=int(settings["max_length"]), **pad)
+        else:  # "longest": pad to the longest text of the batch
+            tok.enable_padding(**pad)
+        return tok
+
+    @staticmethod
+    def _check_texts(texts) -> list[str]:
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise InvalidArgument("texts must be a list of strings (wrap a single query in [ ])")
+        if len(texts) == 0:
+            raise InvalidArgument("texts is empty: give at least one query")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InvalidArgument(f"text {i} is a {type(t).__name__}, not a string")
+            if not t.strip():
+                raise InvalidArgument(f"text {i} is empty or only whitespace; type what you "
+                                      "want to hear, e.g. 'woodpecker drumming'")
+        return list(texts)
+
+    def tokenize(self, texts: Sequence[str]) -> TokenizedText:
+        """Token ids as the model saw them in training (same ids as transformers), with
+        padding and truncation from the manifest; ``truncated[i]`` tells whether text i
+        was longer than ``max_length`` tokens and was cut."""
+        texts = self._check_texts(texts)
+        encodings = self._load_tokenizer().encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
+        return TokenizedText(ids, mask, truncated)
+
+    def batch_invariant(self, branch: str) -> bool:
+        """Whether a row's logits are independent of the other rows run with it.
+
+        Not so for dynamically quantised graphs: DynamicQuantizeLinear takes one scale
+        over the whole batch, so a window's code could depend on its neighbours (we
+        measured 1 bit in 320 flipping). Such graphs run one row at a time, so the same
+        input always gives the same code (an indexed window finds itself at distance
+        0). The exporter records the property per graph; absent means "not invariant".
+        """
+        graphs = self._manifest.get("graphs")
+        entry = graphs.get(branch) if isinstance(graphs, dict) else None
+        return bool(isinstance(entry, dict) and entry.get("batch_invariant") is True)
+
+    def text_logits(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        """float32 [n, bits] logits of the text graph."""
+        tokens = self.tokenize(texts)
+        session = self._session("text")
+        step = batch_size if self.batch_invariant("text") else 1
+        trim = self._manifest["tokenizer"].get("trim_padding") is True
+        out = np.empty((len(tokens.input_ids), self.bits), dtype=np.float32)
+        for s in range(0, len(out), step):
+            ids = tokens.input_ids[s:s + step]
+            mask = tokens.attention_mask[s:s + step]
+            if trim:
+                # Padding columns no text of this run attends to are cut: the pooled
+                # first token cannot see masked positions, and a 10-token query runs
+                # 4-7x faster than one padded to 77 (docs/benchmarks/bundle.md).
+                used = int(mask.sum(axis=1).max())
+                ids, mask = ids[:, :used], mask[:, :used]
+            out[s:s + step] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return out
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Packed codes uint8 [n, ceil(bits/8)] of text queries (empty text: ValueError)."""
+        return pack_codes(self.text_logits(texts))
+
+    # -- audio
+    def _check_features(self, features) -> np.ndarray:
+        x = np.asarray(features)
+        p = self._frontend
+        want = (1, p.n_frames, p.n_mels)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise InvalidArgument(f"audio features must have shape [batch, {want[0]}, {want[1]}, "
+                                  f"{want[2]}] (cvahash.model.frontend.log_mel with this bundle's "
+                                  f"frontend_params), got {x.shape}")
+        if x.shape[0] == 0:
+            raise InvalidArgument("audio features hold no windows (batch size 0)")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise InvalidArgument(f"audio features must be float32, got {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            bad = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
+            raise InvalidArgument(f"audio features of window {bad} contain NaN or infinity")
+        return x
+
+    def audio_logits(self, features, *, batch_size: int = DEFAULT_AUDIO_BATCH) -> np.ndarray:
+        """float32 [B, bits] logits of the audio graph for log-mel ``features`` float32
+        [B, 1, frames, mels], run ``batch_size`` windows at a time to bound memory (one at
+        a time for a graph that is not `batch_invariant`)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgument(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        x = self._check_features(features)
+        session = self._session("audio")
+        if not self.batch_invariant("audio"):
+            batch_size = 1
+        name = session.get_inputs()[0].name
+        out = np.empty((len(x), self.bits), dtype=np.float32)
+        if self._audio_workers > 1 and len(x) > 1:
+            # ORT releases the GIL in run(); each window is computed on its own, so the
+            # codes are those of running the windows one after another.
+            runs = [self._worker_pool().submit(session.run, None, {name: x[i:i + 1]})
+                    for i in range(len(x))]
+            for i, run in enumerate(runs):
+                out[i:i + 1] = run.result()[0]
+            return out
+        for start in range(0, len(x), batch_size):
+            out[start:start + batch_size] = session.run(None, {name: x[start:start + batch_size]})[0]
+        return out
+
+    def encode_audio(self, features, *, batch_size: int = DEFAULT_AUDIO_BATCH) -> np.ndarray:
+        """Packed codes uint8 [B, ceil(bits/8)] of log-mel windows float32 [B, 1, frames, mels]."""
+        return pack_codes(self.audio_logits(features, batch_size=batch_size))

@@ -1,0 +1,1 @@
+"""Answering queries over a Library: search, reports, spectrogram pictures."""

@@ -1,0 +1,300 @@
+"""Showing search hits to people and scripts: a table, JSON, WAV snippets, spectrograms.
+
+- `format_table(hits)`: the readable table ``cvahash search`` prints (rank, distance,
+  recording relative to the recordings' common folder, start-end, capture time UTC,
+  station).
+- `to_json(result)`: one JSON document with the query, code width, bundle fingerprint,
+  the truncation flag and every hit with all its metadata.
+- `write_clips(hits, out_dir)`: WAV snippets cut from the original recordings, with
+  ``context_s`` seconds either side, at the recording's own rate and channels.
+- `write_spectrograms(hits, out_dir, params)`: a PNG per hit, the hit window's log-mel
+  (the picture the model saw), low frequencies at the bottom.
+
+A hit whose recording is gone (audio retention deleted it, the card was swapped) or
+unreadable gets a per-hit note (`Saved.problem`); it never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..model.frontend import FrontendParams
+    from .search import Hit, SearchResult
+
+__all__ = [
+    "Saved",
+    "clip_name",
+    "display_paths",
+    "format_clock",
+    "format_info",
+    "format_span",
+    "format_table",
+    "to_json",
+    "write_clips",
+    "write_spectrograms",
+]
+
+# Spectrogram pictures: each mel band is drawn this many pixels tall, so 64 bands
+# become a 192-pixel-high picture that is easy to read next to its 1001 frames.
+MEL_ROW_PIXELS = 3
+# Capture times from these clocks are guesses (a copy resets a file's mtime); the table
+# marks them with "~".
+UNCERTAIN_CLOCKS = frozenset({"file-mtime", "unknown"})
+
+
+@dataclass
+class Saved:
+    """What became of one hit's snippet or picture: ``path`` when written, else ``problem``."""
+
+    rank: int
+    path: Path | None = None
+    problem: str | None = None
+
+
+# --- text -----------------------------------------------------------------------------
+
+
+def format_clock(seconds: float, hours: bool) -> str:
+    """``mm:ss`` (or ``h:mm:ss`` when ``hours``), with tenths when not a whole second."""
+    tenths = round(seconds * 10)
+    whole, frac = divmod(tenths, 10)
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    text = f"{h}:{m:02d}:{s:02d}" if hours else f"{m + 60 * h:02d}:{s:02d}"
+    return f"{text}.{frac}" if frac else text
+
+
+def format_span(start_s: float, end_s: float) -> str:
+    """``"01:20-01:30"``; ``"1:02:10-1:02:20"`` once the end passes an hour."""
+    hours = end_s >= 3600
+    return f"{format_clock(start_s, hours)}-{format_clock(end_s, hours)}"
+
+
+def _iso(t: datetime | None) -> str:
+    if t is None:
+        return "-"
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def display_paths(paths: Sequence[str]) -> list[str]:
+    """Paths relative to the folder they all share (just the names when one folder;
+    unchanged when they share nothing but the file system root)."""
+    if not paths:
+        return []
+    parents = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    try:
+        root = os.path.commonpath(parents)
+    except ValueError:  # mixed drives or absolute/relative: show them as they are
+        return list(paths)
+    if root in ("/", ""):
+        return list(paths)
+    return [os.path.relpath(os.path.abspath(p), root) for p in paths]
+
+
+def format_table(hits: Sequence[Hit]) -> str:
+    """The hits as a fixed-width text table, one line per hit, with a header line."""
+    header = ("rank", "distance", "recording", "start-end", "captured (UTC)", "station")
+    names = display_paths([h.recording for h in hits])
+    rows = [
+        (
+            str(h.rank),
+            str(h.distance),
+            name,
+            format_span(h.start_s, h.end_s),
+            _iso(h.capture_time) + ("~" if h.clock_source in UNCERTAIN_CLOCKS else ""),
+            h.station or "-",
+        )
+        for h, name in zip(hits, names)
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {0, 1}  # numbers right-aligned
+
+    def line(cells):
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def to_json(result: SearchResult) -> str:
+    """One JSON document for scripts: query, bits, fingerprint, truncated, filters, hits."""
+    return json.dumps(result.to_dict(), indent=2, ensure_ascii=False)
+
+
+# --- snippets and pictures ------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def clip_name(rank: int, recording: str, start_s: float, suffix: str = ".wav") -> str:
+    """``rank_03_<recording stem>_<start>.wav``, e.g. ``rank_03_20240612_053000_1m20s.wav``:
+    safe on every file system (other characters become ``-``)."""
+    stem = _UNSAFE.sub("-", Path(recording).stem).strip("-")[:80] or "recording"
+    whole = math.floor(start_s)
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    start = (f"{h}h" if h else "") + (f"{m:02d}m" if h or m else "") + f"{s:02d}s"
+    return f"rank_{rank:02d}_{stem}_{start}{suffix}"
+
+
+def _read_span(path: Path, start_s: float, end_s: float):
+    """Frames [start_s, end_s) of a recording at its own rate, float32 [n, channels],
+    plus the soundfile info; raises the cvahash AudioError for missing/damaged files."""
+    import soundfile as sf
+    from ..model import audio
+
+    info = audio.probe(path)
+    first = max(0, math.floor(start_s * info.sample_rate))
+    last = min(info.frames, math.ceil(end_s * info.sample_rate))
+    if last <= first:
+        raise _gone(path, f"the file is only {info.duration_s:.1f} s long now")
+    try:
+        frames, _ = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise _gone(path, f"unreadable audio data: {e}") from None
+    return frames, info, first
+
+
+def _gone(path: Path, why: str):
+    from ..errors import AudioError
+
+    return AudioError(f"{path}: {why}")
+
+
+def _problem(hit: Hit, exc: Exception) -> str:
+    if not os.path.exists(hit.recording):
+        return f"{hit.recording}: recording no longer exists (deleted by audio retention or moved)"
+    return str(exc)
+
+
+def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: float = 1.0) -> list[Saved]:
+    """Write a WAV snippet per hit into ``out_dir`` (created): the hit's span plus
+    ``context_s`` either side (clipped at the file's ends), cut from the original
+    recording at its own sample rate and channels, 16-bit PCM (24-bit or float when the
+    source was). Returns one `Saved` per hit, in order."""
+    import soundfile as sf
+    from ..errors import CvahashError
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for hit in hits:
+        try:
+            frames, info, _ = _read_span(
+                Path(hit.recording), hit.start_s - context_s, hit.end_s + context_s
+            )
+            subtype = "PCM_16"
+            if info.subtype in ("PCM_24", "PCM_32"):
+                subtype = "PCM_24"
+            elif info.subtype in ("FLOAT", "DOUBLE"):
+                subtype = "FLOAT"
+            target = out / clip_name(hit.rank, hit.recording, hit.start_s)
+            tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+            sf.write(str(tmp), frames, info.sample_rate, subtype=subtype, format="WAV")
+            os.replace(tmp, target)
+            saved.append(Saved(hit.rank, path=target))
+        except (CvahashError, OSError) as e:
+            saved.append(Saved(hit.rank, problem=_problem(hit, e)))
+    return saved
+
+
+def spectrogram_image(samples: np.ndarray, params: FrontendParams) -> np.ndarray:
+    """RGB uint8 picture of one window's log-mel: time left to right, frequency upwards."""
+    from ..model.frontend import log_mel
+    from .png import colorize
+
+    mel = log_mel(samples, params)[0, 0]  # [frames, mels]
+    picture = mel.T[::-1]  # mels as rows, highest band on top
+    top = float(picture.max())
+    # 80 dB of range below the loudest bin: quieter detail is noise floor anyway.
+    rgb = colorize(picture, vmin=top - 80.0, vmax=top)
+    return np.repeat(rgb, MEL_ROW_PIXELS, axis=0)
+
+
+def write_spectrograms(
+    hits: Sequence[Hit], out_dir: str | os.PathLike, params: FrontendParams
+) -> list[Saved]:
+    """Write ``rank_XX_<recording>_<start>.png`` per hit into ``out_dir``: the log-mel of
+    exactly the hit's window (mono, resampled to the model's rate, as indexed)."""
+    import soxr
+    from ..errors import CvahashError
+    from .png import write_png
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for hit in hits:
+        try:
+            frames, info, _ = _read_span(Path(hit.recording), hit.start_s, hit.end_s)
+            if not np.isfinite(frames).all():
+                raise _gone(Path(hit.recording), "NaN or infinite samples in this window")
+            mono = frames.mean(axis=1, dtype=np.float32)
+            if info.sample_rate != params.sample_rate:
+                mono = soxr.resample(mono, info.sample_rate, params.sample_rate, quality="HQ")
+            target = out / clip_name(hit.rank, hit.recording, hit.start_s, suffix=".png")
+            write_png(target, spectrogram_image(mono, params))
+            saved.append(Saved(hit.rank, path=target))
+        except (CvahashError, OSError, ValueError) as e:
+            saved.append(Saved(hit.rank, problem=_problem(hit, e)))
+    return saved
+
+
+def saved_summary(kind: str, saved: Sequence[Saved], out_dir: str | os.PathLike) -> list[str]:
+    """Lines for stderr: how many were written where, and each problem."""
+    written = sum(1 for s in saved if s.path is not None)
+    lines = [f"wrote {written} of {len(saved)} {kind} to {out_dir}"]
+    lines += [f"  rank {s.rank}: {s.problem}" for s in saved if s.problem]
+    return lines
+
+
+def jsonable(value: Any) -> Any:
+    """Datetimes as ISO-8601 UTC strings, paths as strings, numpy scalars as Python."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _bytes(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)  # pragma: no cover
+
+
+def format_info(info: dict) -> str:
+    """``cvahash info`` as aligned "key: value" lines (see `cvahash.query.search.store_info`)."""
+    stations = ", ".join(f"{name} ({n} windows)" for name, n in info["stations"].items()) or "-"
+    span = (f"{info['first_capture']} .. {info['last_capture_end']}"
+            if info["first_capture"] else "- (empty)")
+    rows = [
+        ("store", info["store"]),
+        ("windows", f"{info['windows']}" + (
+            f" ({info['forgotten_windows']} forgotten)" if info["forgotten_windows"] else "")),
+        ("recordings", f"{info['recordings']} ({info['audio_hours']:.2f} h of audio)"),
+        ("time span (UTC)", span),
+        ("stations", stations),
+        ("code width", f"{info['bits']} bits"),
+        ("fingerprint", info["fingerprint"]),
+        ("bundle", info["bundle"] or "- (not recorded; pass --bundle to search)"),
+        ("size", (f"{_bytes(info['bytes'])} (codes {_bytes(info['code_bytes'])}, "
+                  f"metadata {_bytes(info['metadata_bytes'])})")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)

@@ -1,0 +1,1 @@
+"""The unattended station: daemon, capture, health, retention, watchlist, config."""

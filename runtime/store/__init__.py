@@ -1,0 +1,1 @@
+"""The code store: packed codes in an append-only file, metadata in SQLite."""

@@ -1,0 +1,258 @@
+"""Appending to a code store: input checks, segment merging, the commit protocol.
+
+A mixin of ``cvahash.store.code_store.CodeStore``; the protocol and the durability promise are
+described in that module's docstring. Only the writer (mode "a") runs these.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FingerprintMismatch, InvalidArgument, InvalidCodes, StoreError
+from .format import HEADER_SIZE, code_file_name, write_all
+from .metadata import (
+    SEG_COLUMNS,
+    checked_segment_row,
+    db_failure,
+    recording_crc,
+    recording_fields,
+    segment_hashes,
+    sql_errors,
+)
+from .records import Recording, Segment, Window, try_extend
+
+META_FILE = "meta.sqlite"
+
+
+class StoreAppending:
+    # ------------------------------------------------------------------ appending
+    def _check_codes(self, codes, what: str) -> np.ndarray:
+        arr = np.asarray(codes)
+        if arr.dtype != np.uint8:
+            raise InvalidCodes(f"{what} must be packed uint8 codes (numpy.packbits), got "
+                               f"dtype {arr.dtype}")
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != self.nbytes:
+            raise FingerprintMismatch(
+                f"{what} have shape {arr.shape}: {arr.shape[-1] if arr.ndim else 0} bytes per "
+                f"code, but the code store {self.directory} holds {self.bits}-bit codes "
+                f"({self.nbytes} bytes, fingerprint {self.fingerprint!r})")
+        if self.bits % 8 and len(arr) and (arr[:, -1] & ((1 << (8 - self.bits % 8)) - 1)).any():
+            raise FingerprintMismatch(
+                f"{what} set bits past bit {self.bits}: they are wider than the "
+                f"{self.bits}-bit codes of the store {self.directory}")
+        return arr
+
+    def _as_segments(self, windows, n: int) -> list[Segment]:
+        if isinstance(windows, (Segment, Window)):
+            windows = [windows]
+        windows = list(windows)
+        if not all(isinstance(w, (Segment, Window)) for w in windows):
+            raise InvalidArgument("windows must be a Segment, a Window, or a list of them")
+        segs, checked = [], {}
+        for w in windows:
+            if isinstance(w, Window):
+                # check each distinct Recording once, not once per window
+                rec = checked.get(id(w.recording))
+                if rec is None:
+                    rec = checked[id(w.recording)] = (
+                        w.recording.checked() if isinstance(w.recording, Recording)
+                        else w.recording)
+                segs.append(replace(w, recording=rec).as_segment().checked(1, rec))
+            else:
+                rows = w.n_rows if w.n_rows is not None else (n if len(windows) == 1 else None)
+                if rows is None:
+                    raise InvalidArgument("every Segment in a list needs n_rows")
+                segs.append(w.checked(rows))
+        total = sum(s.n_rows for s in segs)
+        if total != n:
+            raise InvalidArgument(f"the windows describe {total} rows but {n} codes were given")
+        return segs
+
+    def append(self, codes, windows, *, tag: str | None = None, fingerprint: str | None = None,
+               commit: bool = False) -> range:
+        """Add code rows and their windows; return the rows they got.
+
+        ``codes``: uint8 (n, nbytes). ``windows``: a Segment (n_rows may be None), a list
+        of Segments whose n_rows sum to n, or a list of n Windows. ``tag``: apply this
+        batch at most once (if ``has_tag(tag)``, nothing is appended and an empty range
+        is returned); a tagged append commits at once. ``commit=True`` commits now.
+        See the module docstring for when rows become durable.
+        """
+        with self._lock:
+            self._live(refresh=False)
+            if self.mode != "a":
+                raise StoreError(f'the code store {self.directory} is open read-only; open it '
+                                 'with mode="a" to append')
+            self.require(fingerprint)
+            arr = self._check_codes(codes, "codes")
+            segs = self._as_segments(windows, len(arr))
+            if tag is not None:
+                if not isinstance(tag, str) or not tag:
+                    raise InvalidArgument(f"tag must be a non-empty string, got {tag!r}")
+                if self.has_tag(tag):
+                    return range(self._committed, self._committed)
+            first = self._committed + self._pending_rows
+            before = (list(self._pending_segs), len(self._pending_codes), self._pending_rows,
+                      self._pending_since)
+            row = first
+            for seg in segs:
+                seg = replace(seg, first_row=row)
+                row += seg.n_rows
+                last = self._pending_segs[-1] if self._pending_segs else self._committed_tail()
+                grown = None if last is None else try_extend(last, seg)
+                if grown is None:
+                    self._pending_segs.append(seg)
+                elif self._pending_segs:
+                    self._pending_segs[-1] = grown
+                else:       # grows the committed tail: its row is replaced at commit
+                    self._pending_segs.append(grown)
+            if len(arr):
+                self._pending_codes.append(np.array(arr, dtype=np.uint8, order="C", copy=True))
+            self._pending_rows += len(arr)
+            if self._pending_since is None:
+                self._pending_since = time.monotonic()
+            if (tag is not None or commit or self._pending_rows >= self.commit_every_windows
+                    or time.monotonic() - self._pending_since >= self.commit_every_s):
+                try:
+                    self._commit(tag, first)
+                except StoreError:
+                    if tag is not None:
+                        # a tagged batch is all or nothing: take it back out of the
+                        # buffer, so a later flush cannot store its rows without the tag
+                        segs_before, n_codes, self._pending_rows, self._pending_since = before
+                        self._pending_segs = segs_before
+                        del self._pending_codes[n_codes:]
+                    raise
+            return range(first, first + len(arr))
+
+    def _committed_tail(self) -> Segment | None:
+        """The last committed segment if it ends at the last committed row."""
+        with sql_errors(self.directory / META_FILE, "read the last segment"):
+            row = self._conn.execute(f"SELECT {SEG_COLUMNS} FROM segments ORDER BY "
+                                     "first_row DESC LIMIT 1").fetchone()
+            if row is None or checked_segment_row(row)[0] + row[1] != self._committed:
+                return None
+            first, n, rec_id, off0, hop, length, cap0, clock, _ = row
+            return Segment(recording=self._recordings.get(self._conn, rec_id),
+                           first_offset_s=float(off0), length_s=float(length),
+                           capture_start_utc=float(cap0), hop_s=float(hop), n_rows=n,
+                           clock_source=clock, first_row=first)
+
+    def flush(self) -> int:
+        """Commit everything appended so far; return ``durable_rows``."""
+        with self._lock:
+            self._live(refresh=False)
+            if self.mode == "a" and (self._pending_rows or self._pending_segs):
+                self._commit(None, None)
+            return self._committed
+
+    def _commit(self, tag: str | None, tag_first: int | None) -> None:
+        n = self._pending_rows
+        rows = (np.concatenate(self._pending_codes) if len(self._pending_codes) > 1
+                else self._pending_codes[0] if self._pending_codes
+                else np.zeros((0, self.nbytes), np.uint8))
+        path = self.directory / code_file_name(self._generation)
+        try:
+            if n:
+                write_all(self._fd, rows, HEADER_SIZE + self._committed * self.nbytes)
+                os.fdatasync(self._fd)
+        except OSError as e:
+            self._raise_write_error(e, path)
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rec_ids = self._recording_ids(conn)
+                segs = self._pending_segs
+                if segs:
+                    cols = list(zip(*[
+                        (g.first_row, g.n_rows,
+                         rec_ids[g.recording.key],
+                         g.first_offset_s, g.hop_s, g.length_s, g.capture_start_utc,
+                         g.clock_source) for g in segs]))
+                    cols.append(segment_hashes(*cols).tolist())
+                    # OR REPLACE: the first one may grow the committed tail segment
+                    conn.executemany("INSERT OR REPLACE INTO segments VALUES "
+                                     "(?,?,?,?,?,?,?,?,?)", zip(*cols))
+                    span = max((g.n_rows - 1) * g.hop_s for g in segs)
+                    if span > self._max_span:
+                        conn.execute("UPDATE store_info SET value = ? WHERE key = 'max_span_s'",
+                                     (span,))
+                if tag is not None:
+                    conn.execute("INSERT INTO tags VALUES (?, ?, ?, ?)",
+                                 (tag, time.time(), tag_first,
+                                  self._committed + n - tag_first))
+                self._bump(conn, committed_rows=self._committed + n)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, UnicodeDecodeError) as e:
+            raise db_failure(e, self.directory / META_FILE, "commit appended rows",
+                             f"; {n} appended rows are still buffered, flush() retries") from e
+        self._pending_codes, self._pending_segs = [], []
+        self._pending_rows, self._pending_since = 0, None
+        self._sync(force=True)
+
+    def _recording_ids(self, conn) -> dict[tuple[str, str], int]:
+        """Ids of the pending segments' recordings, inserting the new ones (inside the
+        commit's transaction; a few statements per commit, not per recording)."""
+        recs = {}
+        for seg in self._pending_segs:
+            recs.setdefault(seg.recording.key, seg.recording)
+        ids: dict[tuple[str, str], int] = {}
+        paths = sorted({path for path, _ in recs})
+        for i in range(0, len(paths), 500):
+            chunk = paths[i:i + 500]
+            for rid, path, content_hash in conn.execute(
+                    "SELECT id, path, content_hash FROM recordings WHERE path IN "
+                    f"({','.join('?' * len(chunk))})", chunk):
+                if (path, content_hash) in recs:
+                    ids[(path, content_hash)] = rid
+        new = [rec for key, rec in recs.items() if key not in ids]
+        if new:
+            (top,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM recordings").fetchone()
+            rows = []
+            for rid, rec in enumerate(new, start=top + 1):
+                fields = recording_fields(rec)
+                rows.append((rid, *fields, recording_crc(rid, *fields)))
+                ids[rec.key] = rid
+            conn.executemany("INSERT INTO recordings (id, path, content_hash, station, "
+                             "start_utc, sample_rate, duration_s, crc) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return ids
+
+    def _raise_write_error(self, e: OSError, path: Path):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(f"the disk holding {path} is full: {self._pending_rows} appended "
+                             "rows are not stored yet (still buffered; flush() retries). Free "
+                             "space, e.g. forget old recordings and compact()") from e
+        raise StoreError(f"could not write {path}: {e}; the appended rows are still "
+                         "buffered, flush() retries") from e
+
+    def has_tag(self, tag: str) -> bool:
+        """Whether a tagged append with this tag was committed."""
+        with self._lock:
+            self._live(refresh=False)
+            with self._snapshot():
+                return self._conn.execute("SELECT 1 FROM tags WHERE tag = ?",
+                                          (tag,)).fetchone() is not None
+
+    def has_recording(self, path: str, content_hash: str = "") -> bool:
+        """Whether committed windows of this recording (same path and content hash) exist."""
+        with self._lock:
+            self._live(refresh=False)
+            with self._snapshot():
+                return self._conn.execute(
+                    "SELECT 1 FROM recordings WHERE path = ? AND content_hash = ?",
+                    (str(path), content_hash)).fetchone() is not None

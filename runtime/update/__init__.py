@@ -1,0 +1,1 @@
+"""SD-card updates: the signed file format, keys, apply and merge."""
