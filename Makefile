@@ -8,9 +8,11 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use: PortAudio + PulseAudio for real audio capture,
-# an aarch64 cross compiler and qemu to check the NEON kernel.
+# an aarch64 cross compiler and qemu to check the NEON kernel, headless Chromium for
+# the web page, mosquitto as a real MQTT broker.
 APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins \
-                gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+                gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user \
+                chromium chromium-driver mosquitto
 # Every source the editable install compiles: a change rebuilds the C extension.
 C_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 
@@ -47,7 +49,7 @@ system-deps:
 $(VENV)/.installed: pyproject.toml setup.py $(C_SOURCES)
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel cffi
-	$(PIP) install -q -e '.[capture,export,dev]'
+	$(PIP) install -q -e '.[capture,export,plots,web,archive,dev]'
 	touch $@
 
 bench: $(VENV)/.installed
