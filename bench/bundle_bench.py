@@ -84,7 +84,8 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
-    from cvahash.export.train.model import HashingModel, build_tiny_clap, full_size_clap_config
+    from transformers import ClapModel
+
     from cvahash.export.onnx.convert import (
         export_audio_graph,
         export_text_graph,
@@ -93,8 +94,8 @@ def main() -> int:
     )
     from cvahash.export.onnx.quantize import agreement, quantize_graph, run_graph
     from cvahash.export.onnx.verify import builtin_probe
+    from cvahash.export.train.model import HashingModel, build_tiny_clap, full_size_clap_config
     from cvahash.model.frontend import FrontendParams
-    from transformers import ClapModel
 
     torch.manual_seed(0)
     out = Path(args.out or tempfile.mkdtemp(prefix="bundle-bench-"))

@@ -31,9 +31,10 @@ from pathlib import Path
 def full_size_step(batch: int = 16, rank: int = 8) -> dict:
     """Time and peak memory of one LoRA training step of the full-size ClapConfig."""
     import torch
+    from transformers import ClapModel
+
     from cvahash.export.train.losses import make_objective
     from cvahash.export.train.model import HashingModel, full_size_clap_config
-    from transformers import ClapModel
 
     torch.manual_seed(0)
     model = HashingModel(ClapModel(full_size_clap_config()), bits=64)
@@ -96,10 +97,10 @@ def main(argv=None) -> int:
     if args.quick:
         args.clip_epochs, args.head_epochs, args.lora_epochs = 3, 10, 2
 
-    from cvahash.export.train.evaluate import evaluate_run, format_table
-    from cvahash.export.train.run import RunConfig
     from cvahash.export.synth.corpus import generate_corpus
+    from cvahash.export.train.evaluate import evaluate_run, format_table
     from cvahash.export.train.loop import TrainOptions, train
+    from cvahash.export.train.run import RunConfig
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +164,7 @@ def cpu_seconds() -> float:
 def save(out: Path, results: list[dict], timings: dict, t_start: float) -> dict:
     """Write results.json, table.md and the plot now, so an interrupted run keeps its data."""
     import torch
+
     from cvahash.export.train.evaluate import plot_map_vs_bits
 
     timings = dict(timings, wall_s=time.monotonic() - t_start, cpu_s=cpu_seconds())

@@ -55,11 +55,12 @@ def log(msg: str) -> None:
 def build_full_bundle(out: Path, bits: int) -> Path:
     """Full-size random CLAP + hashing heads -> int8 bundle (dynamic quantisation only:
     with random weights the static/QDQ candidates cost minutes and prove nothing)."""
+    from transformers import ClapModel
+
     from cvahash.export.onnx.bundle_writer import export_run
     from cvahash.export.train.model import HashingModel, full_size_clap_config, reinit_weights
     from cvahash.export.train.run import RunConfig, save_run
     from cvahash.export.train.tokenizer import train_caption_tokenizer
-    from transformers import ClapModel
 
     work = out.parent / (out.name + ".work")
     shutil.rmtree(work, ignore_errors=True)
@@ -222,10 +223,10 @@ def query_map(bundle_dir: Path, corpus: Path, splits=("val", "test"), k: int = 1
     ``search --like FILE@OFFSET`` computes (tests/test_cli_runtime.py checks distance 0).
     Ties are ranked by row, as the kernel does.
     """
-    from cvahash.model.bundle import ModelBundle
-    from cvahash.export.train.metrics import average_precision_at_k
     from cvahash.export.synth.corpus import queries_for
+    from cvahash.export.train.metrics import average_precision_at_k
     from cvahash.library.index import index_recordings
+    from cvahash.model.bundle import ModelBundle
     from cvahash.store.code_store import CodeStore
 
     entries = [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines()

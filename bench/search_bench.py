@@ -29,6 +29,7 @@ import sys
 import time
 
 import numpy as np
+
 from cvahash.kernel import hamming
 from cvahash.kernel._hamming_cffi import ffi, lib
 

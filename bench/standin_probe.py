@@ -153,9 +153,9 @@ def text(data, labels, epochs: int) -> None:
 
 def clip_run(corpus: Path, run_dir: Path, limit: int = 200) -> None:
     from cvahash.export.train import metrics
+    from cvahash.export.train.loop import encode_all
     from cvahash.export.train.run import load_run
     from cvahash.export.train.tokenizer import tokenize
-    from cvahash.export.train.loop import encode_all
 
     model, config, tok = load_run(run_dir)
     data, _ = load(corpus, ("train", "val", "test"))

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
 from cvahash.kernel import hamming
 from cvahash.store.code_store import CodeStore, Recording, Segment, Window
 

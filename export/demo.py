@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="train and export a new bundle instead of the shipped one")
     ap.add_argument("--bundle", help="use this bundle")
     args = ap.parse_args(argv)
-    from .synth.corpus import events_path, queries_for
     from ..query.search import open_store_and_bundle, search_text
+    from .synth.corpus import events_path, queries_for
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

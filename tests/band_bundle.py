@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from cvahash.model.frontend import FrontendParams, mel_filterbank
 
 GROUPS = 8

@@ -17,6 +17,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cvahash.errors import AudioError
 from cvahash.model.audio import (
     AUDIO_EXTENSIONS,
     AudioInfo,
@@ -27,9 +31,6 @@ from cvahash.model.audio import (
     load,
     probe,
 )
-from cvahash.errors import AudioError
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 SR = 48000
 UTC = timezone.utc

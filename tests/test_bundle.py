@@ -18,6 +18,8 @@ import textwrap
 import numpy as np
 import pytest
 from band_bundle import word_tokenizer
+
+from cvahash.errors import BundleError, InvalidArgument
 from cvahash.model.bundle import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -27,7 +29,6 @@ from cvahash.model.bundle import (
     pack_codes,
     sha256_file,
 )
-from cvahash.errors import BundleError, InvalidArgument
 from cvahash.model.frontend import FrontendParams
 
 onnx = pytest.importorskip("onnx")

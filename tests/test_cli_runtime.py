@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from cvahash.cli import main
 from oracle import knn_reference
+
+from cvahash.cli import main
 
 CAPTIONS = [
     "a woodpecker drumming on a dead tree", "an owl hooting at night",

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from cvahash.cli import main
-from cvahash.station.config import SCHEMA, WATCH_SCHEMA, DeviceConfig, load_config, loads_config
-from cvahash.errors import ConfigError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from cvahash.cli import main
+from cvahash.errors import ConfigError
+from cvahash.station.config import SCHEMA, WATCH_SCHEMA, DeviceConfig, load_config, loads_config
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "device_configs").glob("*.toml"))

@@ -25,6 +25,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
 from band_bundle import make_band_bundle, tone_scene
+
 from cvahash.store.code_store import CodeStore
 
 PY = sys.executable

@@ -19,8 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from cvahash.model.bundle import MANIFEST_NAME, ModelBundle, fingerprint_of, sha256_file
 from cvahash.errors import BundleError
+from cvahash.model.bundle import MANIFEST_NAME, ModelBundle, fingerprint_of, sha256_file
 
 # About 1-2 minutes on 2 busy cores (corpus, a short training run, three exports).
 pytestmark = [pytest.mark.workstation, pytest.mark.slow]
@@ -35,8 +35,8 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_dir(corpus, tmp_path_factory):
-    from cvahash.export.train.run import RunConfig
     from cvahash.export.train.loop import TrainOptions, train
+    from cvahash.export.train.run import RunConfig
 
     out = tmp_path_factory.mktemp("run") / "run"
     config = RunConfig(model="tiny", bits=32, epochs=2, warmup_epochs=1, batch_size=8,
@@ -74,8 +74,8 @@ def held_out(corpus):
 @pytest.fixture(scope="module")
 def reference(run_dir, held_out):
     """PyTorch logits (merged model, transformers tokenizer) of the held-out clips."""
-    from cvahash.export.train.model import load_run
     from cvahash.export.onnx.convert import torch_audio_logits, torch_text_logits
+    from cvahash.export.train.model import load_run
     from cvahash.export.train.tokenizer import tokenize
 
     model, config, tokenizer = load_run(run_dir)

@@ -7,9 +7,16 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from cvahash.export.onnx.verify import DataError, builtin_probe, hamming_matrix, load_probe, map_at_k
-from cvahash.model.frontend import FrontendParams, log_mel
 from oracle import hamming_matrix as oracle_hamming
+
+from cvahash.export.onnx.verify import (
+    DataError,
+    builtin_probe,
+    hamming_matrix,
+    load_probe,
+    map_at_k,
+)
+from cvahash.model.frontend import FrontendParams, log_mel
 
 PARAMS = FrontendParams()
 

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from cvahash.model.frontend import FrontendParams, log_mel, mel_filterbank
 
 SR = 48000

@@ -13,11 +13,12 @@ import threading
 
 import numpy as np
 import pytest
-from cvahash.kernel import hamming
-from cvahash.errors import InvalidArgument, InvalidCodes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracle import hamming_matrix, knn_reference
+
+from cvahash.errors import InvalidArgument, InvalidCodes
+from cvahash.kernel import hamming
 
 ISAS = hamming.available_isas()
 WIDTHS = [1, 3, 8, 9, 16, 32, 64, 100]

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from cvahash.errors import AudioError, StoreError
-from cvahash.model.frontend import FrontendParams, log_mel
 from cvahash.library.index import Progress, content_hash, find_recordings, index_recordings
+from cvahash.model.frontend import FrontendParams, log_mel
 from cvahash.store.code_store import CodeStore
 
 

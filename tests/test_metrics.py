@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from cvahash.export.train.metrics import (
     average_precision_at_k,
     cosine_similarities,

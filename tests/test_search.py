@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from cvahash.errors import BundleError, CvahashError, InvalidArgument
 from cvahash.model.frontend import FrontendParams, log_mel
 from cvahash.query.png import VIRIDIS_ANCHORS, colorize, encode_png, write_png

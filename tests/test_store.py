@@ -8,13 +8,14 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
-from cvahash.errors import FingerprintMismatch, InvalidArgument, InvalidCodes, StoreError
-from cvahash.store.code_store import CodeStore, Recording, Segment, Window
-from cvahash.store.metadata import first_at_or_after, segment_crc, segment_hashes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import hamming_matrix, knn_reference
 from test_store_support import BASE, BITS, FP, check_rows, row_codes, windows_for
+
+from cvahash.errors import FingerprintMismatch, InvalidArgument, InvalidCodes, StoreError
+from cvahash.store.code_store import CodeStore, Recording, Segment, Window
+from cvahash.store.metadata import first_at_or_after, segment_crc, segment_hashes
 
 
 @pytest.fixture

@@ -17,10 +17,11 @@ import time
 
 import numpy as np
 import pytest
-from cvahash.store import format as store_format
-from cvahash.errors import StoreCorrupt, StoreError
-from cvahash.store.code_store import CodeStore
 from test_store_support import BASE, BITS, FP, PER_REC, check_rows, row_codes, windows_for
+
+from cvahash.errors import StoreCorrupt, StoreError
+from cvahash.store import format as store_format
+from cvahash.store.code_store import CodeStore
 
 CODES = "codes-000000.bin"
 

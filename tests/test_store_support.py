@@ -8,6 +8,7 @@ checked on its own: a torn, shifted or mislabelled row shows up as a mismatch.
 from __future__ import annotations
 
 import numpy as np
+
 from cvahash.store.code_store import Recording, Segment, Window
 
 BASE = 1_700_000_000.0

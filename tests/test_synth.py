@@ -12,6 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import soundfile as sf
+
 from cvahash.cli import main
 from cvahash.errors import InvalidArgument
 from cvahash.export.synth import corpus as synth

@@ -14,10 +14,10 @@ pytest.importorskip("peft")
 sf = pytest.importorskip("soundfile")
 
 from cvahash.export.train.data import ManifestError, log_mel_features, read_manifest
+from cvahash.export.train.loop import TrainOptions, train
 from cvahash.export.train.model import HashingModel, build_tiny_clap
 from cvahash.export.train.run import RunConfig, load_checkpoint, load_run
 from cvahash.export.train.tokenizer import tokenize, train_caption_tokenizer
-from cvahash.export.train.loop import TrainOptions, train
 
 CLASSES = {
     "tone": ["a steady high tone", "pure whistle tone", "high pitched beep"],

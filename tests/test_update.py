@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from cvahash.cli import main
 from cvahash.errors import FingerprintMismatch, StoreError, UpdateRejected
 from cvahash.store.code_store import CodeStore, Recording, Segment

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from cvahash.store.code_store import CodeStore, Recording, Segment
 from cvahash.update.apply import apply_update, build_update
 from cvahash.update.format import generate_keypair, load_public_key, read_update

@@ -10,6 +10,9 @@ import stat
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from cvahash.errors import FingerprintMismatch, UpdateRejected
 from cvahash.update.format import (
     MAGIC,
@@ -26,8 +29,6 @@ from cvahash.update.format import (
     sign_raw,
     trust,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 KEY = Ed25519PrivateKey.generate()
 TRUSTED = [trust(KEY.public_key(), "test")]

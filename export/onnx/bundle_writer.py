@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ... import __version__
+from ...errors import CvahashError
 from ...model.bundle import (
     AUDIO_GRAPH,
     BUNDLE_FILES,
@@ -39,7 +41,6 @@ from ...model.bundle import (
     fingerprint_of,
     sha256_file,
 )
-from ...errors import CvahashError
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,9 @@ def tokenizer_settings(config, tokenizer) -> dict:
 def check_tokenizer_file(path: Path, settings: dict, tokenizer, texts: list[str]) -> None:
     """Raise ExportError unless ``tokenizers`` alone, configured from ``settings``, gives
     the same ids and mask as the transformers ``tokenizer`` for every text."""
-    from ..train.tokenizer import tokenize
     from tokenizers import Tokenizer
+
+    from ..train.tokenizer import tokenize
 
     tok = Tokenizer.from_file(str(path))
     tok.no_padding()
@@ -172,6 +174,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
     calibrates static quantisation; its val/test split scores the candidates. Without it
     a built-in probe of synthetic calls and captions is used (recorded in the manifest).
     """
+    from ...model.frontend import FrontendParams
     from ..train.model import load_run
     from .convert import (
         export_audio_graph,
@@ -187,7 +190,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
         run_graph,
     )
     from .verify import builtin_probe, load_probe
-    from ...model.frontend import FrontendParams
 
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from ...model.bundle import ModelBundle, check_bundle, pack_codes
+
 from ...errors import CvahashError
+from ...model.bundle import ModelBundle, check_bundle, pack_codes
 
 DEFAULT_MIN_AGREEMENT = 0.98
 DEFAULT_MAX_MAP_DROP = 0.02
@@ -55,10 +56,10 @@ def load_probe(manifest: str | Path, frontend, *, splits: Sequence[str] = ("val"
     ones by default); a manifest with none of them is used whole. Audio is read with
     ``cvahash.model.audio.load`` (mono, resampled) and turned into log-mel with ``frontend``.
     Errors name the manifest line."""
-    from ...model.audio import load
     from ...errors import AudioError
-    from ..train.data import ManifestError, read_manifest
+    from ...model.audio import load
     from ...model.frontend import log_mel
+    from ..train.data import ManifestError, read_manifest
 
     try:
         entries = read_manifest(manifest, check_files=False)
@@ -230,8 +231,8 @@ def verify_bundle(bundle_dir: str | Path, run_dir: str | Path | None = None,
         return report
 
     from ..train.model import load_run
-    from .convert import torch_audio_logits, torch_text_logits
     from ..train.tokenizer import tokenize
+    from .convert import torch_audio_logits, torch_text_logits
 
     model, _config, tokenizer = load_run(run_dir)
     merged = model.merged()

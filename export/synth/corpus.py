@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from ...errors import InvalidArgument
 
+from ...errors import InvalidArgument
 from .backgrounds import (
     BACKGROUNDS,
     HELDOUT_BACKGROUNDS,

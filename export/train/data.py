@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ...errors import AudioError, CvahashError
 from .progress import Progress
 

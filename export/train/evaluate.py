@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from . import metrics
 from .data import log_mel_features, read_manifest, select_split
+from .loop import encode_all, pick_device, quiet_transformers
 from .run import load_run
 from .tokenizer import tokenize
-from .loop import encode_all, pick_device, quiet_transformers
 
 KS = (1, 5, 10, 20)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from .data import log_mel_features, read_manifest, select_split
 from .losses import make_objective
 from .model import HashingModel, build_tiny_clap, load_clap

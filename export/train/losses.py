@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from .model import sign_ste
 from torch import nn
+
+from .model import sign_ste
 
 OBJECTIVES = ("crovca", "contrastive", "clip")
 

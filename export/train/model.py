@@ -25,9 +25,10 @@ import copy
 from pathlib import Path
 
 import torch
-from ...errors import CvahashError
 from torch import nn
 from transformers import ClapConfig, ClapModel
+
+from ...errors import CvahashError
 
 HEAD_TYPES = ("crovca", "seed")
 LORA_TARGETS = ("query", "value")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from .model import HashingModel, ModelLoadError
 
 RUN_FORMAT = 1

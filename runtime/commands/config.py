@@ -32,8 +32,8 @@ def register(subparsers) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from ..station.config import load_config
     from ..errors import ConfigError
+    from ..station.config import load_config
 
     failed = 0
     for path in args.files:

@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import MissingExtra
 
     try:
-        from ..export.train.run import RunConfig
         from ..export.train.loop import TrainOptions, train
+        from ..export.train.run import RunConfig
     except ImportError as exc:
         raise MissingExtra(f"cvahash train needs the workstation extra ({exc.name} is missing): "
                            "pip install 'cvahash[export]'") from exc

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from ._hamming_cffi import ffi, lib
+
 from ..errors import CvahashError, InvalidArgument, InvalidCodes
+from ._hamming_cffi import ffi, lib
 
 __all__ = ["MAX_NBYTES", "KernelUnavailable", "active_isa", "available_isas", "knn", "within"]
 

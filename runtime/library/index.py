@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+
 from ..errors import AudioError, CvahashError, InvalidArgument
 
 __all__ = [

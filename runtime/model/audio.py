@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+
 from ..errors import AudioError, InvalidArgument
 
 __all__ = [

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from ..errors import InvalidArgument
 
 __all__ = ["FrontendParams", "log_mel", "mel_filterbank"]

@@ -20,6 +20,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
 from ..errors import InvalidArgument
 
 __all__ = ["VIRIDIS_ANCHORS", "colorize", "encode_png", "write_png"]

@@ -153,6 +153,7 @@ def _read_span(path: Path, start_s: float, end_s: float):
     """Frames [start_s, end_s) of a recording at its own rate, float32 [n, channels],
     plus the soundfile info; raises the cvahash AudioError for missing/damaged files."""
     import soundfile as sf
+
     from ..model import audio
 
     info = audio.probe(path)
@@ -185,6 +186,7 @@ def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: floa
     recording at its own sample rate and channels, 16-bit PCM (24-bit or float when the
     source was). Returns one `Saved` per hit, in order."""
     import soundfile as sf
+
     from ..errors import CvahashError
 
     out = Path(out_dir)
@@ -229,6 +231,7 @@ def write_spectrograms(
     """Write ``rank_XX_<recording>_<start>.png`` per hit into ``out_dir``: the log-mel of
     exactly the hit's window (mono, resampled to the model's rate, as indexed)."""
     import soxr
+
     from ..errors import CvahashError
     from .png import write_png
 

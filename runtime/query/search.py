@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ..errors import BundleError, InvalidArgument
 
 __all__ = [
@@ -270,8 +271,8 @@ def _is_store(store_dir: Path) -> bool:
 def open_bundle_for(store_dir: str | os.PathLike, explicit, store_fingerprint: str | None,
                     threads: int = 0):
     """Open the bundle for a store and refuse one with another fingerprint, showing both."""
-    from ..model.bundle import ModelBundle
     from ..errors import FingerprintMismatch
+    from ..model.bundle import ModelBundle
 
     recorded = recorded_bundle(store_dir)
     path = resolve_bundle(explicit, recorded)
@@ -331,8 +332,8 @@ def open_store_and_bundle(store_dir, bundle_dir=None, *, mode: str = "r", thread
 def store_info(store_dir: str | os.PathLike) -> dict[str, Any]:
     """What ``cvahash info`` shows, as a JSON-ready dict (opens the store read-only)."""
     from ..errors import StoreError
-    from .report import jsonable
     from ..store.code_store import CodeStore
+    from .report import jsonable
 
     store_dir = Path(store_dir)
     if not _is_store(store_dir):

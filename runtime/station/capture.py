@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+
 from ..errors import AudioError, CvahashError
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,7 @@ class FileSource:
 
     def __init__(self, path: str | Path, realtime: bool = False, block_s: float = 1.0):
         import soundfile as sf
+
         from ..model.audio import capture_time, probe
 
         self.path = Path(path)

@@ -35,9 +35,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import CvahashError, StoreError
 from ..model.audio import Windower, downmix
 from .capture import Block, CaptureError, DeviceSource, FileSource
-from ..errors import CvahashError, StoreError
 from .health import Health, write_status
 
 log = logging.getLogger(__name__)

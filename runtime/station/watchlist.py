@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ..kernel import hamming
 
 log = logging.getLogger(__name__)

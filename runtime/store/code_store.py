@@ -125,8 +125,8 @@ from .metadata import (
     segment_crc,
     sql_errors,
 )
-from .scan import StoreReading
 from .records import Hit, Recording, Segment, Window
+from .scan import StoreReading
 from .upkeep import StoreUpkeep
 
 __all__ = ["CodeStore", "Hit", "Recording", "Segment", "Window"]

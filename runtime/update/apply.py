@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
 from .. import __version__
 from ..errors import CvahashError, FingerprintMismatch, InvalidArgument, StoreError
 from ..store.code_store import CodeStore, Recording, Segment

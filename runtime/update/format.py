@@ -54,6 +54,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import numpy as np
+
 from ..errors import CvahashError, FingerprintMismatch, UpdateRejected
 
 MAGIC = b"\x89CVAUP\r\n"
