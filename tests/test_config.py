@@ -141,10 +141,10 @@ def test_out_of_range_values_are_refused(section, line, expected):
 
 
 def test_unknown_keys_and_sections_are_errors_with_suggestions():
-    text = MINIMAL.replace("[store]\n", "[store]\ncommit_evry_s = 5\n") + \
+    text = MINIMAL.replace("[store]\n", "[store]\ncommit_intrval_s = 5\n") + \
         "[captur]\nchannels = 1\nthreads = 4\n"
     found = problems_of(text)
-    assert any("[store] unknown key 'commit_evry_s' (did you mean 'commit_every_s'?)" in p
+    assert any("[store] unknown key 'commit_intrval_s' (did you mean 'commit_interval_s'?)" in p
                for p in found)
     assert any("unknown section 'captur' (did you mean 'capture'?)" in p for p in found)
     top = problems_of("threads = 4\n" + MINIMAL)
@@ -246,3 +246,12 @@ def test_any_text_gives_a_config_or_a_config_error(text):
         loads_config(text)
     except ConfigError as exc:
         assert str(exc)
+
+
+def test_commit_interval_defaults_to_10_s_and_the_old_name_still_reads():
+    assert loads_config(MINIMAL).store.commit_interval_s == 10.0
+    old = MINIMAL.replace("[store]\n", "[store]\ncommit_every_s = 42\n")
+    assert loads_config(old).store.commit_interval_s == 42.0
+    both = MINIMAL.replace("[store]\n", "[store]\ncommit_every_s = 4\ncommit_interval_s = 5\n")
+    assert any("commit_every_s: the old name of commit_interval_s" in p
+               for p in problems_of(both))

@@ -70,7 +70,7 @@ def bundle(tmp_path_factory):
 
 
 def write_config(path: Path, bundle: Path, *, hop=5.0, retention=True, watch=("band3",),
-                 commit_windows=1, interval=1):
+                 commit_windows=1, interval=1, window=10.0, commit_interval="2"):
     d = path.parent
     watches = "".join(
         f'\n[[watchlist]]\nname = "{w}"\nquery = "{w}"\nradius = 0\ncooldown_s = 1\n'
@@ -87,12 +87,12 @@ device = "default"
 sample_rate = 44100
 channels = 1
 [windows]
-window_s = 10.0
+window_s = {window}
 hop_s = {hop}
 [store]
 path = "{d / 'store'}"
 commit_every_windows = {commit_windows}
-commit_every_s = 2
+{f"commit_interval_s = {commit_interval}" if commit_interval else ""}
 [retention]
 enabled = {'true' if retention else 'false'}
 path = "{d / 'audio'}"
@@ -135,7 +135,8 @@ def stop(proc: subprocess.Popen, timeout=5.0) -> tuple[int, float, str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-        raise AssertionError(f"daemon did not exit within {timeout} s of SIGTERM:\n{out}")
+        raise AssertionError(
+            f"daemon did not exit within {timeout} s of SIGTERM:\n{out}") from None
     return proc.returncode, time.monotonic() - t0, out
 
 
@@ -172,7 +173,8 @@ def test_live_capture_finds_played_events_and_raises_alerts(pulse, bundle, tmp_p
         return datetime.fromisoformat(h["capture_time"].replace("Z", "+00:00")).timestamp()
 
     for k, a, b in events:
-        near = [h for h in hits if overlaps(start_s(h), h["end_s"] - h["start_s"], t_play + a, t_play + b)]
+        near = [h for h in hits
+                if overlaps(start_s(h), h["end_s"] - h["start_s"], t_play + a, t_play + b)]
         if k == 3:
             assert near, f"band-3 event at {a}-{b} s not found among {hits}"
     for h in hits:  # every exact hit holds a band-3 event
@@ -194,6 +196,40 @@ def test_live_capture_finds_played_events_and_raises_alerts(pulse, bundle, tmp_p
     with CodeStore.open(tmp_path / "store", "r") as store:
         store.check()  # raises StoreCorrupt on any inconsistency
         assert len(store) == doc["windows_total"]
+
+
+@pytest.mark.slow
+def test_a_live_call_is_searchable_15_s_after_it_was_played(pulse, bundle, tmp_path):
+    """[store] commit_interval_s (default 10 s) bounds how stale a live search can be, even
+    when commit_every_windows is far away: the daemon is still running when we search."""
+    scene = tmp_path / "call.wav"
+    sf.write(scene, tone_scene(2.5, [(5, 0.2, 2.2)]), 48000)
+    cfg = write_config(tmp_path / "station.toml", bundle, window=5.0, hop=2.5, retention=False,
+                       watch=(), commit_windows=1000, commit_interval=None)
+    proc = start_daemon(cfg, pulse)
+    status = tmp_path / "status.json"
+    try:
+        wait_status(status, lambda d: d["state"] == "capturing" and d["last_capture_utc"],
+                    proc=proc)
+        t_play = time.time()
+        subprocess.run(["paplay", str(scene)], env=pulse, check=True, timeout=30)
+        time.sleep(max(0.0, t_play + 2.5 + 15 - time.time()))
+        res = subprocess.run([PY, "-m", "cvahash", "search", "band5", "--db",
+                              str(tmp_path / "store"), "--json", "-k", "5"],
+                             env=pulse, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.poll() is None, proc.stdout.read()
+        assert res.returncode == 0, res.stderr
+        hits = [h for h in json.loads(res.stdout)["hits"] if h["distance"] == 0]
+        start = [datetime.fromisoformat(h["capture_time"].replace("Z", "+00:00")).timestamp()
+                 for h in hits]
+        assert any(overlaps(s, 5.0, t_play + 0.2, t_play + 2.2) for s in start), res.stdout
+        # The status counts committed rows as the store's (what search sees), never more.
+        doc = json.loads(status.read_text())
+        with CodeStore.open(tmp_path / "store", "r") as store:
+            assert doc["store_rows"] <= len(store)
+    finally:
+        rc, _, out = stop(proc)
+    assert rc == 0, out
 
 
 @pytest.mark.slow
@@ -356,7 +392,7 @@ def test_live_blocks_give_the_windows_of_the_file(tmp_path):
     got += sw.ready()
     assert [w.offset_s for w in got] == [w.offset_s for w in ref]
     assert [round(w.length_s, 3) for w in got] == [round(w.length_s, 3) for w in ref]
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a.samples, b.samples, atol=1e-5)
 
 

@@ -109,10 +109,11 @@ class WindowSettings:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """[store]: the code store, committed after N windows or S seconds, whichever first."""
+    """[store]: the code store, committed after N windows or when the oldest uncommitted
+    window's audio ended ``commit_interval_s`` seconds ago, whichever comes first."""
     path: Path
     commit_every_windows: int
-    commit_every_s: float
+    commit_interval_s: float
 
 
 @dataclass(frozen=True)
@@ -346,7 +347,7 @@ SCHEMA: dict[str, list[tuple[str, Any, Any]]] = {
     "store": [
         ("path", PATH, _REQUIRED),
         ("commit_every_windows", integer(1, 100_000), 60),
-        ("commit_every_s", number(0, 86400, above=True), 300.0),
+        ("commit_interval_s", number(0, 86400, above=True), 10.0),
     ],
     "retention": [
         ("enabled", boolean, False),
@@ -377,6 +378,9 @@ SECTIONS = {
     "status": StatusSettings, "logging": LoggingSettings,
 }
 REQUIRED_SECTIONS = ("device", "runtime", "store")
+# Keys renamed since configs were first written: (section, old) -> new. The old name is
+# still read, so a station's config keeps working after an update.
+RENAMED = {("store", "commit_every_s"): "commit_interval_s"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -479,6 +483,7 @@ def loads_config(source_text: str, *, name: str = "<config>",
             reader.problem(f"[{section}]", f"expected a table [{section}], got {_show(table)}",
                            reader.line_of("", section))
             table = {}
+        table = _renamed(reader, section, table)
         sections[section] = reader.read_table(table, schema, section, f"[{section}]")
 
     watchlist = _read_watchlist(reader, data.get("watchlist", []))
@@ -488,6 +493,21 @@ def loads_config(source_text: str, *, name: str = "<config>",
         raise _error(reader.problems)
     built = {name_: cls(**sections[name_]) for name_, cls in SECTIONS.items()}
     return DeviceConfig(watchlist=tuple(watchlist), **built)
+
+
+def _renamed(reader: _Reader, section: str, table: dict) -> dict:
+    """``table`` with old key names (RENAMED) read as their new names."""
+    out = dict(table)
+    for (where, old), new in RENAMED.items():
+        if where != section or old not in out:
+            continue
+        if new in out:
+            reader.problem(f"[{section}]", f"{old}: the old name of {new}; give only {new}",
+                           reader.line_of(section, old))
+            del out[old]
+        else:
+            out[new] = out.pop(old)
+    return out
 
 
 def load_config(path: str | Path, *, base_dir: str | Path | None = None) -> DeviceConfig:

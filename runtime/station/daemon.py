@@ -87,7 +87,10 @@ class Daemon:
         self._pending: list[tuple[np.ndarray, dict]] = []  # (samples, window info)
         self._last_encode = time.monotonic()
         self._last_status = 0.0
-        self._last_flush = time.monotonic()
+        # Monotonic time the audio of the oldest appended-but-uncommitted window ended:
+        # `_tick` commits once that is commit_interval_s ago, so a window is searchable at
+        # most that long after its audio was heard.
+        self._uncommitted_since: float | None = None
         self._rate_mark = (time.monotonic(), 0)
         self.store = None
         self.retention = None
@@ -111,7 +114,7 @@ class Daemon:
 
         path = Path(self.cfg.store.path)
         opts = {"commit_every_windows": self.cfg.store.commit_every_windows,
-                "commit_every_s": self.cfg.store.commit_every_s}
+                "commit_every_s": self.cfg.store.commit_interval_s}
         if path.exists() and any(path.iterdir()):
             return CodeStore.open(path, "a", fingerprint=bundle.fingerprint, bits=bundle.bits,
                                   **opts)
@@ -213,14 +216,20 @@ class Daemon:
             log.error("store append failed, %d windows lost: %s", len(batch), exc)
             return
         infos = []
-        for row, (_, info) in zip(rows, batch):
+        for row, (_, info) in zip(rows, batch, strict=True):
             info = {k: v for k, v in info.items() if k != "_run"}
             info["row"] = row
             infos.append(info)
         if self.watchlist is not None:
             self.health.alerts_total += len(self.watchlist.check(codes, infos))
         self.health.windows_total += len(batch)
-        self.health.store_rows = len(self.store) + self.store.pending_rows
+        if self.store.pending_rows and self._uncommitted_since is None:
+            first = batch[0][1]
+            self._uncommitted_since = min(time.monotonic(),
+                                          first["monotonic_s"] + first["length_s"])
+        elif not self.store.pending_rows:
+            self._uncommitted_since = None
+        self._count_rows()
         last = batch[-1][1]
         # Monotonic, not wall time: a replayed file or a clock step must not fake a lag.
         self.health.lag_s = max(0.0, time.monotonic() - (last["monotonic_s"] + last["length_s"]))
@@ -308,8 +317,10 @@ class Daemon:
                         if block.gap_before:
                             self._end_run()
                     self._consume(source, block)
-                if len(self._pending) >= 8 or (
-                        self._pending and time.monotonic() - self._last_encode > ENCODE_EVERY_S):
+                # Live audio: encode each window as soon as it is complete (windows come
+                # seconds apart); a fast file replay batches them.
+                if len(self._pending) >= 8 or (self._pending and (
+                        self.realtime or time.monotonic() - self._last_encode > ENCODE_EVERY_S)):
                     self._encode_pending()
                 self._tick(source)
         finally:
@@ -323,7 +334,7 @@ class Daemon:
                 if self.watchlist is not None:
                     self.watchlist.close()
                 if self.store is not None:
-                    self.health.store_rows = len(self.store)
+                    self._count_rows()
                     self.store.close()
                 self.health.state = "stopped"
                 self._write_status(source)
@@ -346,14 +357,22 @@ class Daemon:
         self.health.last_capture_utc = end.isoformat()
         self.health.last_capture_monotonic = time.monotonic()
 
+    def _count_rows(self) -> None:
+        # Committed rows are what `search` and `info` see; rows still buffered are shown
+        # apart, so the status never promises windows a search cannot find yet.
+        self.health.store_rows = len(self.store)
+        self.health.pending_rows = self.store.pending_rows
+
     def _tick(self, source) -> None:
         now = time.monotonic()
         if self.store is not None and self.store.pending_rows \
-                and now - self._last_flush >= self.cfg.store.commit_every_s:
-            # The store checks commit_every_s when appending; a quiet source appends
+                and self._uncommitted_since is not None \
+                and now - self._uncommitted_since >= self.cfg.store.commit_interval_s:
+            # The store checks its own timer only when appending; a quiet source appends
             # nothing, so the timer lives here too.
             self.store.flush()
-            self._last_flush = now
+            self._uncommitted_since = None
+            self._count_rows()
         if now - self._last_status >= self.cfg.status.interval_s:
             # Windows per second over at least the last 30 s: with a 5 s hop an
             # instantaneous rate would flicker between 0 and 1/s.

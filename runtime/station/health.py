@@ -42,7 +42,8 @@ class Health:
     reconnects: int = 0
     gaps: list = field(default_factory=list)
     alerts_total: int = 0
-    store_rows: int = 0
+    store_rows: int = 0  # committed: what a search sees
+    pending_rows: int = 0  # encoded, committed within [store] commit_interval_s
     retention: str = "off"  # off | on | paused (disk full or quota)
     last_error: str | None = None
 
@@ -81,7 +82,8 @@ def read_status(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CvahashError(f"{path}: no status file; is the daemon running with this config?")
+        raise CvahashError(f"{path}: no status file; is the daemon running with this "
+                           "config?") from None
     except (OSError, ValueError) as exc:
         raise CvahashError(f"{path}: unreadable status file ({exc})") from exc
 
@@ -125,7 +127,9 @@ def format_status(doc: dict) -> str:
         ("last capture (UTC)", doc.get("last_capture_utc") or "never"),
         ("lag behind real time", f"{doc.get('lag_s', 0):.1f} s"),
         ("windows", f"{doc.get('windows_total', 0)} ({doc.get('windows_per_s', 0):.2f}/s)"),
-        ("store rows", doc.get("store_rows", 0)),
+        ("store rows", f"{doc.get('store_rows', 0)} searchable"
+                       + (f", {doc['pending_rows']} waiting for the next commit"
+                          if doc.get("pending_rows") else "")),
         ("input overflows", doc.get("input_overflows", 0)),
         ("dropped frames", doc.get("dropped_frames", 0)),
         ("reconnects", doc.get("reconnects", 0)),
