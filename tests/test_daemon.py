@@ -315,6 +315,11 @@ def test_sigterm_on_an_idle_device_free_run_exits_fast(bundle, tmp_path):
     proc = start_daemon(cfg, dict(os.environ), "--source", f"file:{rec}")
     wait_status(tmp_path / "status.json", lambda d: d["windows_total"] >= 1, timeout=40,
                 proc=proc)
+    # The recording's clock says 2024; audio still arrives now, so the replay is capturing.
+    live = subprocess.run([PY, "-m", "cvahash", "status", "--config", str(cfg)],
+                          capture_output=True, text=True, check=False)
+    assert live.returncode == 0 and live.stdout.startswith("OK"), live.stdout + live.stderr
+    assert "2024-06-12" in live.stdout  # the capture time is still shown
     rc, took, out = stop(proc)
     assert rc == 0 and took < 5.0, out
     doc = json.loads((tmp_path / "status.json").read_text())
@@ -338,6 +343,11 @@ def test_status_command_verdicts(tmp_path):
 
     doc = json.loads(path.read_text())
     doc["last_capture_utc"] = "2020-01-01T00:00:00+00:00"
+    assert verdict(doc)[0] == "NOT CAPTURING"  # a status file without last_audio_utc
+    doc["last_audio_utc"] = now.isoformat()  # a replayed file: old capture times, fresh audio
+    assert verdict(doc)[0] == "OK"
+    doc["last_audio_utc"] = "2020-01-01T00:00:00+00:00"
+    doc["last_capture_utc"] = now.isoformat()  # a clock set in the future: no audio arrives
     assert verdict(doc)[0] == "NOT CAPTURING"
     doc = json.loads(path.read_text())
     doc["written_utc"] = "2020-01-01T00:00:00+00:00"

@@ -356,6 +356,7 @@ class Daemon:
         end = block.wall + timedelta(seconds=len(block.frames) / source.sample_rate)
         self.health.last_capture_utc = end.isoformat()
         self.health.last_capture_monotonic = time.monotonic()
+        self.health.last_audio_utc = datetime.now(timezone.utc).isoformat()
 
     def _count_rows(self) -> None:
         # Committed rows are what `search` and `info` see; rows still buffered are shown

@@ -32,8 +32,11 @@ class Health:
     source: str = ""
     state: str = "starting"  # starting | capturing | reconnecting | stopping | stopped
     started_at: str = ""
-    last_capture_utc: str | None = None
+    last_capture_utc: str | None = None  # capture time of the last audio (source's clock)
     last_capture_monotonic: float | None = None
+    # Wall-clock time the last audio block arrived: what "is it capturing?" is judged by.
+    # A replayed file's capture times lie in the past, a station's clock may be wrong.
+    last_audio_utc: str | None = None
     windows_total: int = 0
     windows_per_s: float = 0.0
     lag_s: float = 0.0
@@ -99,7 +102,8 @@ def verdict(doc: dict, now: datetime | None = None) -> tuple[str, list[str]]:
         return "STALE", [f"status not refreshed for {age:.0f} s (daemon stopped or hung)"]
     if doc.get("state") in ("stopped", "stopping"):
         return "STOPPED", ["the daemon has stopped"]
-    last = doc.get("last_capture_utc")
+    # Status files from before last_audio_utc existed only have the capture time.
+    last = doc.get("last_audio_utc") or doc.get("last_capture_utc")
     if last is None:
         if doc.get("state") != "starting":
             reasons.append("no audio captured yet")
@@ -125,6 +129,7 @@ def format_status(doc: dict) -> str:
     lines += [f"  ! {r}" for r in reasons]
     rows = [
         ("last capture (UTC)", doc.get("last_capture_utc") or "never"),
+        ("audio last arrived (UTC)", doc.get("last_audio_utc") or "never"),
         ("lag behind real time", f"{doc.get('lag_s', 0):.1f} s"),
         ("windows", f"{doc.get('windows_total', 0)} ({doc.get('windows_per_s', 0):.2f}/s)"),
         ("store rows", f"{doc.get('store_rows', 0)} searchable"
