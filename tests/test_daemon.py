@@ -322,6 +322,7 @@ def test_sigterm_on_an_idle_device_free_run_exits_fast(bundle, tmp_path):
     assert "2024-06-12" in live.stdout  # the capture time is still shown
     rc, took, out = stop(proc)
     assert rc == 0 and took < 5.0, out
+    assert "INFO cvahash.station.daemon: stopped (SIGTERM received)" in out, out
     doc = json.loads((tmp_path / "status.json").read_text())
     with CodeStore.open(tmp_path / "store") as store:
         # commit_every_windows=1000 was never reached: every window came from the flush.
@@ -422,3 +423,28 @@ def test_ring_buffer_wraps_and_reports_drops():
     ring.write(np.ones((3, 1), np.float32), now, 3.0)
     block = ring.read(0.1)
     assert block.gap_before and len(block.frames) == 3 and block.monotonic == 3.0
+
+
+def test_daemon_logs_a_startup_and_a_shutdown_line_at_info(bundle, tmp_path):
+    """Without -v: the config's [logging] level (default info) shows both lines, as journald
+    would, and nothing else needs a Python reader."""
+    rec = tmp_path / "20240612_053000.wav"
+    sf.write(rec, tone_scene(22.0, [(2, 3, 6)]), 48000)
+    cfg = write_config(tmp_path / "station.toml", bundle, retention=False, watch=())
+    res = subprocess.run([PY, "-m", "cvahash", "daemon", "--config", str(cfg), "--source",
+                          f"file:{rec}", "--fast"], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    start = [ln for ln in lines if "INFO cvahash.station.daemon: started:" in ln]
+    assert len(start) == 1, res.stderr
+    for part in (f"bundle {bundle}", f"store {tmp_path / 'store'} (0 windows)",
+                 f"status file {tmp_path / 'status.json'}", "audio retention off",
+                 f"source file:{rec}", f"config {cfg}"):
+        assert part in start[0], (part, start[0])
+    with CodeStore.open(tmp_path / "store") as store:
+        n = len(store)
+    stop_line = [ln for ln in lines if "INFO cvahash.station.daemon: stopped (" in ln]
+    assert len(stop_line) == 1 and lines[-1] == stop_line[0], res.stderr
+    assert f"stopped (end of {rec}): {n} windows written this run" in stop_line[0]
+    assert "last commit 20" in stop_line[0]

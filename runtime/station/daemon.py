@@ -82,6 +82,7 @@ class Daemon:
             Path(config.store.path).parent / "alerts.jsonl")
         self._bundle = bundle
         self._stop = threading.Event()
+        self._stop_reason = ""
         self.health = Health(source=self.source_spec)
         self._run: _Run | None = None
         self._pending: list[tuple[np.ndarray, dict]] = []  # (samples, window info)
@@ -97,7 +98,10 @@ class Daemon:
         self.watchlist = None
 
     # ------------------------------------------------------------------ setup
-    def request_stop(self, *_args) -> None:
+    def request_stop(self, signum=None, _frame=None) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = (f"{signal.Signals(signum).name} received" if signum
+                                 else "stop requested")
         self._stop.set()
 
     def _open_bundle(self):
@@ -260,6 +264,12 @@ class Daemon:
                                             sample_rate=bundle.frontend_params.sample_rate)
             self.health.retention = "on"
         self.health.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        retention = (f"on ({self.cfg.retention.path}, quota {self.cfg.retention.quota_mb} MB)"
+                     if self.retention is not None else "off")
+        log.info("started: bundle %s (%d bits, %s), store %s (%d windows), status file %s, "
+                 "audio retention %s, source %s, config %s", bundle.path, bundle.bits,
+                 bundle.precision, self.cfg.store.path, len(self.store), self.status_path,
+                 retention, self.source_spec, self.cfg.source or "(not from a file)")
         backoff = 1.0
         retry_at = 0.0
         started = False
@@ -308,6 +318,7 @@ class Daemon:
                     continue
                 if block is None:
                     if isinstance(source, FileSource) and source.finished:
+                        self._stop_reason = f"end of {source.path}"
                         break
                 else:
                     if gap_from is not None or block.gap_before:
@@ -323,12 +334,18 @@ class Daemon:
                         self.realtime or time.monotonic() - self._last_encode > ENCODE_EVERY_S)):
                     self._encode_pending()
                 self._tick(source)
+        except BaseException as exc:
+            self._stop_reason = (f"error: {exc}" if isinstance(exc, Exception)
+                                 else type(exc).__name__)
+            raise
         finally:
             self.health.state = "stopping"
+            last_commit = None
             try:
                 self._end_run()
                 if self.store is not None:
                     self.store.flush()
+                    last_commit = datetime.now(timezone.utc).isoformat(timespec="seconds")
             finally:
                 source.stop()
                 if self.watchlist is not None:
@@ -338,6 +355,10 @@ class Daemon:
                     self.store.close()
                 self.health.state = "stopped"
                 self._write_status(source)
+                log.info("stopped (%s): %d windows written this run, store %s holds %d, "
+                         "last commit %s", self._stop_reason or "stopped",
+                         self.health.windows_total, self.cfg.store.path,
+                         self.health.store_rows, last_commit or "failed (see the error above)")
         return 0
 
     def _consume(self, source, block: Block) -> None:
