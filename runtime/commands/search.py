@@ -103,12 +103,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("no windows match (the store is empty or the filters exclude everything)",
               file=sys.stderr)
+    origins = None
+    if args.clips or args.spectrograms:
+        from ..update.apply import update_origins
+
+        origins = update_origins(args.db)
     if args.clips:
-        saved = report.write_clips(result.hits, args.clips, context_s=args.context)
+        saved = report.write_clips(result.hits, args.clips, context_s=args.context,
+                                   origins=origins)
         for line in report.saved_summary("WAV snippets", saved, args.clips):
             print(line, file=sys.stderr)
     if args.spectrograms:
-        saved = report.write_spectrograms(result.hits, args.spectrograms, bundle.frontend_params)
+        saved = report.write_spectrograms(result.hits, args.spectrograms, bundle.frontend_params,
+                                          origins=origins)
         for line in report.saved_summary("spectrograms", saved, args.spectrograms):
             print(line, file=sys.stderr)
     return 0

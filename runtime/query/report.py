@@ -115,14 +115,15 @@ def format_table(hits: Sequence[Hit]) -> str:
             _iso(h.capture_time) + ("~" if h.clock_source in UNCERTAIN_CLOCKS else ""),
             h.station or "-",
         )
-        for h, name in zip(hits, names)
+        for h, name in zip(hits, names, strict=True)
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     right = {0, 1}  # numbers right-aligned
 
     def line(cells):
         return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
     return "\n".join([line(header), *(line(r) for r in rows)])
@@ -174,17 +175,22 @@ def _gone(path: Path, why: str):
     return AudioError(f"{path}: {why}")
 
 
-def _problem(hit: Hit, exc: Exception) -> str:
+def _problem(hit: Hit, exc: Exception, origins: dict[str, str] | None = None) -> str:
     if not os.path.exists(hit.recording):
+        came = (origins or {}).get(hit.recording)
+        if came is not None:
+            return f"{hit.recording}: audio not on this station: it came in {came}"
         return f"{hit.recording}: recording no longer exists (deleted by audio retention or moved)"
     return str(exc)
 
 
-def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: float = 1.0) -> list[Saved]:
+def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: float = 1.0,
+                origins: dict[str, str] | None = None) -> list[Saved]:
     """Write a WAV snippet per hit into ``out_dir`` (created): the hit's span plus
     ``context_s`` either side (clipped at the file's ends), cut from the original
     recording at its own sample rate and channels, 16-bit PCM (24-bit or float when the
-    source was). Returns one `Saved` per hit, in order."""
+    source was). ``origins``: recording path -> the update it came in, for hits whose
+    audio never reached this machine. Returns one `Saved` per hit, in order."""
     import soundfile as sf
 
     from ..errors import CvahashError
@@ -208,7 +214,7 @@ def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: floa
             os.replace(tmp, target)
             saved.append(Saved(hit.rank, path=target))
         except (CvahashError, OSError) as e:
-            saved.append(Saved(hit.rank, problem=_problem(hit, e)))
+            saved.append(Saved(hit.rank, problem=_problem(hit, e, origins)))
     return saved
 
 
@@ -226,7 +232,8 @@ def spectrogram_image(samples: np.ndarray, params: FrontendParams) -> np.ndarray
 
 
 def write_spectrograms(
-    hits: Sequence[Hit], out_dir: str | os.PathLike, params: FrontendParams
+    hits: Sequence[Hit], out_dir: str | os.PathLike, params: FrontendParams,
+    origins: dict[str, str] | None = None,
 ) -> list[Saved]:
     """Write ``rank_XX_<recording>_<start>.png`` per hit into ``out_dir``: the log-mel of
     exactly the hit's window (mono, resampled to the model's rate, as indexed)."""
@@ -250,7 +257,7 @@ def write_spectrograms(
             write_png(target, spectrogram_image(mono, params))
             saved.append(Saved(hit.rank, path=target))
         except (CvahashError, OSError, ValueError) as e:
-            saved.append(Saved(hit.rank, problem=_problem(hit, e)))
+            saved.append(Saved(hit.rank, problem=_problem(hit, e, origins)))
     return saved
 
 
