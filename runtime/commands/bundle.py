@@ -58,7 +58,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
     if args.against and importlib.util.find_spec("torch") is None:
         raise MissingExtra("--against needs the workstation extra (torch is missing): "
-                           "pip install 'cvahash[export]'")
+                           "pip install '.[export]' in the cvahash checkout")
     try:
         report = verify_bundle(args.bundle, args.against, args.data,
                                min_agreement=args.min_agreement,

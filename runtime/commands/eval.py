@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         from ..export.train import evaluate
     except ImportError as exc:
         raise MissingExtra(f"cvahash eval needs the workstation extra ({exc.name} is missing): "
-                           "pip install 'cvahash[export]'") from exc
+                           "pip install '.[export]' in the cvahash checkout") from exc
     results = []
     try:
         for run_dir in args.runs:

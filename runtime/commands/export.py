@@ -41,12 +41,12 @@ def run(args: argparse.Namespace) -> int:
     # Fail early with the extra's name, not deep inside the exporter.
     if importlib.util.find_spec("torch") is None:
         raise MissingExtra("cvahash export needs the workstation extra (torch is missing): "
-                           "pip install 'cvahash[export]'")
+                           "pip install '.[export]' in the cvahash checkout")
     try:
         from ..export.onnx.bundle_writer import export_run
     except ImportError as exc:
         raise MissingExtra(f"cvahash export needs the workstation extra ({exc.name} is "
-                           "missing): pip install 'cvahash[export]'") from exc
+                           "missing): pip install '.[export]' in the cvahash checkout") from exc
     if args.probe_limit < 1:
         print("cvahash export: error: --probe-limit must be >= 1", file=sys.stderr)
         return 2

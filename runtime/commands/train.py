@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         from ..export.train.run import RunConfig
     except ImportError as exc:
         raise MissingExtra(f"cvahash train needs the workstation extra ({exc.name} is missing): "
-                           "pip install 'cvahash[export]'") from exc
+                           "pip install '.[export]' in the cvahash checkout") from exc
     if args.objective == "clip" and args.lora_rank:
         args.lora_rank = 0  # clip pretraining trains the whole (tiny) model; LoRA is moot
     config = RunConfig(
