@@ -72,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     )
 
     # Check what the user typed before loading anything: bad input changes nothing.
+    if args.spectrograms:
+        from ..query.plots import require
+
+        require()  # names the install command before any searching
     if args.text is not None:
         prepare_query(args.text)
     else:
@@ -117,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
     if args.spectrograms:
         saved = report.write_spectrograms(result.hits, args.spectrograms, bundle.frontend_params,
-                                          origins=origins)
+                                          origins=origins,
+                                          query=args.text if args.text is not None
+                                          else f"like {args.like}")
         for line in report.saved_summary("spectrograms", saved, args.spectrograms):
             print(line, file=sys.stderr)
     return 0

@@ -8,7 +8,7 @@
 - `write_clips(hits, out_dir)`: WAV snippets cut from the original recordings, with
   ``context_s`` seconds either side, at the recording's own rate and channels.
 - `write_spectrograms(hits, out_dir, params)`: a PNG per hit, the hit window's log-mel
-  (the picture the model saw), low frequencies at the bottom.
+  (the picture the model saw), drawn with axes and title by `cvahash.query.plots`.
 
 A hit whose recording is gone (audio retention deleted it, the card was swapped) or
 unreadable gets a per-hit note (`Saved.problem`); it never stops the others.
@@ -45,9 +45,6 @@ __all__ = [
     "write_spectrograms",
 ]
 
-# Spectrogram pictures: each mel band is drawn this many pixels tall, so 64 bands
-# become a 192-pixel-high picture that is easy to read next to its 1001 frames.
-MEL_ROW_PIXELS = 3
 # Capture times from these clocks are guesses (a copy resets a file's mtime); the table
 # marks them with "~".
 UNCERTAIN_CLOCKS = frozenset({"file-mtime", "unknown"})
@@ -218,30 +215,20 @@ def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: floa
     return saved
 
 
-def spectrogram_image(samples: np.ndarray, params: FrontendParams) -> np.ndarray:
-    """RGB uint8 picture of one window's log-mel: time left to right, frequency upwards."""
-    from ..model.frontend import log_mel
-    from .png import colorize
-
-    mel = log_mel(samples, params)[0, 0]  # [frames, mels]
-    picture = mel.T[::-1]  # mels as rows, highest band on top
-    top = float(picture.max())
-    # 80 dB of range below the loudest bin: quieter detail is noise floor anyway.
-    rgb = colorize(picture, vmin=top - 80.0, vmax=top)
-    return np.repeat(rgb, MEL_ROW_PIXELS, axis=0)
-
-
 def write_spectrograms(
     hits: Sequence[Hit], out_dir: str | os.PathLike, params: FrontendParams,
-    origins: dict[str, str] | None = None,
+    origins: dict[str, str] | None = None, query: str | None = None,
 ) -> list[Saved]:
     """Write ``rank_XX_<recording>_<start>.png`` per hit into ``out_dir``: the log-mel of
-    exactly the hit's window (mono, resampled to the model's rate, as indexed)."""
+    exactly the hit's window (mono, resampled to the model's rate, as indexed), drawn by
+    `cvahash.query.plots` with axes, a title and a colour scale. Needs matplotlib (the
+    ``[plots]`` extra): raises MissingExtra before writing anything when it is missing."""
     import soxr
 
     from ..errors import CvahashError
-    from .png import write_png
+    from . import plots
 
+    plots.require()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     saved = []
@@ -254,7 +241,10 @@ def write_spectrograms(
             if info.sample_rate != params.sample_rate:
                 mono = soxr.resample(mono, info.sample_rate, params.sample_rate, quality="HQ")
             target = out / clip_name(hit.rank, hit.recording, hit.start_s, suffix=".png")
-            write_png(target, spectrogram_image(mono, params))
+            title, subtitle = plots.hit_title(hit, query)
+            plots.spectrogram_png(target, mono, params, start_s=hit.start_s,
+                                  capture_time=hit.capture_time, title=title,
+                                  subtitle=subtitle)
             saved.append(Saved(hit.rank, path=target))
         except (CvahashError, OSError, ValueError) as e:
             saved.append(Saved(hit.rank, problem=_problem(hit, e, origins)))
