@@ -107,6 +107,11 @@ def test_station_commands_from_a_plain_wheel_install(station_venv, tmp_path):
     like = json.loads(_run([cvahash, "search", "--like", f"{rec}@10", "--db", db, "--json",
                             "-k", "3"], env=env, cwd=tmp_path).stdout)
     assert {h["start_s"]: h["distance"] for h in like["hits"]}[10.0] == 0, like["hits"]
+    # No [plots] extra here: --spectrograms names the command that adds it.
+    res = subprocess.run([cvahash, "search", "owl", "--db", db, "--spectrograms",
+                          tmp_path / "spec"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert res.returncode == 1 and "pip install '.[plots]'" in res.stderr, res.stderr
 
     # The daemon replays the recording (no capture extra needed for a file source) and
     # `status` reads what it wrote.
