@@ -47,7 +47,25 @@ def register(subparsers) -> None:
     p.set_defaults(func=run, _parser=p)
 
 
+def _probe_all(files):
+    """(seconds of audio, {file: reason}) over ``files``, reading headers only."""
+    from ..errors import AudioError
+    from ..model import audio
+
+    total, bad = 0.0, {}
+    for path in files:
+        try:
+            total += audio.probe(path).duration_s
+        except (AudioError, OSError) as exc:
+            bad[path] = str(exc)
+    return total, bad
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from ..errors import AudioError
     from ..library.index import Progress, find_recordings, index_recordings
     from ..query.search import open_store_and_bundle
 
@@ -58,16 +76,35 @@ def run(args: argparse.Namespace) -> int:
     # Find the files and open the bundle before the store is created or opened for
     # writing: a typo in a path or a bad bundle leaves no store behind.
     files = find_recordings(args.paths)
+    total_s, bad = _probe_all(files)
+    if len(bad) == len(files):
+        # Nothing here is audio: say so per file, and make no store.
+        reasons = "\n".join(f"  {reason}" for reason in bad.values())
+        raise AudioError(f"nothing to index, no file is usable audio:\n{reasons}")
     store, bundle = open_store_and_bundle(args.db, args.bundle, mode="w", threads=args.threads,
                                           create=True)
+    # Ctrl-C: finish the batch in hand and stop cleanly (the file in progress is left out
+    # and indexed again next time); a second Ctrl-C stops at once.
+    stop = threading.Event()
+
+    def on_sigint(_signum, _frame):
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        progress = Progress(len(files), enabled=not args.quiet)
+        progress = Progress(len(files), enabled=not args.quiet, total_audio_s=total_s)
         report = index_recordings(files, store, bundle, station=args.station, hop_s=args.hop,
-                                  progress=progress)
+                                  progress=progress, stop=stop)
     finally:
         store.close()
-    for line in report.summary():
+        signal.signal(signal.SIGINT, previous)
+    for line in report.summary(list_skipped=False):
         print(line, file=sys.stderr)
+    if report.interrupted:
+        print("interrupted: everything listed as indexed is stored; run the same command "
+              "again to index the rest", file=sys.stderr)
+        return 130
     if os.environ.get("CVAHASH_TIMINGS"):
         t = report.timings
         print(f"time: front-end {t['frontend']:.1f} s, encode {t['encode']:.1f} s, "
