@@ -126,3 +126,27 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path, delay):
     with CodeStore.open(db) as store:
         store.check()
         assert len(store.recordings()) == 3 and len(store) == 3 * 12
+
+
+def test_reindexing_with_another_station_or_hop_is_refused_not_ignored(tmp_path):
+    d = tmp_path / "card"
+    d.mkdir()
+    for i in range(2):
+        sf.write(d / f"rec{i}.wav", noise(25, seed=i), SR)
+    db = tmp_path / "store"
+    assert cvahash("index", d, "--db", db, "--bundle", DEMO, "--station", "ridge-2",
+                   "--quiet").returncode == 0
+    with CodeStore.open(db) as store:
+        before = len(store), store.stats()["stations"]
+    res = cvahash("index", d, "--db", db, "--station", "ridge-3", "--quiet")
+    assert res.returncode == 1
+    assert "--station 'ridge-3': 2 recordings (rec0.wav, rec1.wav) already indexed with " \
+           "station 'ridge-2'" in res.stderr
+    res = cvahash("index", d, "--db", db, "--hop", "5", "--quiet")
+    assert res.returncode == 1 and "already indexed with --hop 10" in res.stderr
+    # Leaving the options out, or repeating the same values, keeps what is there.
+    assert cvahash("index", d, "--db", db, "--quiet").returncode == 0
+    res = cvahash("index", d, "--db", db, "--station", "ridge-2", "--hop", "10", "--quiet")
+    assert res.returncode == 0 and "already in the store: 2" in res.stderr
+    with CodeStore.open(db) as store:
+        assert (len(store), store.stats()["stations"]) == before == (6, {"ridge-2": 6})

@@ -37,8 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--bundle", metavar="DIR",
                    help="model bundle folder (default: $CVAHASH_BUNDLE, or the one the store "
                         "was made with)")
-    p.add_argument("--station", default="", metavar="NAME",
-                   help="station name stored with every window (for search --station)")
+    p.add_argument("--station", default=None, metavar="NAME",
+                   help="station name stored with every window (for search --station; "
+                        "default: none)")
     p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
                    help="seconds between window starts (default: the window length, 10 s)")
     p.add_argument("--threads", type=int, default=0, metavar="N",
@@ -66,7 +67,12 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from ..errors import AudioError
-    from ..library.index import Progress, find_recordings, index_recordings
+    from ..library.index import (
+        Progress,
+        check_reindex_options,
+        find_recordings,
+        index_recordings,
+    )
     from ..query.search import open_store_and_bundle
 
     if args.hop is not None and not (math.isfinite(args.hop) and args.hop > 0):
@@ -93,9 +99,10 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
+        check_reindex_options(store, files, station=args.station, hop_s=args.hop)
         progress = Progress(len(files), enabled=not args.quiet, total_audio_s=total_s)
-        report = index_recordings(files, store, bundle, station=args.station, hop_s=args.hop,
-                                  progress=progress, stop=stop)
+        report = index_recordings(files, store, bundle, station=args.station or "",
+                                  hop_s=args.hop, progress=progress, stop=stop)
     finally:
         store.close()
         signal.signal(signal.SIGINT, previous)

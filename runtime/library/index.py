@@ -314,6 +314,48 @@ def _duration_or_zero(path: Path) -> float:
         return 0.0
 
 
+def check_reindex_options(store, files: list[Path], *, station: str | None,
+                          hop_s: float | None) -> None:
+    """Refuse a --station or --hop that differs from what recordings already in the store
+    were indexed with: re-running `index` skips them, so the new value would silently not
+    apply. Raises InvalidArgument naming the option, the stored value and the files."""
+    if station is None and hop_s is None:
+        return
+    wanted = {str(p.resolve()): p for p in files}
+    held = {r.path: r for r in store.recordings() if r.path in wanted}
+    if not held:
+        return
+    problems = []
+    if station is not None:
+        differ: dict[str, list[Path]] = {}
+        for key, rec in held.items():
+            if rec.station != station:
+                differ.setdefault(rec.station, []).append(wanted[key])
+        for old, paths in differ.items():
+            problems.append(f"--station {station!r}: {_some(paths)} already indexed with "
+                            f"station {old or '(none)'!r}")
+    if hop_s is not None:
+        hops: dict[float, list[Path]] = {}
+        for seg, _codes in store.iter_segments():
+            key = seg.recording.path
+            if key in held and seg.n_rows > 1 and abs(seg.hop_s - hop_s) > 1e-6:
+                hops.setdefault(round(seg.hop_s, 3), []).append(wanted[key])
+        for old, paths in hops.items():
+            problems.append(f"--hop {hop_s:g}: {_some(sorted(set(paths)))} already indexed "
+                            f"with --hop {old:g}")
+    if problems:
+        raise InvalidArgument(
+            "; ".join(problems) + ". Recordings already in the store are skipped, so the new "
+            "value would not apply to them: leave the option out to keep what they have, or "
+            "index them into a new --db with the new value")
+
+
+def _some(paths: list[Path], n: int = 3) -> str:
+    names = ", ".join(p.name for p in paths[:n])
+    more = f" and {len(paths) - n} more" if len(paths) > n else ""
+    return f"{len(paths)} recording{'s' * (len(paths) != 1)} ({names}{more})"
+
+
 def find_recordings(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """The audio files under ``paths`` (`cvahash.model.audio.find_audio`); AudioError when a
     path does not exist or there are none at all."""
