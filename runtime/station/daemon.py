@@ -242,16 +242,11 @@ class Daemon:
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         bundle = self._open_bundle()
-        if bundle.precision != self.cfg.runtime.precision:
-            raise CvahashError(
-                f"{self.cfg.source or 'config'}: [runtime] precision is "
-                f"{self.cfg.runtime.precision!r} but the bundle {bundle.path} is "
-                f"{bundle.precision!r}; install a bundle exported with --precision "
-                f"{self.cfg.runtime.precision} or change the config")
+        # What `cvahash config check` reports, refused here in the same words.
+        self.cfg.check_station(bundle)
         if self.cfg.watchlist:
             from .watchlist import Watchlist
 
-            self.cfg.check_bits(bundle.bits)
             self.watchlist = Watchlist.from_entries(self.cfg.watchlist, bundle.encode_text,
                                                     self.alerts_log)
             log.info("watchlist: %d standing queries", len(self.watchlist.watches))
