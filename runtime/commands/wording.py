@@ -31,3 +31,15 @@ def in_cli_words(message: str) -> str:
     for pattern, words in REWORDED:
         message = pattern.sub(words, message)
     return message
+
+
+# Libraries of the workstation commands whose FutureWarnings (deprecations inside their
+# own code, nothing a user of cvahash can change) are not shown.
+QUIET_LIBRARIES = r"(transformers|torch|peft|onnx|onnxscript|onnxruntime)(\.|$)"
+
+
+def mute_library_future_warnings() -> None:
+    """Hide FutureWarnings raised inside QUIET_LIBRARIES (train, eval, export)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=QUIET_LIBRARIES)
