@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CvahashError, StoreError
+from ..library.library import Library
 from ..model.audio import Windower, downmix
 from .capture import Block, CaptureError, DeviceSource, FileSource
 from .health import Health, write_status
@@ -90,6 +91,7 @@ class Daemon:
         self._last_flush = time.monotonic()
         self._rate_mark = (time.monotonic(), 0)
         self.store = None
+        self.library = None
         self.retention = None
         self.watchlist = None
 
@@ -107,20 +109,12 @@ class Daemon:
         return self._bundle
 
     def _open_store(self, bundle):
-        from ..store.code_store import CodeStore
-
-        path = Path(self.cfg.store.path)
+        """The configured store with ``bundle``: opened for appending, or made (and the
+        bundle's folder recorded, so `cvahash search --db` finds it by itself)."""
         opts = {"commit_every_windows": self.cfg.store.commit_every_windows,
                 "commit_every_s": self.cfg.store.commit_every_s}
-        if path.exists() and any(path.iterdir()):
-            return CodeStore.open(path, "a", fingerprint=bundle.fingerprint, bits=bundle.bits,
-                                  **opts)
-        from ..query.search import record_bundle
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store = CodeStore.create(path, bundle.bits, bundle.fingerprint, **opts)
-        record_bundle(path, bundle)  # so `cvahash search --db` finds the bundle by itself
-        return store
+        self.library = Library.open(self.cfg.store.path, bundle, mode="w", create=True, **opts)
+        return self.library.store
 
     def _make_source(self):
         kind, _, arg = self.source_spec.partition(":")
