@@ -100,8 +100,9 @@ class Library:
 
     @classmethod
     def open(cls, directory: str | os.PathLike,
-             bundle: str | os.PathLike | ModelBundle | None = None, *, mode: str = "r", create: bool = False, threads: int = 0, providers=None,
-             graphs=None, **store_options: Any) -> Library:
+             bundle: str | os.PathLike | ModelBundle | None = None, *, mode: str = "r",
+             create: bool = False, threads: int = 0, providers=None, graphs=None,
+             **store_options: Any) -> Library:
         """The store in ``directory`` with its bundle.
 
         ``bundle``: a bundle folder, an open `ModelBundle`, or None (the recorded one,
