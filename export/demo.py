@@ -32,7 +32,7 @@ DEMO_CALLS = ["woodpecker_drumming", "owl_hooting", "tree_frog_croaking", "crick
 
 
 def cli(*args: str) -> int:
-    from ..cli import main
+    from ..cli import main  # lazy: the CLI imports every command
 
     print(f"\n$ cvahash {' '.join(shlex.quote(a) for a in args)}", flush=True)
     return main(list(args))
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="train and export a new bundle instead of the shipped one")
     ap.add_argument("--bundle", help="use this bundle")
     args = ap.parse_args(argv)
-    from ..library.library import Library
-    from ..query.search import search_text
-    from .synth.corpus import events_path, queries_for
+    from ..library.library import Library  # lazy: --help stays fast
+    from ..query.search import search_text  # lazy: --help stays fast
+    from .synth.corpus import events_path, queries_for  # lazy: --help stays fast
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -272,12 +272,3 @@ class HashingModel(nn.Module):
             p.requires_grad_(False)
         return twin.eval()
 
-
-def __getattr__(name):
-    # save_run/load_run/RunConfig live in run.py (which imports this module); re-export
-    # lazily so `from cvahash.export.train.model import load_run` works without an import cycle.
-    if name in ("save_run", "load_run", "RunConfig"):
-        from . import run
-
-        return getattr(run, name)
-    raise AttributeError(name)

@@ -27,6 +27,7 @@ import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import numpy as np
 
 from ..errors import BundleError, InvalidArgument
 from . import verified
+from .frontend import FrontendParams
 
 __all__ = [
     "BUNDLE_FILES",
@@ -249,7 +251,6 @@ class ModelBundle:
         self._audio_workers = 1  # windows run at once; set when the audio session is made
         self._pool = None
         self.providers_in_use: dict[str, list[str]] = {}
-        from .frontend import FrontendParams
 
         try:
             self._frontend = FrontendParams.from_dict(manifest["frontend"])
@@ -324,7 +325,7 @@ class ModelBundle:
 
     # -- sessions
     def _choose_providers(self) -> list[str]:
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: `info` and --help stay fast
 
         available = set(ort.get_available_providers())
         wanted = self._providers or ["CPUExecutionProvider"]
@@ -383,8 +384,6 @@ class ModelBundle:
     def _worker_pool(self):
         with self._lock:
             if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
                 self._pool = ThreadPoolExecutor(self._audio_workers,
                                                 thread_name_prefix="cvahash-audio")
             return self._pool
@@ -408,7 +407,7 @@ class ModelBundle:
     def _make_tokenizer(self):
         """tokenizer.json with the manifest's truncation and padding switched on (the saved
         file carries none; FINDINGS.md)."""
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # lazy: only text queries need it
 
         settings = self._manifest["tokenizer"]
         path = self.path / TOKENIZER_FILE

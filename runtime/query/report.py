@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import soundfile as sf
+import soxr
 
+from ..errors import AudioError, CvahashError
+from ..model import audio
+from ..model.frontend import log_mel
+from .png import colorize, write_png
 from .results import Hit, SearchResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -153,9 +159,6 @@ def clip_name(rank: int, recording: str, start_s: float, suffix: str = ".wav") -
 def _read_span(path: Path, start_s: float, end_s: float):
     """Frames [start_s, end_s) of a recording at its own rate, float32 [n, channels],
     plus the soundfile info; raises the cvahash AudioError for missing/damaged files."""
-    import soundfile as sf
-
-    from ..model import audio
 
     info = audio.probe(path)
     first = max(0, math.floor(start_s * info.sample_rate))
@@ -170,8 +173,6 @@ def _read_span(path: Path, start_s: float, end_s: float):
 
 
 def _gone(path: Path, why: str):
-    from ..errors import AudioError
-
     return AudioError(f"{path}: {why}")
 
 
@@ -186,9 +187,6 @@ def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: floa
     ``context_s`` either side (clipped at the file's ends), cut from the original
     recording at its own sample rate and channels, 16-bit PCM (24-bit or float when the
     source was). Returns one `Saved` per hit, in order."""
-    import soundfile as sf
-
-    from ..errors import CvahashError
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,9 +213,6 @@ def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: floa
 
 def spectrogram_image(samples: np.ndarray, params: FrontendParams) -> np.ndarray:
     """RGB uint8 picture of one window's log-mel: time left to right, frequency upwards."""
-    from ..model.frontend import log_mel
-    from .png import colorize
-
     mel = log_mel(samples, params)[0, 0]  # [frames, mels]
     picture = mel.T[::-1]  # mels as rows, highest band on top
     top = float(picture.max())
@@ -231,10 +226,6 @@ def write_spectrograms(
 ) -> list[Saved]:
     """Write ``rank_XX_<recording>_<start>.png`` per hit into ``out_dir``: the log-mel of
     exactly the hit's window (mono, resampled to the model's rate, as indexed)."""
-    import soxr
-
-    from ..errors import CvahashError
-    from .png import write_png
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

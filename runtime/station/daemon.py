@@ -37,10 +37,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CvahashError, StoreError
+from ..library.index import content_hash
 from ..library.library import Library
 from ..model.audio import Windower, downmix
+from ..model.bundle import ModelBundle
+from ..model.frontend import log_mel
+from ..store.records import Recording, Window
+from ..timeutil import utc_datetime
 from .capture import Block, CaptureError, DeviceSource, FileSource
 from .health import Health, write_status
+from .retention import AudioRetention
+from .watchlist import Watchlist
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +107,6 @@ class Daemon:
         self._stop.set()
 
     def _open_bundle(self):
-        from ..model.bundle import ModelBundle
-
         if self._bundle is None:
             rt = self.cfg.runtime
             self._bundle = ModelBundle.open(rt.bundle, threads=rt.threads,
@@ -131,14 +136,10 @@ class Daemon:
 
     # ------------------------------------------------------------------ runs
     def _start_run(self, source, block: Block) -> None:
-        from ..store.code_store import Recording
-
         start = block.wall
         clock = getattr(source, "clock_source", None) or station_clock_source()
         path = None
         if isinstance(source, FileSource):
-            from ..library.index import content_hash
-
             rec = Recording(path=str(source.path.resolve()), station=self.station,
                             start_utc=start.timestamp(), sample_rate=source.sample_rate,
                             duration_s=source.info.duration_s,
@@ -179,7 +180,7 @@ class Daemon:
             capture_s = run.start_utc + win.offset_s
             info = {"recording": run.recording.path, "offset_s": round(win.offset_s, 3),
                     "length_s": round(win.length_s, 3), "capture_s": capture_s,
-                    "capture_utc": datetime.fromtimestamp(capture_s, timezone.utc).isoformat(),
+                    "capture_utc": utc_datetime(capture_s).isoformat(),
                     "clock_source": run.clock_source,
                     "monotonic_s": run.start_monotonic + win.offset_s,
                     "_run": run}
@@ -189,8 +190,6 @@ class Daemon:
     def _encode_pending(self) -> None:
         if not self._pending:
             return
-        from ..model.frontend import log_mel
-        from ..store.code_store import Window
 
         bundle = self._bundle
         batch, self._pending = self._pending, []
@@ -230,8 +229,6 @@ class Daemon:
                 f"{bundle.precision!r}; install a bundle exported with --precision "
                 f"{self.cfg.runtime.precision} or change the config")
         if self.cfg.watchlist:
-            from .watchlist import Watchlist
-
             self.cfg.check_bits(bundle.bits)
             self.watchlist = Watchlist.from_entries(self.cfg.watchlist, bundle.encode_text,
                                                     self.alerts_log)
@@ -239,8 +236,6 @@ class Daemon:
         self.store = self._open_store(bundle)
         source = self._make_source()
         if self.cfg.retention.enabled and not isinstance(source, FileSource):
-            from .retention import AudioRetention
-
             self.retention = AudioRetention(self.cfg.retention.path, self.cfg.retention.quota_mb,
                                             sample_rate=bundle.frontend_params.sample_rate)
             self.health.retention = "on"
