@@ -13,7 +13,7 @@ Methods (``METHODS``):
   quantised on the fly (MatMul, Gemm, Gather: the embeddings dominate the text graph).
 - ``...-per-channel``: the same with one scale per output channel.
 - ``static-qdq``: QDQ graph with activation ranges calibrated on real log-mel windows
-  (audio only: FINDINGS.md measured it costing the text graph 20-30 % of its bits).
+  (audio only: it was measured costing the text graph 20-30 % of its bits; docs/architecture.md).
 - ``fp16``: float16 weights and compute, float32 inputs/outputs (for a Jetson GPU).
 
 Conv layers are left in float: ORT's CPU ConvInteger takes uint8 only, and HTSAT's only

@@ -78,7 +78,7 @@ def reinit_weights(model: nn.Module, seed: int) -> nn.Module:
     """Re-initialise Linear/Conv/Embedding layers with PyTorch defaults, seeded.
 
     HF's CLAP init (std 0.02) makes a random tiny model's outputs nearly independent of
-    its input (FINDINGS.md); PyTorch's default init does not.
+    its input (docs/architecture.md, measured facts); PyTorch's default init does not.
     """
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)

@@ -15,7 +15,7 @@ only the audio graph. This module needs numpy, onnxruntime and tokenizers only; 
 imports torch or transformers.
 
 Codes: bit i is 1 where logit i > 0, packed MSB-first per byte (``numpy.packbits``),
-``ceil(bits / 8)`` bytes per row (ARCHITECTURE.md).
+``ceil(bits / 8)`` bytes per row (docs/architecture.md, file contracts).
 """
 
 from __future__ import annotations
@@ -406,7 +406,7 @@ class ModelBundle:
 
     def _make_tokenizer(self):
         """tokenizer.json with the manifest's truncation and padding switched on (the saved
-        file carries none; FINDINGS.md)."""
+        file carries none; docs/architecture.md, measured facts)."""
         from tokenizers import Tokenizer  # lazy: only text queries need it
 
         settings = self._manifest["tokenizer"]
