@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from cvahash.errors import BundleError, CvahashError, InvalidArgument
+from cvahash.library.library import BUNDLE_ENV, resolve_bundle
 from cvahash.model.frontend import FrontendParams
 from cvahash.query.report import (
     clip_name,
@@ -25,18 +26,16 @@ from cvahash.query.report import (
     write_clips,
     write_spectrograms,
 )
+from cvahash.query.results import SearchResult
 from cvahash.query.search import (
-    BUNDLE_ENV,
     MAX_QUERY_CHARS,
-    Hit,
     QueryError,
-    SearchResult,
     parse_like,
     parse_offset,
     parse_when,
     prepare_query,
-    resolve_bundle,
 )
+from cvahash.store.records import Hit, Recording
 
 # --- queries --------------------------------------------------------------------------
 
@@ -144,10 +143,11 @@ def test_display_paths_are_relative_to_the_common_folder():
 
 
 def _hit(rank, recording, start, distance=3, station="ridge-2", clock="audiomoth"):
-    return Hit(rank=rank, distance=distance, row=rank * 7, recording=str(recording),
-               start_s=start, end_s=start + 10.0,
-               capture_time=datetime(2024, 6, 12, 5, 30, tzinfo=timezone.utc),
-               clock_source=clock, station=station, extra={"sample_rate": 48000})
+    rec = Recording(path=str(recording), station=station or "", sample_rate=48000)
+    return Hit(rank=rank, distance=distance, row=rank * 7, recording=rec, offset_s=start,
+               length_s=10.0,
+               capture_utc=datetime(2024, 6, 12, 5, 30, tzinfo=timezone.utc).timestamp(),
+               clock_source=clock)
 
 
 def test_format_table_has_every_column_aligned():
@@ -259,11 +259,13 @@ def test_a_spectrogram_says_what_a_person_needs_to_read_it():
     params = FrontendParams()
     t = np.arange(int(2.3 * 48000)) / 48000
     call = (0.3 * np.sin(2 * np.pi * 900 * t)).astype(np.float32)
-    hit = Hit(rank=2, distance=7, row=0, recording="/x/owl.wav", start_s=30.0, end_s=32.3,
-              capture_time=datetime(2024, 6, 12, 5, 30, 30, tzinfo=timezone.utc),
-              clock_source="gps", station="ridge-2")
+    hit = Hit(rank=2, distance=7, row=0, recording=Recording(path="/x/owl.wav",
+                                                             station="ridge-2"),
+              offset_s=30.0, length_s=2.3, clock_source="gps",
+              capture_utc=datetime(2024, 6, 12, 5, 30, 30, tzinfo=timezone.utc).timestamp())
     title, sub = plots.hit_title(hit, "owl hooting")
-    fig = plots.spectrogram_figure(call, params, start_s=30.0, capture_time=hit.capture_time,
+    fig = plots.spectrogram_figure(call, params, start_s=30.0,
+                                   capture_time=hit.known_capture_time,
                                    title=title, subtitle=sub)
     ax = fig.axes[0]
     text = ax.get_title(loc="left")

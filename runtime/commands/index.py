@@ -63,6 +63,7 @@ def _probe_all(files):
 
 
 def run(args: argparse.Namespace) -> int:
+    # Lazy: indexing loads numpy and onnxruntime; `cvahash --help` stays fast.
     import signal
     import threading
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         find_recordings,
         index_recordings,
     )
-    from ..query.search import open_store_and_bundle
+    from ..library.library import Library
 
     if args.hop is not None and not (math.isfinite(args.hop) and args.hop > 0):
         args._parser.error(f"--hop {args.hop:g}: the seconds between windows must be above 0")
@@ -87,8 +88,6 @@ def run(args: argparse.Namespace) -> int:
         # Nothing here is audio: say so per file, and make no store.
         reasons = "\n".join(f"  {reason}" for reason in bad.values())
         raise AudioError(f"nothing to index, no file is usable audio:\n{reasons}")
-    store, bundle = open_store_and_bundle(args.db, args.bundle, mode="w", threads=args.threads,
-                                          create=True)
     # Ctrl-C: finish the batch in hand and stop cleanly (the file in progress is left out
     # and indexed again next time); a second Ctrl-C stops at once.
     stop = threading.Event()
@@ -97,15 +96,16 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        check_reindex_options(store, files, station=args.station, hop_s=args.hop)
-        progress = Progress(len(files), enabled=not args.quiet, total_audio_s=total_s)
-        report = index_recordings(files, store, bundle, station=args.station or "",
-                                  hop_s=args.hop, progress=progress, stop=stop)
-    finally:
-        store.close()
-        signal.signal(signal.SIGINT, previous)
+    with Library.open(args.db, args.bundle, mode="w", create=True, threads=args.threads,
+                      graphs=("audio",)) as lib:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            check_reindex_options(lib.store, files, station=args.station, hop_s=args.hop)
+            progress = Progress(len(files), enabled=not args.quiet, total_audio_s=total_s)
+            report = index_recordings(files, lib.store, lib.bundle, station=args.station or "",
+                                      hop_s=args.hop, progress=progress, stop=stop)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     for line in report.summary(list_skipped=False):
         print(line, file=sys.stderr)
     if report.interrupted:

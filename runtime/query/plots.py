@@ -127,9 +127,10 @@ def hit_title(hit, query: str | None) -> tuple[str, str]:
     if len(what) > 70:
         what = what[:67] + "...\""
     title = f"{what}  rank {hit.rank}, distance {hit.distance} bits"
-    when = (hit.capture_time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-            if hit.capture_time is not None else "capture time unknown")
-    clock = f" (clock: {hit.clock_source})" if hit.capture_time is not None else ""
+    captured = hit.known_capture_time
+    when = (captured.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            if captured is not None else "capture time unknown")
+    clock = f" (clock: {hit.clock_source})" if captured is not None else ""
     sub = (f"station {hit.station or '-'}, captured {when}{clock}; "
-           f"{os.path.basename(hit.recording)} {hit.start_s:.1f}-{hit.end_s:.1f} s")
+           f"{os.path.basename(hit.path)} {hit.start_s:.1f}-{hit.end_s:.1f} s")
     return title, sub

@@ -41,9 +41,13 @@ import numpy as np
 
 from .. import __version__
 from ..errors import CvahashError, FingerprintMismatch, InvalidArgument, StoreError
+from ..library.library import record_bundle
+from ..limits import META_FILE  # what makes a folder a code store
+from ..model.bundle import ModelBundle
 from ..store.code_store import CodeStore, Recording, Segment
 from ..store.format import fsync_dir
 from ..store.records import GRID_TOLERANCE_S
+from ..timeutil import utc_datetime
 from .format import (
     ROW_DTYPE,
     UpdatePackage,
@@ -52,12 +56,12 @@ from .format import (
     load_public_key,
     pack_update,
     read_update,
+    trust,
     write_update,
 )
 
 log = logging.getLogger(__name__)
 
-META_FILE = "meta.sqlite"  # what makes a folder a code store (cvahash.store.code_store)
 # One JSON line per update applied to a store: its id, stations and recordings.
 ORIGINS_FILE = "updates-applied.jsonl"
 
@@ -143,8 +147,7 @@ def build_update(store_dir: str | Path, key_path: str | Path, out: str | Path, *
     source = {"stations": ",".join(stations)[:1024], "store": Path(store_dir).name[:1024],
               "built_by": f"cvahash {__version__}"}
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    since_iso = None if since_s is None else datetime.fromtimestamp(
-        since_s, timezone.utc).isoformat()
+    since_iso = None if since_s is None else utc_datetime(since_s).isoformat()
     data = pack_update(private_key=private_key, fingerprint=fingerprint, bits=bits,
                        codes=codes, rows=rows, recordings=recordings, clocks=clocks,
                        created=created, since=since_iso, source=source)
@@ -155,7 +158,6 @@ def build_update(store_dir: str | Path, key_path: str | Path, out: str | Path, *
 
 
 def _own_trust(private_key):
-    from .format import trust
     return trust(private_key.public_key(), "signing key")
 
 
@@ -299,8 +301,6 @@ def _new_windows(store: CodeStore, update: UpdatePackage) -> np.ndarray:
 
 def _bundle_for(update: UpdatePackage, bundle_dir: str | Path):
     """Open ``bundle_dir`` and refuse it unless it made the update's codes."""
-    from ..model.bundle import ModelBundle
-
     bundle = ModelBundle.open(bundle_dir)
     if (bundle.fingerprint, bundle.bits) != (update.fingerprint, update.bits):
         raise FingerprintMismatch(
@@ -317,8 +317,6 @@ def _bundle_path(bundle) -> str | None:
 def _record(store_dir: Path, update: UpdatePackage, bundle) -> None:
     """Note the update in the store folder (ORIGINS_FILE), and the bundle if given."""
     if bundle is not None:
-        from ..query.search import record_bundle
-
         record_bundle(store_dir, bundle)
     if any(o.get("update_id") == update.update_id for o in _read_origins(store_dir)):
         return
