@@ -43,6 +43,9 @@ def register(subparsers) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from .wording import mute_library_future_warnings
+
+    mute_library_future_warnings()
     from ..errors import BundleError, MissingExtra
 
     if args.data and not args.against:
