@@ -200,12 +200,13 @@ class DeviceConfig:
             for i, entry in enumerate(self.watchlist, 1) if entry.radius > bits
         ]
 
-    def station_problems(self, bundle) -> list[str]:
+    def station_problems(self, bundle, alerts_log: Path | None = None) -> list[str]:
         """What the daemon would refuse at start on this machine, beyond the file itself:
         a bundle of another precision, a watch radius wider than the bundle's ``bits``, an
         alert command that is not an executable file, a path the daemon cannot write.
-        ``bundle``: the opened model bundle (``bits``, ``precision``, ``path``). The same
-        lines serve `cvahash config check` and the daemon's start."""
+        ``bundle``: the opened model bundle (``bits``, ``precision``, ``path``);
+        ``alerts_log``: the daemon's --alerts file (default: alerts.jsonl beside the
+        store). The same lines serve `cvahash config check` and the daemon's start."""
         where = str(self.source) if self.source else "<config>"
         problems = []
         if bundle.precision != self.runtime.precision:
@@ -222,7 +223,9 @@ class DeviceConfig:
                    ("[status] path", self.status.path, self.status.path.parent)]
         if self.retention.enabled and self.retention.path is not None:
             folders.append(("[retention] path", self.retention.path, self.retention.path))
-        if self.watchlist:
+        if self.watchlist and alerts_log is not None:
+            folders.append(("--alerts", Path(alerts_log), Path(alerts_log).parent))
+        elif self.watchlist:
             folders.append(("[store] path (the alerts log beside the store)",
                             self.store.path.parent / "alerts.jsonl", self.store.path.parent))
         for key, shown, folder in folders:
@@ -230,9 +233,9 @@ class DeviceConfig:
                 problems.append(f"{where}: {key}: {shown}: {why}")
         return problems
 
-    def check_station(self, bundle) -> None:
+    def check_station(self, bundle, alerts_log: Path | None = None) -> None:
         """Raise ConfigError with every `station_problems` line, if any."""
-        problems = self.station_problems(bundle)
+        problems = self.station_problems(bundle, alerts_log)
         if problems:
             raise _error(problems)
 

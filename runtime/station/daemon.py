@@ -86,6 +86,7 @@ class Daemon:
         self.chunk_s = chunk_s
         self.station = config.device.name
         self.status_path = Path(config.status.path)
+        self._alerts_given = Path(alerts_log) if alerts_log else None  # --alerts
         self.alerts_log = Path(alerts_log) if alerts_log else (
             Path(config.store.path).parent / "alerts.jsonl")
         self._bundle = bundle
@@ -236,7 +237,7 @@ class Daemon:
     def run(self) -> int:
         bundle = self._open_bundle()
         # What `cvahash config check` reports, refused here in the same words.
-        self.cfg.check_station(bundle)
+        self.cfg.check_station(bundle, self._alerts_given)
         if self.cfg.watchlist:
             self.watchlist = Watchlist.from_entries(self.cfg.watchlist, bundle.encode_text,
                                                     self.alerts_log)
