@@ -42,6 +42,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..limits import MAX_CODE_BITS
 from ..limits import is_int as _is_int  # TOML true is no 1
+from ..safeio import UnsafeFile, kind_of, read_capped, toml_depth, write_problem
 
 try:
     import tomllib
@@ -52,6 +53,10 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
         tomllib = None  # type: ignore[assignment]
 
 MAX_BITS = MAX_CODE_BITS  # the widest code a bundle may produce
+# A real config is a few KiB with tables three deep ([[watchlist]] in the file); these
+# bound what a damaged or hostile file (``/dev/zero``, ``a=[[[[...]]]]``) can cost.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_CONFIG_DEPTH = 16
 
 # Every provider name onnxruntime knows (onnxruntime.get_all_providers() in 1.32, plus
 # names older releases used): a name outside this list is a typo, not a missing build.
@@ -231,6 +236,20 @@ class DeviceConfig:
         for key, shown, folder in folders:
             if why := _not_writable(folder):
                 problems.append(f"{where}: {key}: {shown}: {why}")
+        # The files themselves: the daemon writes only regular files it creates, never
+        # through a symlink or onto a device (cvahash.safeio.open_new_or_regular).
+        files = [("[status] path", self.status.path)]
+        if self.watchlist:
+            files.append(("--alerts" if alerts_log is not None else "[store] path (the "
+                          "alerts log beside the store)",
+                          Path(alerts_log) if alerts_log is not None
+                          else self.store.path.parent / "alerts.jsonl"))
+        for key, path in files:
+            if why := write_problem(path):
+                problems.append(f"{where}: {key}: {path}: {why}")
+        if self.retention.enabled and self.retention.path is not None:
+            if why := _not_a_folder(self.retention.path):
+                problems.append(f"{where}: [retention] path: {self.retention.path}: {why}")
         return problems
 
     def check_station(self, bundle, alerts_log: Path | None = None) -> None:
@@ -255,6 +274,20 @@ def _not_executable(program: str) -> str | None:
     if not os.access(path, os.X_OK):
         return f"is not an executable file (make it one: chmod +x {program})"
     return None
+
+
+def _not_a_folder(path: Path) -> str | None:
+    """Why ``path`` is no folder the daemon may write audio into (it is a symlink or
+    something other than a folder), or None (a folder, or absent: made at start)."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    return (f"is {kind_of(st.st_mode)}, not a folder; give a folder for retained audio")
 
 
 def _not_writable(folder: Path) -> str | None:
@@ -553,6 +586,11 @@ def loads_config(source_text: str, *, name: str = "<config>",
         data = tomllib.loads(source_text)
     except tomllib.TOMLDecodeError as exc:
         raise _error([f"{name}: not valid TOML: {exc}"]) from None
+    except RecursionError:
+        data = None
+    if data is None or toml_depth(data) > MAX_CONFIG_DEPTH:
+        raise _error([f"{name}: tables and arrays nest more than {MAX_CONFIG_DEPTH} deep; a "
+                      "station config needs at most 3 (see docs/configuration.md)"])
     reader = _Reader(name, source_text, Path(base_dir) if base_dir is not None else Path.cwd())
     sections = {}
     for section, schema in SCHEMA.items():
@@ -595,7 +633,9 @@ def load_config(path: str | Path, *, base_dir: str | Path | None = None) -> Devi
     against ``base_dir``, or the file's own folder when ``base_dir`` is None."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path, MAX_CONFIG_BYTES, what="config file")
+    except UnsafeFile as exc:
+        raise _error([f"{exc}; give the path of the station's TOML config file"]) from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise _error([f"{path}: cannot read the config file: {reason}"]) from None

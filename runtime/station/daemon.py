@@ -42,6 +42,7 @@ from ..library.library import Library
 from ..model.audio import Windower, downmix
 from ..model.bundle import ModelBundle
 from ..model.frontend import log_mel
+from ..safeio import UnsafeFile
 from ..store.records import Recording, Window
 from ..timeutil import utc_datetime
 from .capture import Block, CaptureError, DeviceSource, FileSource
@@ -397,7 +398,7 @@ class Daemon:
         try:
             write_status(self.status_path, self.health.snapshot(
                 self.cfg.status.interval_s, Path(self.cfg.store.path).parent))
-        except OSError as exc:
+        except (OSError, UnsafeFile) as exc:
             log.error("cannot write status file %s: %s", self.status_path, exc)
 
 

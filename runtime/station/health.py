@@ -21,8 +21,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import CvahashError
+from ..safeio import UnsafeFile, open_new_or_regular, read_capped, write_problem
 
 STATUS_FORMAT = 1
+# A status document is about 1 KiB (its gap list is bounded); a bigger file is not one.
+MAX_STATUS_BYTES = 256 * 1024
+# Times a status document may carry: a station clock outside these is broken.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+_NUMBERS = ("interval_s", "lag_s", "windows_total", "windows_per_s", "store_rows",
+            "pending_rows", "input_overflows", "dropped_frames", "reconnects", "alerts_total",
+            "disk_free_mb", "disk_total_mb")
+_TIMES = ("written_utc", "last_capture_utc", "last_audio_utc")
 
 
 @dataclass
@@ -69,11 +79,16 @@ class Health:
 
 
 def write_status(path: Path, doc: dict) -> None:
-    """Atomically replace the status file with `doc`."""
+    """Atomically replace the status file with `doc`. Only a regular file (or nothing)
+    at ``path`` is replaced, and the temporary file is never written through a symlink:
+    `UnsafeFile` otherwise (a device node at the status path stays a device node)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if why := write_problem(path):
+        raise UnsafeFile(f"{path}: {why}")
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
+    fd = open_new_or_regular(tmp, os.O_WRONLY | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w") as fh:
         json.dump(doc, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
@@ -81,14 +96,58 @@ def write_status(path: Path, doc: dict) -> None:
 
 
 def read_status(path: Path) -> dict:
+    """The status document at ``path``, checked: a regular file of at most
+    ``MAX_STATUS_BYTES``, a JSON object whose times are ISO-8601 UTC within 1970-2200 and
+    whose counters are numbers. CvahashError naming the file and the field otherwise."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(read_capped(path, MAX_STATUS_BYTES, what="status file"))
     except FileNotFoundError:
         raise CvahashError(f"{path}: no status file; is the daemon running with this "
                            "config?") from None
-    except (OSError, ValueError) as exc:
-        raise CvahashError(f"{path}: unreadable status file ({exc})") from exc
+    except UnsafeFile as exc:
+        raise CvahashError(f"{exc}; give the file the daemon writes ([status] path)") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise CvahashError(f"{path}: unreadable status file ({reason}); the daemon rewrites "
+                           "it every [status] interval_s, check that it runs") from None
+    problem = _status_problem(doc)
+    if problem:
+        raise CvahashError(f"{path}: not a cvahash status file ({problem}); the daemon "
+                           "rewrites it every [status] interval_s, check that it runs")
+    return doc
+
+
+def _status_problem(doc) -> str | None:
+    if not isinstance(doc, dict):
+        return "expected a JSON object"
+    for key in _TIMES:
+        value = doc.get(key)
+        if value is None and key != "written_utc":
+            continue
+        if not isinstance(value, str) or len(value) > 64:
+            return f"{key} is missing or not a time" if value is None else f"{key} is not a time"
+        try:
+            t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return f"{key} {value[:40]!r} is not an ISO-8601 time"
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=timezone.utc)
+        if not _EARLIEST <= t < _LATEST:
+            return f"{key} {value!r} is outside 1970-2200"
+        doc[key] = t.isoformat()
+    for key in _NUMBERS:
+        value = doc.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+                or abs(value) > 1e15:
+            return f"{key} is not a number"
+    if "interval_s" in doc and not 0 < doc["interval_s"] <= 86400:
+        return f"interval_s {doc['interval_s']!r} is not within 0..86400 s"
+    if not isinstance(doc.get("gaps", []), list):
+        return "gaps is not a list"
+    return None
 
 
 def verdict(doc: dict, now: datetime | None = None) -> tuple[str, list[str]]:

@@ -13,12 +13,15 @@ error pauses retention instead of propagating.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from ..safeio import UnsafeFile, open_new_or_regular
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class AudioRetention:
         self.sample_rate = sample_rate
         self.paused_reason: str | None = None
         self._file = None
+        self._fh = None  # the file object under self._file
         self.path: Path | None = None
         self.deleted = 0
 
@@ -48,13 +52,18 @@ class AudioRetention:
             return None
         path = self.folder / (start.strftime("%Y%m%d_%H%M%S") + ".flac")
         n = 1
-        while path.exists():
+        while os.path.lexists(path):  # a dangling symlink counts as taken
             path = self.folder / (start.strftime("%Y%m%d_%H%M%S") + f"_{n}.flac")
             n += 1
         try:
-            self._file = sf.SoundFile(str(path), "w", samplerate=self.sample_rate, channels=1,
+            # A new regular file only: O_EXCL | O_NOFOLLOW, so nothing planted at the
+            # name (a link onto a device or another file) is written through.
+            fd = open_new_or_regular(path, os.O_RDWR | os.O_EXCL, 0o644)
+            self._fh = os.fdopen(fd, "w+b")
+            self._file = sf.SoundFile(self._fh, "w", samplerate=self.sample_rate, channels=1,
                                       format="FLAC", subtype="PCM_16")
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, UnsafeFile) as exc:
+            self._close_fh()
             self._pause(f"cannot create {path}: {exc}")
             return None
         self.path = path
@@ -68,6 +77,14 @@ class AudioRetention:
         except (OSError, RuntimeError) as exc:
             self._pause(f"writing {self.path}: {exc}")
 
+    def _close_fh(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError as exc:
+                log.warning("retention: closing %s: %s", self.path, exc)
+
     def close(self) -> None:
         f, self._file = self._file, None
         if f is not None:
@@ -75,6 +92,7 @@ class AudioRetention:
                 f.close()
             except (OSError, RuntimeError) as exc:
                 self._pause(f"closing {self.path}: {exc}")
+            self._close_fh()
             self.enforce_quota()
 
     def enforce_quota(self) -> None:
@@ -119,3 +137,4 @@ class AudioRetention:
                 f.close()
             except (OSError, RuntimeError):
                 pass
+        self._close_fh()

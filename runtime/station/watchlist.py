@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..kernel import hamming
+from ..safeio import UnsafeFile, open_new_or_regular
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,16 @@ class Watchlist:
     def _emit(self, w: Watch, alert: dict) -> None:
         self.total += 1
         line = json.dumps(alert, default=str)
-        with open(self.alerts_log, "a") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        # Appended only to a regular file (never through a symlink, never onto a device);
+        # a log that cannot be written costs the line, not the station.
+        try:
+            fd = open_new_or_regular(self.alerts_log, os.O_WRONLY | os.O_APPEND, 0o644)
+            with os.fdopen(fd, "a") as fh:
+                fh.write(line + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except (OSError, UnsafeFile) as exc:
+            log.error("cannot append the alert to %s: %s", self.alerts_log, exc)
         log.warning("ALERT %s: %r at %s (distance %d)", w.name, w.query,
                     alert.get("capture_utc"), alert["distance"])
         if w.command:
