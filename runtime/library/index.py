@@ -23,10 +23,12 @@ The capture time of window j is the recording's start + its offset in the file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
 import queue
+import stat
 import sys
 import threading
 import time
@@ -41,6 +43,7 @@ from ..errors import AudioError, CvahashError, InvalidArgument
 from ..model import audio
 from ..model.audio import iter_windows
 from ..model.frontend import log_mel
+from ..safeio import kind_of
 from ..store.records import Recording, Segment
 
 __all__ = [
@@ -353,17 +356,75 @@ def _some(paths: list[Path], n: int = 3) -> str:
     return f"{len(paths)} recording{'s' * (len(paths) != 1)} ({names}{more})"
 
 
-def find_recordings(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """The audio files under ``paths`` (`cvahash.model.audio.find_audio`); AudioError when a
-    path does not exist or there are none at all."""
+def _entry_problem(path: Path) -> str | None:
+    """Why the directory entry ``path`` is no recording to read, or None (a regular file,
+    or a symlink to one)."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "is a symbolic link loop (the link points back at itself)"
+            if exc.errno == errno.ENOENT:
+                return (f"is a dangling symbolic link (its target {os.readlink(path)} does "
+                        "not exist)")
+            return f"is a symbolic link that cannot be followed ({exc.strerror or exc})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    return f"is {kind_of(st.st_mode)}, not a recording file"
+
+
+def find_recordings(paths: Iterable[str | os.PathLike],
+                    skipped: list[Skipped] | None = None) -> list[Path]:
+    """The audio files under ``paths``, recursively, sorted, unique (the rules of
+    `cvahash.model.audio.find_audio`: audio extensions in folders, hidden names and
+    symlinked folders left out, a file named explicitly kept whatever its extension).
+
+    What cannot be a recording is left out with its own reason, appended to ``skipped``:
+    a dangling symlink, a symlink loop, a FIFO, a device, a socket, a subfolder that
+    cannot be listed; the rest is found. AudioError when a path does not exist or no
+    audio file is found at all (naming what was skipped)."""
     paths = [Path(p) for p in paths]
-    files = audio.find_audio(paths)
-    if not files:
+    skipped = [] if skipped is None else skipped
+    found: set[Path] = set()
+
+    def note(path: Path, reason: str) -> None:
+        skipped.append(Skipped(path, f"{path}: {reason}"))
+
+    for p in paths:
+        if not os.path.lexists(p):
+            raise AudioError(f"{p}: no such file or folder (check the path)")
+        if p.is_dir():
+            def unreadable(exc: OSError, top=p) -> None:
+                where = Path(exc.filename) if exc.filename else top
+                note(where, f"folder cannot be listed ({exc.strerror or exc}); "
+                            "fix its permissions (chmod a+rx) and index again")
+
+            for root, dirs, names in os.walk(p, onerror=unreadable):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in names:
+                    if not audio._is_audio_name(name):
+                        continue
+                    q = Path(root, name)
+                    if (why := _entry_problem(q)) is None:
+                        found.add(q)
+                    else:
+                        note(q, why)
+        elif (why := _entry_problem(p)) is None:
+            found.add(p)
+        else:
+            note(p, why)
+    if not found:
+        also = "".join(f"\n  {s.reason}" for s in skipped)
         raise AudioError(
             f"no audio files under {', '.join(map(str, paths))} (looked for "
-            f"{', '.join(sorted(audio.AUDIO_EXTENSIONS))}; hidden files are ignored)"
+            f"{', '.join(sorted(audio.AUDIO_EXTENSIONS))}; hidden files are ignored)" + also
         )
-    return files
+    return sorted(found, key=lambda q: str(q))
 
 
 def index_recordings(
@@ -376,19 +437,21 @@ def index_recordings(
     batch: int = BATCH_WINDOWS,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    skipped: Iterable[Skipped] = (),
 ) -> IndexReport:
     """Index every recording under ``paths`` into ``store`` (open for writing, bound to
     ``bundle``'s fingerprint). ``hop_s`` defaults to the window length (no overlap).
     Missing paths raise AudioError before anything is written; a folder holding no
     audio files raises AudioError too. ``stop``: when set (Ctrl-C), the run ends before
     the next batch; the file in progress is left out (nothing of it is stored) and
-    ``report.interrupted`` is True. Returns the `IndexReport`."""
+    ``report.interrupted`` is True. ``skipped``: entries a caller's own
+    `find_recordings` left out, reported with the rest. Returns the `IndexReport`."""
     params = bundle.frontend_params
     hop_s = params.max_length_s if hop_s is None else float(hop_s)
     if not (math.isfinite(hop_s) and hop_s > 0):
         raise InvalidArgument(f"--hop {hop_s:g}: the seconds between windows must be above 0")
-    files = find_recordings(paths)
-    report = IndexReport()
+    report = IndexReport(skipped=list(skipped))
+    files = find_recordings(paths, report.skipped)
     progress = progress or Progress(len(files), enabled=False)
     t0 = time.monotonic()
     for n, path in enumerate(files):
