@@ -205,11 +205,15 @@ def test_resume_skips_what_is_in_and_redoes_a_file_cut_off_mid_way(tmp_path):
         assert len(store) == 9
         again = index_recordings([rec], store, StandInBundle())
         assert again.indexed == [] and len(again.already) == 3 and len(store) == 9
-        # A rewritten file (new content, same name) is indexed again as a new version.
+        # A rewritten file (new content, same name) is indexed again and its old version's
+        # 3 windows are retired from search.
         write(rec / "2.wav", tone(20.0, freq=4000))
         changed = index_recordings([rec], store, StandInBundle())
         assert [p.name for p in changed.indexed] == ["2.wav"]
-        assert len(store) == 9 + 2
+        assert changed.retired == 3
+        hashes = [r.content_hash for r in store.recordings() if r.path.endswith("2.wav")]
+        assert hashes == [content_hash(rec / "2.wav")]
+        assert sum(seg.n_rows for seg, _ in store.iter_segments()) == 9 - 3 + 2
 
 
 def test_missing_paths_and_folders_without_audio_are_errors(tmp_path):

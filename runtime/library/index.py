@@ -53,6 +53,7 @@ __all__ = [
     "Skipped",
     "content_hash",
     "find_recordings",
+    "held_content",
     "index_recordings",
 ]
 
@@ -84,6 +85,12 @@ class IndexReport:
     timings: dict[str, float] = field(default_factory=lambda: {"frontend": 0.0, "encode": 0.0,
                                                                 "store": 0.0})  # fmt: skip
     interrupted: bool = False  # stopped by Ctrl-C; the same command resumes
+    # Identity by content: files whose bytes are already in the store under another
+    # path (file, that path), files re-indexed because they changed since an earlier
+    # run, and how many windows of their old versions were retired from search.
+    same_content: list[tuple[Path, str]] = field(default_factory=list)
+    replaced: list[Path] = field(default_factory=list)
+    retired: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -103,6 +110,9 @@ class IndexReport:
         ]
         if self.already:
             lines.append(f"already in the store: {len(self.already)} (skipped, unchanged)")
+        if self.replaced:
+            lines.append(f"changed since indexed: {len(set(self.replaced))} re-indexed, "
+                         f"{self.retired} windows of their old versions retired")
         if self.skipped and not list_skipped:
             lines.append(f"skipped {len(self.skipped)} with problems (each named above)")
         elif self.skipped:
@@ -356,6 +366,39 @@ def _some(paths: list[Path], n: int = 3) -> str:
     return f"{len(paths)} recording{'s' * (len(paths) != 1)} ({names}{more})"
 
 
+@dataclass
+class _Held:
+    """What the store holds, by content hash (-> path) and by path (-> its versions)."""
+
+    by_hash: dict[str, str]
+    by_path: dict[str, list]
+
+    @classmethod
+    def of(cls, store) -> _Held:
+        by_hash: dict[str, str] = {}
+        by_path: dict[str, list] = {}
+        for rec in store.recordings():
+            if rec.content_hash:
+                by_hash.setdefault(rec.content_hash, rec.path)
+            by_path.setdefault(rec.path, []).append(rec)
+        return cls(by_hash, by_path)
+
+
+def _identity(path: Path) -> tuple:
+    """Size, modification time and inode: what changes when a file is rewritten,
+    appended to or cut while it is read."""
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def held_content(store, digest: str) -> str | None:
+    """The path under which the store holds a recording with content hash ``digest``
+    (the same audio indexed before, under any name), or None."""
+    if not digest:
+        return None
+    return _Held.of(store).by_hash.get(digest)
+
+
 def _entry_problem(path: Path) -> str | None:
     """Why the directory entry ``path`` is no recording to read, or None (a regular file,
     or a symlink to one)."""
@@ -452,6 +495,7 @@ def index_recordings(
         raise InvalidArgument(f"--hop {hop_s:g}: the seconds between windows must be above 0")
     report = IndexReport(skipped=list(skipped))
     files = find_recordings(paths, report.skipped)
+    held = _Held.of(store)
     progress = progress or Progress(len(files), enabled=False)
     t0 = time.monotonic()
     for n, path in enumerate(files):
@@ -459,11 +503,25 @@ def index_recordings(
             report.interrupted = True
             break
         try:
+            before = _identity(path)
             info = audio.probe(path)
             key_path = str(path.resolve())
             digest = content_hash(path)
             if store.has_recording(key_path, digest):
                 report.already.append(path)
+                progress.skip(info.duration_s)
+                continue
+            same = held.by_hash.get(digest)
+            if same is not None:
+                # The same bytes under another name (a copy, a second card reader): its
+                # windows are in the store already and would only come back twice.
+                report.already.append(path)
+                report.same_content.append((path, same))
+                progress.note(f"note {path}: same audio as {same}, already in the store; "
+                              "not indexed again")
+                for old in held.by_path.pop(key_path, []):  # its own older version
+                    report.retired += store.forget(old)
+                    report.replaced.append(path)
                 progress.skip(info.duration_s)
                 continue
             if info.truncated:
@@ -492,6 +550,10 @@ def index_recordings(
                                 path.name)  # fmt: skip
             if report.interrupted:
                 break
+            if _identity(path) != before or content_hash(path) != digest:
+                raise AudioError(f"{path}: changed while it was being read (still being "
+                                 "written or copied?); nothing of it was stored, run the "
+                                 "same command again once the file is complete")
             if not offsets:
                 raise AudioError(f"{path}: shorter than the 1 s minimum "
                                  f"({_seconds_down(info.duration_s)}); nothing to index")
@@ -499,6 +561,13 @@ def index_recordings(
             segs = _segments(recording, offsets, lengths,
                              0.0 if start is None else start.timestamp(), clock, hop_s)  # fmt: skip
             store.append(np.concatenate(codes), segs, commit=True)
+            # The file changed since an earlier run: its old windows are retired now that
+            # the new ones are committed (a crash in between leaves both, never neither).
+            for old in held.by_path.pop(key_path, []):
+                report.retired += store.forget(old)
+                report.replaced.append(path)
+                held.by_hash.pop(old.content_hash, None)
+            held.by_hash.setdefault(digest, key_path)
             report.timings["store"] += time.perf_counter() - t
         except (AudioError, InvalidArgument, OSError) as e:
             # A problem with this file: skip it. Store and bundle errors are not caught:

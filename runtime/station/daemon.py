@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CvahashError, StoreError
-from ..library.index import content_hash
+from ..library.index import content_hash, held_content
 from ..library.library import Library
 from ..model.audio import Windower, downmix
 from ..model.bundle import ModelBundle
@@ -74,6 +74,7 @@ class _Run:
     start_monotonic: float
     windower: Windower
     clock_source: str
+    duplicate: bool = False  # a replayed file whose audio the store holds: adds nothing
 
 
 class Daemon:
@@ -165,6 +166,13 @@ class Daemon:
         windower = Windower(source.sample_rate, rate, round(w.window_s * rate),
                             round(w.hop_s * rate), round(MIN_LAST_S * rate))
         self._run = _Run(rec, start.timestamp(), block.monotonic, windower, clock)
+        if isinstance(source, FileSource):
+            same = held_content(self.store, rec.content_hash)
+            if same is not None:
+                self._run.duplicate = True
+                log.warning("replay of %s: the same audio (%s) is in the store already; "
+                            "its windows are not added again", rec.path, same)
+                return
         log.info("new run %s (clock %s)", rec.path, clock)
 
     def _end_run(self) -> None:
@@ -185,6 +193,8 @@ class Daemon:
             self.health.retention = self.retention.state
 
     def _queue(self, run: _Run, windows) -> None:
+        if run.duplicate:
+            return
         for win in windows:
             capture_s = run.start_utc + win.offset_s
             info = {"recording": run.recording.path, "offset_s": round(win.offset_s, 3),
