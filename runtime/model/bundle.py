@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InvalidArgument
+from ..safeio import UnsafeFile
+from . import manifest as checks
 from . import verified
 from .frontend import FrontendParams
 
@@ -120,9 +122,12 @@ def _read_manifest(root: Path) -> dict:
         raise BundleError(f"{path}: missing; {root} is not a complete model bundle "
                           "(re-copy it or export it again)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: unreadable or not valid JSON ({exc}); re-copy the bundle") from exc
+        manifest = json.loads(checks.read_manifest_bytes(path).decode("utf-8"))
+    except UnsafeFile as exc:
+        raise BundleError(f"{exc}; re-copy the bundle") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BundleError(f"{path}: unreadable or not valid JSON ({exc}); "
+                          "re-copy the bundle") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{path}: expected a JSON object at the top level")
     version = manifest.get("format_version")
@@ -141,6 +146,9 @@ def _read_manifest(root: Path) -> dict:
         raise BundleError(f"{path}: key 'bits' must be a positive integer, got {bits!r}")
     if not isinstance(manifest["files"], dict):
         raise BundleError(f"{path}: key 'files' must be an object of file name -> sha256")
+    if why := checks.manifest_problems(manifest):
+        raise BundleError(f"{path}: {why}; this manifest cannot be used (export the bundle "
+                          "again)")
     return manifest
 
 
@@ -173,6 +181,12 @@ def _check_digest(root: Path, name: str, entry: dict, cache: bool) -> None:
         verified.remember(path, digest)
 
 
+def _check_graph(root: Path, name: str, manifest: dict) -> None:
+    """A graph's external data, output width and input shape (`cvahash.model.manifest`)."""
+    if name in (TEXT_GRAPH, AUDIO_GRAPH) and (why := checks.graph_problems(root, name, manifest)):
+        raise BundleError(f"{root / name}: {why}")
+
+
 def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
     """Verify a bundle without loading any model; return its manifest.
 
@@ -188,6 +202,7 @@ def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
     manifest = _read_manifest(root)
     hashed = _files_for(graphs)
     files = manifest["files"]
+    seen: dict = {}
     for name in BUNDLE_FILES:
         if name not in files:
             raise BundleError(f"{root / MANIFEST_NAME}: does not list {name}; the bundle is "
@@ -200,6 +215,8 @@ def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
                               "file name inside the bundle")
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise BundleError(f"{root / MANIFEST_NAME}: files.{name} needs a 'sha256' string")
+        if why := checks.file_problem(root, name, seen):
+            raise BundleError(f"{path}: {why}")
         if not path.is_file():
             raise BundleError(f"{path}: missing from the bundle (listed in manifest.json); "
                               "re-copy the bundle")
@@ -209,6 +226,7 @@ def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
                               f"{size}; the file is truncated or replaced (re-copy the bundle)")
         if hashed is None or name in hashed:
             _check_digest(root, name, entry, cache)
+            _check_graph(root, name, manifest)
     expected = fingerprint_of(manifest)
     if manifest["fingerprint"] != expected:
         raise BundleError(f"{root / MANIFEST_NAME}: fingerprint {manifest['fingerprint']!r} does "
@@ -289,6 +307,7 @@ class ModelBundle:
         for name in GRAPH_FILES[branch]:
             if name in self._unverified:
                 _check_digest(self.path, name, self._manifest["files"][name], cache=True)
+                _check_graph(self.path, name, self._manifest)
                 self._unverified.discard(name)
 
     # -- what the bundle is
@@ -482,7 +501,8 @@ class ModelBundle:
                 # 4-7x faster than one padded to 77 (docs/benchmarks/bundle.md).
                 used = int(mask.sum(axis=1).max())
                 ids, mask = ids[:, :used], mask[:, :used]
-            out[s:s + step] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            out[s:s + step] = self._checked(session.run(None, {"input_ids": ids,
+                                                               "attention_mask": mask})[0])
         return out
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -531,11 +551,18 @@ class ModelBundle:
             runs = [self._worker_pool().submit(session.run, None, {name: x[i:i + 1]})
                     for i in range(len(x))]
             for i, run in enumerate(runs):
-                out[i:i + 1] = run.result()[0]
+                out[i:i + 1] = self._checked(run.result()[0])
             return out
         for start in range(0, len(x), batch_size):
-            out[start:start + batch_size] = session.run(None, {name: x[start:start + batch_size]})[0]
+            out[start:start + batch_size] = self._checked(
+                session.run(None, {name: x[start:start + batch_size]})[0])
         return out
+
+    def _checked(self, logits):
+        """A graph's output, refused unless it is [n, bits] (`cvahash.model.manifest`)."""
+        if why := checks.logits_problem(logits, self.bits):
+            raise BundleError(f"{self.path}: the graph {why}")
+        return logits
 
     def encode_audio(self, features, *, batch_size: int = DEFAULT_AUDIO_BATCH) -> np.ndarray:
         """Packed codes uint8 [B, ceil(bits/8)] of log-mel windows float32 [B, 1, frames, mels]."""
