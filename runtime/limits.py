@@ -23,6 +23,12 @@ META_FILE = "meta.sqlite"  # the store's SQLite metadata database
 LOCK_FILE = "writer.lock"  # held (flock) by the one writer of a store
 INDEXED_WITH = "indexed-with.json"  # which bundle folder indexed the store
 
+# Capture times a recording, an update row or a status file may carry (UTC seconds):
+# 1970-01-01 .. 2200-01-01. Anything outside is a broken clock or a hostile file, and
+# would overflow datetime arithmetic (year 10000) where it is shown.
+EARLIEST_UTC = 0.0
+LATEST_UTC = 7258118400.0
+
 KNOWN_CLOCK_SOURCES = ("gps", "ntp", "rtc", "audiomoth", "filename", "file-mtime", "unknown")
 CLOCK_SOURCE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 

@@ -43,6 +43,7 @@ def register(subparsers) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from .bounds import MAX_THREADS
     from .wording import mute_library_future_warnings
 
     mute_library_future_warnings()
@@ -50,6 +51,10 @@ def run_verify(args: argparse.Namespace) -> int:
 
     if args.data and not args.against:
         print("cvahash bundle verify: error: --data needs --against RUN_DIR", file=sys.stderr)
+        return 2
+    if not 0 <= args.threads <= MAX_THREADS:
+        print(f"cvahash bundle verify: error: --threads {args.threads}: must be 0 (one per "
+              f"core) to {MAX_THREADS}", file=sys.stderr)
         return 2
     if args.limit < 1 or not 0 <= args.min_agreement <= 1 or args.max_map_drop < 0:
         print("cvahash bundle verify: error: --limit must be >= 1, --min-agreement within "

@@ -16,6 +16,8 @@ import math
 import os
 import sys
 
+from .bounds import MAX_HOP_S, MAX_THREADS, db_path_problem
+
 EPILOG = """\
 examples:
   cvahash index /media/sd/2024-06 --db /data/store --bundle /opt/cvahash/bundle --station ridge-2
@@ -76,10 +78,14 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..library.library import Library
 
-    if args.hop is not None and not (math.isfinite(args.hop) and args.hop > 0):
-        args._parser.error(f"--hop {args.hop:g}: the seconds between windows must be above 0")
-    if args.threads < 0:
-        args._parser.error(f"--threads {args.threads}: must be 0 (one per core) or more")
+    if args.hop is not None and not (math.isfinite(args.hop) and 0 < args.hop <= MAX_HOP_S):
+        args._parser.error(f"--hop {args.hop:g}: the seconds between windows must be above 0 "
+                           f"and at most {MAX_HOP_S:g}")
+    if not 0 <= args.threads <= MAX_THREADS:
+        args._parser.error(f"--threads {args.threads}: must be 0 (one per core) to "
+                           f"{MAX_THREADS}")
+    if why := db_path_problem(args.db):
+        args._parser.error(why)
     # Find the files and open the bundle before the store is created or opened for
     # writing: a typo in a path or a bad bundle leaves no store behind.
     walk_skipped = []  # dangling links, FIFOs, unreadable folders...: named, not fatal

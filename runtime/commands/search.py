@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .bounds import MAX_THREADS
+
 EPILOG = """\
 examples:
   cvahash search "woodpecker drumming on dead tree" --db /data/store
@@ -56,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         parser.error("give either TEXT or --like FILE[@START_S] (exactly one)")
     if args.k < 1:
         parser.error(f"-k {args.k}: the number of results must be at least 1")
-    if args.threads < 0:
-        parser.error(f"--threads {args.threads}: must be 0 (one per core) or more")
+    if not 0 <= args.threads <= MAX_THREADS:
+        parser.error(f"--threads {args.threads}: must be 0 (one per core) to {MAX_THREADS}")
     if not 0 <= args.context <= 60:
         parser.error(f"--context {args.context}: must be between 0 and 60 seconds")
 

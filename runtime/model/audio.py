@@ -29,6 +29,7 @@ import soundfile as sf
 import soxr
 
 from ..errors import AudioError, InvalidArgument
+from ..limits import EARLIEST_UTC, LATEST_UTC
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -486,16 +487,24 @@ def capture_time(
                 comment = f.copy_metadata().get("comment")
         except (RuntimeError, ValueError, TypeError, OSError):  # still has a name and mtime
             comment = None
+    # A time outside 1970-2200 (a recorder with a dead clock battery, a file touched to
+    # year 9999) is no capture time: the next source is tried, and the store never holds
+    # a date its readers cannot show.
     t = parse_audiomoth_comment(comment)
-    if t is not None:
+    if _in_store_range(t):
         return t, "audiomoth"
     t = parse_filename_time(path.name)
-    if t is not None:
+    if _in_store_range(t):
         return t, "filename"
     try:
-        return datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc), "file-mtime"
+        t = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
     except (OSError, OverflowError, ValueError):
         return None, "unknown"
+    return (t, "file-mtime") if _in_store_range(t) else (None, "unknown")
+
+
+def _in_store_range(t: datetime | None) -> bool:
+    return t is not None and EARLIEST_UTC <= t.timestamp() < LATEST_UTC
 
 
 # --- finding recordings ---------------------------------------------------------------

@@ -295,8 +295,8 @@ class ModelBundle:
         (None: hash every file now). Digests of unchanged files are reused
         (`cvahash.model.verified`), so a second cold start reads no graph twice.
         """
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-            raise InvalidArgument(f"threads must be an integer >= 0, got {threads!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= 256:
+            raise InvalidArgument(f"threads must be an integer from 0 to 256, got {threads!r}")
         root = Path(path)
         manifest = check_bundle(root, graphs=graphs, cache=True)
         return cls(root, manifest, threads=threads, providers=providers,

@@ -122,6 +122,9 @@ def parse_like(spec: str) -> tuple[Path, float]:
     return Path(spec), 0.0
 
 
+# The dates a store can hold (cvahash.limits EARLIEST_UTC .. LATEST_UTC).
+_EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -139,6 +142,9 @@ def parse_when(text: str, *, end_of_day: bool = False) -> datetime:
         ) from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
+    if not _EARLIEST <= t < _LATEST:
+        raise InvalidArgument(f"{text!r} is outside 1970-2199; give a date in that range "
+                              "(e.g. 2024-06-12)")
     if end_of_day and _DATE_ONLY.match(raw):
         t += timedelta(days=1)
     return t.astimezone(timezone.utc)

@@ -59,7 +59,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import CvahashError, FingerprintMismatch, UpdateRejected
-from ..limits import CLOCK_SOURCE_RE, MAX_CODE_BITS
+from ..limits import CLOCK_SOURCE_RE, EARLIEST_UTC, LATEST_UTC, MAX_CODE_BITS
 from ..limits import is_int as _is_int
 
 MAGIC = b"\x89CVAUP\r\n"
@@ -529,6 +529,9 @@ def _check_tables(tables: Any, nrows: int, name: str = "update"):
             if value is not None and not (_is_number(value) and (key != "duration_s"
                                                                   or value >= 0)):
                 raise bad(f"recording {i}: {key}: expected a finite number or null")
+        start = rec["start_utc"]
+        if start is not None and not EARLIEST_UTC <= start < LATEST_UTC:
+            raise bad(f"recording {i}: start_utc {start!r} is outside 1970-2200")
         rate = rec["sample_rate"]
         if rate is not None and not (_is_int(rate) and 0 < rate <= 10_000_000):
             raise bad(f"recording {i}: sample_rate: expected a positive integer or null")
@@ -557,3 +560,7 @@ def _check_rows(rows: np.ndarray, nrecordings: int, nclocks: int,
         raise bad("length_s must be finite and > 0")
     if not np.isfinite(capture).all():
         raise bad("capture_utc must be finite")
+    if not ((capture >= EARLIEST_UTC) & (capture < LATEST_UTC)).all():
+        worst = capture[(capture < EARLIEST_UTC) | (capture >= LATEST_UTC)][0]
+        raise bad(f"capture_utc {worst!r} is outside 1970-2200 (a broken clock or a damaged "
+                  "file); refusing the whole update")
