@@ -118,7 +118,7 @@ def _read_manifest(root: Path) -> dict:
     if not root.is_dir():
         raise BundleError(f"{root}: not a model bundle directory (it does not exist or is a "
                           "file); make one with `cvahash export RUN_DIR --out DIR`")
-    if not path.is_file():
+    if not os.path.lexists(path):  # anything else there is named by read_manifest_bytes
         raise BundleError(f"{path}: missing; {root} is not a complete model bundle "
                           "(re-copy it or export it again)")
     try:

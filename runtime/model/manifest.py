@@ -299,7 +299,7 @@ def graph_problems(root: Path, name: str, manifest: dict) -> str | None:
             if os.fstat(f.fileno()).st_size == 0:
                 return "is empty, not an ONNX model"
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                locations, inputs, outputs = _graph_io(memoryview(mm))
+                locations, inputs, outputs = _graph_io(mm)
     except _Malformed as exc:
         return f"is not a valid ONNX model ({exc})"
     except (OSError, ValueError) as exc:

@@ -26,6 +26,15 @@ from ..safeio import UnsafeFile, open_new_or_regular
 log = logging.getLogger(__name__)
 
 
+def _own_size(path: Path) -> int:
+    """Bytes a retained file takes (lstat: a link left in the folder counts as itself,
+    a dangling one does not stop the quota)."""
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
+
+
 class AudioRetention:
     def __init__(self, folder: Path, quota_mb: float, sample_rate: int = 48000,
                  min_free_mb: float = 500.0):
@@ -98,7 +107,7 @@ class AudioRetention:
     def enforce_quota(self) -> None:
         """Delete the oldest retained files until the folder fits its quota."""
         files = sorted(self.folder.glob("*.flac"))  # names are capture times: oldest first
-        sizes = {p: p.stat().st_size for p in files}
+        sizes = {p: _own_size(p) for p in files}
         total = sum(sizes.values())
         for p in files:
             if total <= self.quota_bytes:
