@@ -7,8 +7,6 @@ described in that module's docstring. Only the writer (mode "a") runs these.
 from __future__ import annotations
 
 import errno
-import os
-import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,19 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FingerprintMismatch, InvalidArgument, InvalidCodes, StoreError
-from .format import HEADER_SIZE, code_file_name, write_all
+from .format import META_FILE, code_file_name
 from .metadata import (
     SEG_COLUMNS,
     checked_segment_row,
-    db_failure,
     recording_crc,
     recording_fields,
     segment_hashes,
     sql_errors,
 )
 from .records import Recording, Segment, Window, try_extend
-
-META_FILE = "meta.sqlite"
 
 
 class StoreAppending:
@@ -88,10 +83,7 @@ class StoreAppending:
         See the module docstring for when rows become durable.
         """
         with self._lock:
-            self._live(refresh=False)
-            if self.mode != "a":
-                raise StoreError(f'the code store {self.directory} is open read-only; open it '
-                                 'with mode="a" to append')
+            self._writable("append")
             self.require(fingerprint)
             arr = self._check_codes(codes, "codes")
             segs = self._as_segments(windows, len(arr))
@@ -163,43 +155,33 @@ class StoreAppending:
         path = self.directory / code_file_name(self._generation)
         try:
             if n:
-                write_all(self._fd, rows, HEADER_SIZE + self._committed * self.nbytes)
-                os.fdatasync(self._fd)
+                self._file.write_rows(self._committed, rows)
         except OSError as e:
             self._raise_write_error(e, path)
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rec_ids = self._recording_ids(conn)
-                segs = self._pending_segs
-                if segs:
-                    cols = list(zip(*[
-                        (g.first_row, g.n_rows,
-                         rec_ids[g.recording.key],
-                         g.first_offset_s, g.hop_s, g.length_s, g.capture_start_utc,
-                         g.clock_source) for g in segs]))
-                    cols.append(segment_hashes(*cols).tolist())
-                    # OR REPLACE: the first one may grow the committed tail segment
-                    conn.executemany("INSERT OR REPLACE INTO segments VALUES "
-                                     "(?,?,?,?,?,?,?,?,?)", zip(*cols))
-                    span = max((g.n_rows - 1) * g.hop_s for g in segs)
-                    if span > self._max_span:
-                        conn.execute("UPDATE store_info SET value = ? WHERE key = 'max_span_s'",
-                                     (span,))
-                if tag is not None:
-                    conn.execute("INSERT INTO tags VALUES (?, ?, ?, ?)",
-                                 (tag, time.time(), tag_first,
-                                  self._committed + n - tag_first))
-                self._bump(conn, committed_rows=self._committed + n)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except (sqlite3.Error, UnicodeDecodeError) as e:
-            raise db_failure(e, self.directory / META_FILE, "commit appended rows",
-                             f"; {n} appended rows are still buffered, flush() retries") from e
+        with self._write_transaction("commit appended rows",
+                                     f"; {n} appended rows are still buffered, flush() retries"
+                                     ) as conn:
+            rec_ids = self._recording_ids(conn)
+            segs = self._pending_segs
+            if segs:
+                cols = list(zip(*[
+                    (g.first_row, g.n_rows,
+                     rec_ids[g.recording.key],
+                     g.first_offset_s, g.hop_s, g.length_s, g.capture_start_utc,
+                     g.clock_source) for g in segs], strict=False))
+                cols.append(segment_hashes(*cols).tolist())
+                # OR REPLACE: the first one may grow the committed tail segment
+                conn.executemany("INSERT OR REPLACE INTO segments VALUES "
+                                 "(?,?,?,?,?,?,?,?,?)", zip(*cols, strict=False))
+                span = max((g.n_rows - 1) * g.hop_s for g in segs)
+                if span > self._max_span:
+                    conn.execute("UPDATE store_info SET value = ? WHERE key = 'max_span_s'",
+                                 (span,))
+            if tag is not None:
+                conn.execute("INSERT INTO tags VALUES (?, ?, ?, ?)",
+                             (tag, time.time(), tag_first,
+                              self._committed + n - tag_first))
+            self._bump(conn, committed_rows=self._committed + n)
         self._pending_codes, self._pending_segs = [], []
         self._pending_rows, self._pending_since = 0, None
         self._sync(force=True)

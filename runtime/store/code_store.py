@@ -93,7 +93,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import mmap
 import os
 import sqlite3
 import threading
@@ -106,11 +105,13 @@ import numpy as np
 
 from ..errors import FingerprintMismatch, InvalidArgument, StoreCorrupt, StoreError
 from .append import StoreAppending
+from .codefile import CodeFile, CodeFileMissing
 from .format import (
     HEADER_SIZE,
+    LOCK_FILE,
     MAX_FINGERPRINT,
+    META_FILE,
     CodeHeader,
-    HeaderError,
     code_file_name,
     fsync_dir,
     write_new_code_file,
@@ -124,6 +125,7 @@ from .metadata import (
     read_info,
     segment_crc,
     sql_errors,
+    write_transaction,
 )
 from .records import Hit, Recording, Segment, Window
 from .scan import StoreReading
@@ -133,12 +135,6 @@ __all__ = ["CodeStore", "Hit", "Recording", "Segment", "Window"]
 
 log = logging.getLogger(__name__)
 
-META_FILE = "meta.sqlite"
-LOCK_FILE = "writer.lock"
-
-
-class CodeFileMissing(StoreCorrupt):
-    """The code file the metadata names does not exist."""
 
 
 def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
@@ -242,9 +238,7 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
-        self._fd: int | None = None
-        self._mm: mmap.mmap | None = None
-        self._mm_rows = 0
+        self._file: CodeFile | None = None
         self._recordings = RecordingCache()
         self._checked_segments: dict[tuple, None] = {}
         self._pending_codes: list[np.ndarray] = []
@@ -409,37 +403,30 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
                 f"rows were forgotten, but {committed} rows are committed")
 
     def _open_code_file(self, info: dict) -> None:
-        path = self.directory / code_file_name(info["generation"])
+        new = CodeFile(self.directory, int(info["generation"]), self.nbytes,
+                       writable=self.mode == "a")
         try:
-            fd = os.open(path, os.O_RDWR if self.mode == "a" else os.O_RDONLY)
-        except FileNotFoundError:
-            raise CodeFileMissing(f"the code file {path} is missing; the store cannot be read "
-                                  "without it: restore it from a backup") from None
-        try:
-            header = CodeHeader.unpack(os.pread(fd, HEADER_SIZE, 0))
-        except HeaderError as e:
-            os.close(fd)
-            raise StoreCorrupt(f"the code file {path} is damaged: {e}; restore it from a "
-                               "backup") from None
-        mismatch = [name for name, a, b in (
-            ("bits", header.bits, int(info["bits"])),
-            ("fingerprint", header.fingerprint, str(info["fingerprint"])),
-            ("store id", header.store_id.hex(), str(info["store_id"])),
-            ("generation", header.generation, int(info["generation"])))
-            if a != b]
-        if mismatch:
-            os.close(fd)
-            raise StoreCorrupt(f"the code file {path} does not belong to the metadata in "
-                               f"{self.directory / META_FILE} (different {', '.join(mismatch)})"
-                               "; restore the matching file from a backup")
-        self._drop_map()
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = fd
+            header = new.header()
+            mismatch = [name for name, a, b in (
+                ("bits", header.bits, int(info["bits"])),
+                ("fingerprint", header.fingerprint, str(info["fingerprint"])),
+                ("store id", header.store_id.hex(), str(info["store_id"])),
+                ("generation", header.generation, int(info["generation"])))
+                if a != b]
+            if mismatch:
+                raise StoreCorrupt(f"the code file {new.path} does not belong to the metadata "
+                                   f"in {self.directory / META_FILE} (different "
+                                   f"{', '.join(mismatch)}); restore the matching file from a "
+                                   "backup")
+        except BaseException:
+            new.close()
+            raise
+        if self._file is not None:
+            self._file.close()
+        self._file = new
 
     def _file_rows(self) -> tuple[int, int]:
-        size = os.fstat(self._fd).st_size
-        return (size - HEADER_SIZE) // self.nbytes, size
+        return self._file.rows_and_size()
 
     def _check_file_length(self, opening: bool) -> None:
         rows, size = self._file_rows()
@@ -455,25 +442,24 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
             # an append cut before its commit: those rows were never acknowledged
             log.info("code store %s: dropping %d bytes of uncommitted tail", self.directory,
                      size - HEADER_SIZE - self._committed * self.nbytes)
-            os.ftruncate(self._fd, HEADER_SIZE + self._committed * self.nbytes)
-            os.fsync(self._fd)
+            self._file.cut_to(self._committed)
 
     def _recover_to(self, rows: int) -> None:
         """Drop metadata beyond the ``rows`` rows the code file still holds (mode "a")."""
         lost = self._committed - rows
-        conn = self._conn
-        with sql_errors(self.directory / META_FILE, "drop the lost rows' metadata"):
-            self._drop_rows_from(conn, rows)
+        self._drop_rows_from(rows)
         log.warning("code store %s: the code file lost its last %d rows (power cut or card "
                     "fault); their metadata was dropped, %d rows remain", self.directory,
                     lost, rows)
-        os.ftruncate(self._fd, HEADER_SIZE + rows * self.nbytes)
-        os.fsync(self._fd)
+        self._file.cut_to(rows)
         self._sync(force=True)
 
-    def _drop_rows_from(self, conn, rows: int) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    def _write_transaction(self, what: str, note: str = ""):
+        """The one way the store writes its metadata (see metadata.write_transaction)."""
+        return write_transaction(self._conn, self.directory / META_FILE, what, note)
+
+    def _drop_rows_from(self, rows: int) -> None:
+        with self._write_transaction("drop the lost rows' metadata") as conn:
             cut = conn.execute("SELECT first_row, n_rows, recording, first_offset_s, hop_s, "
                                "length_s, capture_start_utc, clock_source FROM segments "
                                "WHERE first_row < ? AND first_row + n_rows > ?",
@@ -489,11 +475,6 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
                          "(SELECT DISTINCT recording FROM segments)")
             (live,) = conn.execute("SELECT COALESCE(SUM(n_rows), 0) FROM segments").fetchone()
             self._bump(conn, committed_rows=rows, layout=True, forgotten=rows - live)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def _bump(self, conn, committed_rows: int, layout: bool = False,
               generation: int | None = None, forgotten: int | None = None) -> None:
@@ -511,21 +492,7 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
 
     def _view(self, rows: int) -> np.ndarray:
         """Read-only uint8 (rows, nbytes) view of the first ``rows`` code rows."""
-        if rows == 0:
-            return np.zeros((0, self.nbytes), np.uint8)
-        if rows > self._mm_rows:
-            self._drop_map()
-            file_rows, _ = self._file_rows()
-            self._mm = mmap.mmap(self._fd, HEADER_SIZE + file_rows * self.nbytes,
-                                 prot=mmap.PROT_READ)
-            self._mm_rows = file_rows
-        return np.frombuffer(self._mm, np.uint8, rows * self.nbytes,
-                             HEADER_SIZE).reshape(rows, self.nbytes)
-
-    def _drop_map(self) -> None:
-        # Views handed out keep the old map alive (numpy holds a reference); we just
-        # stop using it. Closing it here would fail while views exist.
-        self._mm, self._mm_rows = None, 0
+        return self._file.view(rows)
 
     def _live(self, refresh: bool = True) -> None:
         if self._closed:
@@ -584,17 +551,17 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
             with sql_errors(directory / META_FILE, "migrate the schema"):
                 conn = _connect(directory / META_FILE, read_only=False)
             try:
-                old = read_info(conn).get("schema_version")
-                version = old
-                conn.execute("BEGIN IMMEDIATE")
-                while isinstance(version, int) and version < SCHEMA_VERSION:
-                    if version not in MIGRATIONS:
-                        raise StoreError(f"no migration from schema {version} for {directory}")
-                    MIGRATIONS[version](conn)
-                    version += 1
-                    conn.execute("UPDATE store_info SET value = ? WHERE key = 'schema_version'",
-                                 (version,))
-                conn.execute("COMMIT")
+                with write_transaction(conn, directory / META_FILE, "migrate the schema"):
+                    old = read_info(conn).get("schema_version")
+                    version = old
+                    while isinstance(version, int) and version < SCHEMA_VERSION:
+                        if version not in MIGRATIONS:
+                            raise StoreError(f"no migration from schema {version} for "
+                                             f"{directory}")
+                        MIGRATIONS[version](conn)
+                        version += 1
+                        conn.execute("UPDATE store_info SET value = ? WHERE key = "
+                                     "'schema_version'", (version,))
                 return old
             finally:
                 conn.close()
@@ -616,13 +583,12 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
 
     def _release(self) -> None:
         self._closed = True
-        self._drop_map()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

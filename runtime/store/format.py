@@ -26,6 +26,10 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+# The files of a store directory, named here once.
+META_FILE = "meta.sqlite"
+LOCK_FILE = "writer.lock"
+
 MAGIC = b"CVAHCODE"
 CODE_FORMAT_VERSION = 1
 HEADER_SIZE = 128

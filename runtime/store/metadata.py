@@ -198,6 +198,21 @@ def sql_errors(db_path, what: str, note: str = ""):
         raise db_failure(e, db_path, what, note) from e
 
 
+@contextmanager
+def write_transaction(conn: sqlite3.Connection, db_path, what: str, note: str = ""):
+    """One SQLite write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any
+    exception); SQLite failures become StoreError / StoreCorrupt naming ``what``."""
+    with sql_errors(db_path, what, note):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
 def read_info(conn: sqlite3.Connection) -> dict:
     return dict(conn.execute("SELECT key, value FROM store_info").fetchall())
 
@@ -251,7 +266,7 @@ class Segments:
     """A set of segment rows as numpy columns, checked against their check values."""
 
     def __init__(self, rows: list[tuple]):
-        cols = list(zip(*rows)) if rows else [()] * 9
+        cols = list(zip(*rows, strict=False)) if rows else [()] * 9
         try:
             new = [np.asarray(cols[i], dtype) for i, dtype in enumerate(
                 (np.int64, np.int64, np.int64, np.float64, np.float64, np.float64, np.float64))]

@@ -135,7 +135,8 @@ class Segment:
         checked, to skip checking it again)."""
         if not isinstance(self.recording, Recording):
             raise InvalidArgument(
-                f"Segment.recording must be a cvahash.store.code_store.Recording, got {self.recording!r}")
+                f"Segment.recording must be a cvahash.store.records.Recording, got "
+                f"{self.recording!r}")
         where = f"segment of {self.recording.path!r}"
         if isinstance(n_rows, bool) or int(n_rows) != n_rows or n_rows < 1:
             raise InvalidArgument(f"{where}: n_rows must be a positive integer, got {n_rows!r}")

@@ -13,11 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..errors import InvalidArgument
-from .format import code_file_name
+from .format import META_FILE, code_file_name
 from .metadata import MetadataCorrupt, Segments, checked_segment_row
 from .records import Hit, Recording, Segment, Window, to_utc_seconds
 
-META_FILE = "meta.sqlite"
 _SEG_COLUMNS_S = ("s.first_row, s.n_rows, s.recording, s.first_offset_s, s.hop_s, "
                   "s.length_s, s.capture_start_utc, s.clock_source, s.crc")
 

@@ -5,23 +5,18 @@ A mixin of ``cvahash.store.code_store.CodeStore`` (see that module for the commi
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ..errors import StoreCorrupt, StoreError
 from .format import (
-    HEADER_SIZE,
+    META_FILE,
     CodeHeader,
-    HeaderError,
     code_file_name,
     fsync_dir,
     write_new_code_file,
 )
-from .metadata import MetadataCorrupt, Segments, segment_hashes, sql_errors
+from .metadata import MetadataCorrupt, Segments, segment_hashes
 from .records import Recording
-
-META_FILE = "meta.sqlite"
 
 
 class StoreUpkeep:
@@ -32,33 +27,24 @@ class StoreUpkeep:
         with self._lock:
             self._writable("forget recordings")
             self.flush()
-            conn = self._conn
-            with sql_errors(self.directory / META_FILE, "forget a recording"):
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if isinstance(recording, Recording):
-                        ids = [r for (r,) in conn.execute(
-                            "SELECT id FROM recordings WHERE path = ? AND content_hash = ?",
-                            recording.key)]
-                    else:
-                        ids = [r for (r,) in conn.execute(
-                            "SELECT id FROM recordings WHERE path = ?", (str(recording),))]
-                    marks = ",".join("?" * len(ids))
-                    (rows,) = conn.execute(
-                        "SELECT COALESCE(SUM(n_rows), 0) FROM segments WHERE recording IN "
-                        f"({marks})", ids).fetchone()
-                    if not ids:
-                        conn.execute("ROLLBACK")
-                        return 0
-                    conn.execute(f"DELETE FROM segments WHERE recording IN ({marks})", ids)
-                    conn.execute(f"DELETE FROM recordings WHERE id IN ({marks})", ids)
-                    self._bump(conn, self._committed, layout=True,
-                               forgotten=self._forgotten + rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+            with self._write_transaction("forget a recording") as conn:
+                if isinstance(recording, Recording):
+                    ids = [r for (r,) in conn.execute(
+                        "SELECT id FROM recordings WHERE path = ? AND content_hash = ?",
+                        recording.key)]
+                else:
+                    ids = [r for (r,) in conn.execute(
+                        "SELECT id FROM recordings WHERE path = ?", (str(recording),))]
+                if not ids:
+                    return 0
+                marks = ",".join("?" * len(ids))
+                (rows,) = conn.execute(
+                    "SELECT COALESCE(SUM(n_rows), 0) FROM segments WHERE recording IN "
+                    f"({marks})", ids).fetchone()
+                conn.execute(f"DELETE FROM segments WHERE recording IN ({marks})", ids)
+                conn.execute(f"DELETE FROM recordings WHERE id IN ({marks})", ids)
+                self._bump(conn, self._committed, layout=True,
+                           forgotten=self._forgotten + rows)
             self._sync(force=True)
             return rows
 
@@ -82,31 +68,23 @@ class StoreUpkeep:
                                 store_id=bytes.fromhex(self.store_id), generation=gen)
             codes = self._view(self._committed)
             keep = np.concatenate([np.arange(s, s + n) for s, n in
-                                   zip(t.first_row.tolist(), t.n_rows.tolist())] or
+                                   zip(t.first_row.tolist(), t.n_rows.tolist(), strict=False)] or
                                   [np.zeros(0, np.int64)])
             try:
                 write_new_code_file(self.directory / code_file_name(gen), header, codes[keep])
             except OSError as e:
                 (self.directory / (code_file_name(gen) + ".tmp")).unlink(missing_ok=True)
                 self._raise_write_error(e, self.directory / code_file_name(gen))
-            conn = self._conn
-            with sql_errors(self.directory / META_FILE, "switch to the compacted file"):
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    new_first = np.cumsum(t.n_rows) - t.n_rows
-                    crcs = segment_hashes(new_first, t.n_rows, t.rec_id, t.first_offset, t.hop,
-                                          t.length, t.capture_start, t.clock)
-                    # ascending order: a row's new number is never one still in use
-                    conn.executemany(
-                        "UPDATE segments SET first_row = ?, crc = ? WHERE first_row = ?",
-                        zip(new_first.tolist(), crcs.tolist(), t.first_row.tolist()))
-                    conn.execute("UPDATE tags SET first_row = NULL, n_rows = NULL")
-                    self._bump(conn, len(keep), layout=True, generation=gen, forgotten=0)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+            with self._write_transaction("switch to the compacted file") as conn:
+                new_first = np.cumsum(t.n_rows) - t.n_rows
+                crcs = segment_hashes(new_first, t.n_rows, t.rec_id, t.first_offset, t.hop,
+                                      t.length, t.capture_start, t.clock)
+                # ascending order: a row's new number is never one still in use
+                conn.executemany(
+                    "UPDATE segments SET first_row = ?, crc = ? WHERE first_row = ?",
+                    zip(new_first.tolist(), crcs.tolist(), t.first_row.tolist(), strict=False))
+                conn.execute("UPDATE tags SET first_row = NULL, n_rows = NULL")
+                self._bump(conn, len(keep), layout=True, generation=gen, forgotten=0)
             self._sync(force=True)
             old_path.unlink(missing_ok=True)
             fsync_dir(self.directory)
@@ -141,12 +119,8 @@ class StoreUpkeep:
                 if not set(t.rec_id.tolist()) <= ids:
                     raise MetadataCorrupt("a segment points at a recording that does not "
                                           "exist")
-            fd = self._fd
-            path = self.directory / code_file_name(self._generation)
-            try:
-                CodeHeader.unpack(os.pread(fd, HEADER_SIZE, 0))
-            except HeaderError as e:
-                raise StoreCorrupt(f"the code file {path} is damaged: {e}") from None
+            path = self._file.path
+            self._file.header()
             rows, _ = self._file_rows()
             if rows < self._committed:
                 raise StoreCorrupt(f"the code file {path} holds {rows} rows, "
