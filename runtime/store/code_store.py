@@ -116,6 +116,7 @@ from .format import (
     fsync_dir,
     write_new_code_file,
 )
+from .interface import CodeStorage
 from .metadata import (
     MIGRATIONS,
     SCHEMA,
@@ -147,7 +148,7 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     return conn
 
 
-class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
+class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
     """Codes of one bundle fingerprint plus their metadata, in one directory.
 
     Open with ``CodeStore.create`` or ``CodeStore.open``; use as a context manager or
