@@ -116,19 +116,21 @@ from .format import (
     fsync_dir,
     write_new_code_file,
 )
+from .integrity import StoreIntegrity, advice
 from .interface import CodeStorage
+from .journal import block_crcs, journal_name, write_journal
 from .metadata import (
     MIGRATIONS,
-    SCHEMA,
     SCHEMA_VERSION,
     MetadataCorrupt,
     RecordingCache,
+    info_problem,
     read_info,
-    segment_crc,
     sql_errors,
     write_transaction,
 )
 from .records import Hit, Recording, Segment, Window
+from .replay import apply_record, new_database
 from .scan import StoreReading
 from .upkeep import StoreUpkeep
 
@@ -148,7 +150,7 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     return conn
 
 
-class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
+class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeStorage):
     """Codes of one bundle fingerprint plus their metadata, in one directory.
 
     Open with ``CodeStore.create`` or ``CodeStore.open``; use as a context manager or
@@ -182,19 +184,15 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
         header = CodeHeader(bits=int(bits), fingerprint=fingerprint, store_id=store_id.bytes,
                             generation=0)
         write_new_code_file(tmp / code_file_name(0), header)
+        base = {"kind": "base", "v": 0, "rows": 0, "forgotten": 0, "generation": 0,
+                "max_span_s": 0.0, "bits": int(bits), "fingerprint": fingerprint,
+                "store_id": store_id.hex, "segs": [], "tags": [], "crcs": []}
+        write_journal(tmp / journal_name(0), [base])
         conn = sqlite3.connect(tmp / META_FILE, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            conn.executescript(SCHEMA)
-            conn.execute("BEGIN")
-            conn.executemany("INSERT INTO store_info VALUES (?, ?)", [
-                ("schema_version", SCHEMA_VERSION), ("store_id", store_id.hex),
-                ("bits", int(bits)), ("fingerprint", fingerprint), ("generation", 0),
-                ("committed_rows", 0), ("forgotten_rows", 0), ("max_span_s", 0.0),
-                ("version", 0), ("layout", 0),
-                ("created_utc", time.time())])
-            conn.execute("COMMIT")
+            new_database(conn, base, store_id.hex, int(bits), fingerprint, time.time())
         finally:
             conn.close()
         (tmp / LOCK_FILE).touch()
@@ -240,6 +238,10 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
         self._file: CodeFile | None = None
+        self._journal = None
+        self._verified_rows = 0
+        self._verify_pos = 0
+        self._checkpointed = time.monotonic()
         self._recordings = RecordingCache()
         self._checked_segments: dict[tuple, None] = {}
         self._pending_codes: list[np.ndarray] = []
@@ -295,7 +297,7 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
         missing = [k for k in needed if k not in info]
         if missing:
             raise StoreCorrupt(f"{where} lacks store_info keys {missing}; it is not a complete "
-                               "code store")
+                               f"code store; {advice(self.directory)}")
         schema = info["schema_version"]
         if not isinstance(schema, int) or schema > SCHEMA_VERSION:
             raise StoreError(f"{where} has schema version {schema!r}; this cvahash reads up "
@@ -304,10 +306,14 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
             raise StoreError(f"{where} has schema version {schema}, this cvahash uses "
                              f"{SCHEMA_VERSION}; upgrade it once with "
                              f"CodeStore.migrate({str(self.directory)!r}) (back it up first)")
+        problem = info_problem(info)
+        if problem:
+            raise StoreCorrupt(f"{where}: {problem}; {advice(self.directory)}")
         for key in ("bits", "generation", "committed_rows", "forgotten_rows", "version",
                     "layout"):
             if not isinstance(info[key], int) or info[key] < 0:
-                raise StoreCorrupt(f"{where}: store_info {key} is {info[key]!r}")
+                raise StoreCorrupt(f"{where}: store_info {key} is {info[key]!r}; "
+                                   f"{advice(self.directory)}")
         span = info["max_span_s"]
         if not isinstance(span, (int, float)) or not 0 <= span < float("inf"):
             raise StoreCorrupt(f"{where}: store_info max_span_s is {span!r}")
@@ -315,8 +321,9 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
     def _remove_strays(self, generation: int) -> None:
         """Delete code files a cut left behind (an interrupted compact or create)."""
         current = code_file_name(generation)
+        keep = {current, journal_name(generation)}
         for p in self.directory.iterdir():
-            if p.name.startswith("codes-") and p.name != current:
+            if p.name.startswith(("codes-", "journal-")) and p.name not in keep:
                 log.warning("code store %s: removing %s left by an interrupted compact",
                             self.directory, p.name)
                 p.unlink()
@@ -387,6 +394,8 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
         self._max_span = float(info["max_span_s"])
         self._version, self._layout = info["version"], info["layout"]
         self._generation = info["generation"]
+        if opening:
+            self._reconcile_journal()
         self._check_file_length(opening)
 
     def _check_segment_totals(self, conn, info: dict) -> None:
@@ -425,6 +434,7 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
         if self._file is not None:
             self._file.close()
         self._file = new
+        self._open_journal(int(info["generation"]), info)
 
     def _file_rows(self) -> tuple[int, int]:
         return self._file.rows_and_size()
@@ -436,8 +446,7 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
             if self.mode == "r":
                 raise StoreCorrupt(
                     f"the code file {path} holds {rows} rows but {self._committed} were "
-                    "committed (the card lost data); open the store once in append mode "
-                    '(CodeStore.open(dir, "a")) to keep the rows that remain')
+                    f"committed (the card lost data); {advice(self.directory)}")
             self._recover_to(rows)
         elif opening and self.mode == "a" and size != HEADER_SIZE + self._committed * self.nbytes:
             # an append cut before its commit: those rows were never acknowledged
@@ -446,9 +455,15 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
             self._file.cut_to(self._committed)
 
     def _recover_to(self, rows: int) -> None:
-        """Drop metadata beyond the ``rows`` rows the code file still holds (mode "a")."""
+        """Keep the ``rows`` rows the code file still holds (mode "a"): a base record of
+        what remains goes to the journal first, then the same change to the metadata."""
         lost = self._committed - rows
-        self._drop_rows_from(rows)
+        base = self._base_record(self._version + 1, keep_rows=rows)
+        self._verified_rows = 0
+        base["crcs"] = block_crcs(self._view(rows))
+        self._write_base(base)
+        with self._write_transaction("drop the lost rows' metadata") as conn:
+            apply_record(conn, base)
         log.warning("code store %s: the code file lost its last %d rows (power cut or card "
                     "fault); their metadata was dropped, %d rows remain", self.directory,
                     lost, rows)
@@ -458,38 +473,6 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
     def _write_transaction(self, what: str, note: str = ""):
         """The one way the store writes its metadata (see metadata.write_transaction)."""
         return write_transaction(self._conn, self.directory / META_FILE, what, note)
-
-    def _drop_rows_from(self, rows: int) -> None:
-        with self._write_transaction("drop the lost rows' metadata") as conn:
-            cut = conn.execute("SELECT first_row, n_rows, recording, first_offset_s, hop_s, "
-                               "length_s, capture_start_utc, clock_source FROM segments "
-                               "WHERE first_row < ? AND first_row + n_rows > ?",
-                               (rows, rows)).fetchall()
-            for seg in cut:
-                n = rows - seg[0]
-                conn.execute("UPDATE segments SET n_rows = ?, crc = ? WHERE first_row = ?",
-                             (n, segment_crc(seg[0], n, *seg[2:]), seg[0]))
-            conn.execute("DELETE FROM segments WHERE first_row >= ?", (rows,))
-            conn.execute("DELETE FROM tags WHERE first_row IS NOT NULL AND first_row + n_rows > ?",
-                         (rows,))
-            conn.execute("DELETE FROM recordings WHERE id NOT IN "
-                         "(SELECT DISTINCT recording FROM segments)")
-            (live,) = conn.execute("SELECT COALESCE(SUM(n_rows), 0) FROM segments").fetchone()
-            self._bump(conn, committed_rows=rows, layout=True, forgotten=rows - live)
-
-    def _bump(self, conn, committed_rows: int, layout: bool = False,
-              generation: int | None = None, forgotten: int | None = None) -> None:
-        """Record a new committed state (inside the caller's transaction)."""
-        updates = [("committed_rows", committed_rows)]
-        if forgotten is not None:
-            updates.append(("forgotten_rows", forgotten))
-        if generation is not None:
-            updates.append(("generation", generation))
-        conn.executemany("UPDATE store_info SET value = ? WHERE key = ?",
-                         [(v, k) for k, v in updates])
-        conn.execute("UPDATE store_info SET value = value + 1 WHERE key = 'version'")
-        if layout:
-            conn.execute("UPDATE store_info SET value = value + 1 WHERE key = 'layout'")
 
     def _view(self, rows: int) -> np.ndarray:
         """Read-only uint8 (rows, nbytes) view of the first ``rows`` code rows."""
@@ -527,6 +510,7 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
         """Read-only view of every committed code row (forgotten rows included)."""
         with self._lock:
             self._live()
+            self._verify_codes()
             return self._view(self._committed)
 
     def require(self, fingerprint: str | None = None, bits: int | None = None) -> None:
@@ -579,8 +563,18 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
             try:
                 if self.mode == "a" and self._conn is not None:
                     self.flush()
+                    self._checkpoint()
             finally:
                 self._release()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file (PASSIVE: never waits for readers), so
+        committed metadata does not live only in the WAL for long."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as e:
+            log.info("code store %s: WAL checkpoint skipped (%s)", self.directory, e)
+        self._checkpointed = time.monotonic()
 
     def _release(self) -> None:
         self._closed = True
@@ -590,6 +584,9 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, CodeStorage):
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

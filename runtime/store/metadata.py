@@ -198,14 +198,39 @@ def sql_errors(db_path, what: str, note: str = ""):
         raise db_failure(e, db_path, what, note) from e
 
 
+def info_crc(info: dict) -> int:
+    """CRC32 over every store_info value except info_crc itself (type-sensitive)."""
+    items = sorted((k, v) for k, v in info.items() if k != "info_crc")
+    return zlib.crc32(repr(items).encode("utf-8", "surrogatepass"))
+
+
+def seal_info(conn: sqlite3.Connection) -> None:
+    """Refresh store_info's info_crc (the last step of every write transaction)."""
+    conn.execute("INSERT OR REPLACE INTO store_info VALUES ('info_crc', ?)",
+                 (info_crc(read_info(conn)),))
+
+
+def info_problem(info: dict) -> str | None:
+    """Why store_info fails its check value, or None (stores made before it: None)."""
+    crc = info.get("info_crc")
+    if crc is None:
+        return None
+    if crc != info_crc(info):
+        return ("its store_info values (committed row count, version, ...) fail their "
+                "checksum")
+    return None
+
+
 @contextmanager
 def write_transaction(conn: sqlite3.Connection, db_path, what: str, note: str = ""):
     """One SQLite write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any
-    exception); SQLite failures become StoreError / StoreCorrupt naming ``what``."""
+    exception) that ends by refreshing store_info's check value; SQLite failures become
+    StoreError / StoreCorrupt naming ``what``."""
     with sql_errors(db_path, what, note):
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            seal_info(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

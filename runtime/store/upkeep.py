@@ -5,6 +5,8 @@ A mixin of ``cvahash.store.code_store.CodeStore`` (see that module for the commi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import StoreCorrupt, StoreError
@@ -15,8 +17,10 @@ from .format import (
     fsync_dir,
     write_new_code_file,
 )
-from .metadata import MetadataCorrupt, Segments, segment_hashes
+from .journal import block_crcs, journal_name, write_journal
+from .metadata import MetadataCorrupt, Segments
 from .records import Recording
+from .replay import apply_record
 
 
 class StoreUpkeep:
@@ -27,24 +31,27 @@ class StoreUpkeep:
         with self._lock:
             self._writable("forget recordings")
             self.flush()
-            with self._write_transaction("forget a recording") as conn:
-                if isinstance(recording, Recording):
-                    ids = [r for (r,) in conn.execute(
-                        "SELECT id FROM recordings WHERE path = ? AND content_hash = ?",
-                        recording.key)]
-                else:
-                    ids = [r for (r,) in conn.execute(
-                        "SELECT id FROM recordings WHERE path = ?", (str(recording),))]
-                if not ids:
-                    return 0
+            key = list(recording.key) if isinstance(recording, Recording) \
+                else [str(recording), None]
+            with self._snapshot():
+                sql = "SELECT id FROM recordings WHERE path = ?" + (
+                    " AND content_hash = ?" if key[1] is not None else "")
+                ids = [r for (r,) in self._conn.execute(sql, [k for k in key if k is not None])]
                 marks = ",".join("?" * len(ids))
-                (rows,) = conn.execute(
+                (rows,) = self._conn.execute(
                     "SELECT COALESCE(SUM(n_rows), 0) FROM segments WHERE recording IN "
                     f"({marks})", ids).fetchone()
-                conn.execute(f"DELETE FROM segments WHERE recording IN ({marks})", ids)
-                conn.execute(f"DELETE FROM recordings WHERE id IN ({marks})", ids)
-                self._bump(conn, self._committed, layout=True,
-                           forgotten=self._forgotten + rows)
+            if not ids:
+                return 0
+            record = {"kind": "forget", "v": self._version + 1, "rows": self._committed,
+                      "forgotten": self._forgotten + rows, "forget": [key]}
+            try:
+                size = self._journal_commit(record)
+            except OSError as e:
+                self._raise_write_error(e, self._journal.path)
+            with self._write_transaction("forget a recording") as conn:
+                apply_record(conn, record)
+            self._journal.advance(size)
             self._sync(force=True)
             return rows
 
@@ -60,41 +67,45 @@ class StoreUpkeep:
             dead = self._forgotten
             if dead == 0:
                 return 0
+            self._live()
+            self._verify_codes()        # never carry damaged rows into the new file
             with self._snapshot():
                 t = Segments.fetch(self._conn)
             old_path = self.directory / code_file_name(self._generation)
+            old_journal = self._journal.path
             gen = self._generation + 1
             header = CodeHeader(bits=self.bits, fingerprint=self.fingerprint,
                                 store_id=bytes.fromhex(self.store_id), generation=gen)
             codes = self._view(self._committed)
             keep = np.concatenate([np.arange(s, s + n) for s, n in
-                                   zip(t.first_row.tolist(), t.n_rows.tolist(), strict=False)] or
+                                   zip(t.first_row.tolist(), t.n_rows.tolist(), strict=True)] or
                                   [np.zeros(0, np.int64)])
+            kept = codes[keep]
+            base = self._base_record(self._version + 1, renumber=True, generation=gen)
+            base["crcs"] = block_crcs(kept)
+            new_codes = self.directory / code_file_name(gen)
             try:
-                write_new_code_file(self.directory / code_file_name(gen), header, codes[keep])
+                write_new_code_file(new_codes, header, kept)
+                write_journal(self.directory / journal_name(gen), [base])
             except OSError as e:
-                (self.directory / (code_file_name(gen) + ".tmp")).unlink(missing_ok=True)
-                self._raise_write_error(e, self.directory / code_file_name(gen))
+                for p in (new_codes, self.directory / journal_name(gen)):
+                    Path(f"{p}.tmp").unlink(missing_ok=True)
+                    p.unlink(missing_ok=True)
+                self._raise_write_error(e, new_codes)
             with self._write_transaction("switch to the compacted file") as conn:
-                new_first = np.cumsum(t.n_rows) - t.n_rows
-                crcs = segment_hashes(new_first, t.n_rows, t.rec_id, t.first_offset, t.hop,
-                                      t.length, t.capture_start, t.clock)
-                # ascending order: a row's new number is never one still in use
-                conn.executemany(
-                    "UPDATE segments SET first_row = ?, crc = ? WHERE first_row = ?",
-                    zip(new_first.tolist(), crcs.tolist(), t.first_row.tolist(), strict=False))
-                conn.execute("UPDATE tags SET first_row = NULL, n_rows = NULL")
-                self._bump(conn, len(keep), layout=True, generation=gen, forgotten=0)
+                apply_record(conn, base)
             self._sync(force=True)
             old_path.unlink(missing_ok=True)
+            old_journal.unlink(missing_ok=True)
             fsync_dir(self.directory)
             return dead
 
     def _writable(self, what: str) -> None:
         self._live(refresh=False)
         if self.mode != "a":
-            raise StoreError(f'cannot {what}: the code store {self.directory} is open '
-                             'read-only; open it with mode="a"')
+            raise StoreError(f"cannot {what}: the code store {self.directory} is open "
+                             "read-only (only `cvahash index`, `update apply` and the daemon "
+                             "write to a store)")
 
     # ------------------------------------------------------------------ integrity
     def check(self) -> dict:
