@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 
 from ..errors import StoreCorrupt
 from .format import META_FILE
@@ -23,8 +24,8 @@ from .journal import (
     segment_entry,
     write_journal,
 )
-from .metadata import Segments
-from .replay import apply_record
+from .metadata import MetadataCorrupt, Segments
+from .replay import apply_record, new_database, state_of
 
 log = logging.getLogger(__name__)
 
@@ -239,3 +240,50 @@ class StoreIntegrity:
             f"{' and more' if len(bad) > 1 else ''}"
             f"{', recordings ' + ', '.join(names[:5]) if names else ''}); "
             f"{advice(self.directory)}")
+
+    def _check_journal(self) -> None:
+        """check(): the journal rebuilds exactly this metadata, and every code row
+        matches its checksum."""
+        j = self._journal
+        if j is None:
+            return
+        entries = list(scan(j.read()))
+        mem = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            for n, e in enumerate(entries):
+                r = e.record
+                if r is None:
+                    if any(x.record is not None and x.record["v"] <= self._version
+                           for x in entries[n:]) or n == 0:
+                        raise StoreCorrupt(f"the journal {j.path} is damaged at byte "
+                                           f"{e.offset}; {advice(self.directory)}")
+                    break
+                if r["v"] > self._version:
+                    break
+                try:
+                    if n == 0:
+                        if r["kind"] != "base":
+                            raise MetadataCorrupt("it does not start with a base record")
+                        new_database(mem, r, self.store_id, self.bits, self.fingerprint, 0.0)
+                    else:
+                        mem.execute("BEGIN")
+                        apply_record(mem, r)
+                        mem.execute("COMMIT")
+                except (MetadataCorrupt, sqlite3.Error, KeyError, TypeError, ValueError) as x:
+                    raise StoreCorrupt(f"the journal {j.path} cannot be replayed at byte "
+                                       f"{e.offset} ({x}); {advice(self.directory)}") from None
+            with self._snapshot():
+                ours = state_of(self._conn)
+            theirs = state_of(mem)
+        finally:
+            mem.close()
+        for key in ours:
+            if ours[key] != theirs[key]:
+                what = key
+                if isinstance(ours[key], list):
+                    diff = [a for a, b in zip(ours[key], theirs[key], strict=False) if a != b]
+                    what += f" (first difference: {diff[0] if diff else 'count'})"
+                raise StoreCorrupt(f"{self.directory / META_FILE} differs from its journal "
+                                   f"{j.path} in {what}; {advice(self.directory)}")
+        self._verified_rows, self._verify_pos = 0, 0
+        self._verify_codes()

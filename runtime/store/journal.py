@@ -50,7 +50,7 @@ MAGIC = b"CVJ1"
 _HEAD = struct.Struct("<4sI")
 _TAIL = struct.Struct("<II")
 OVERHEAD = _HEAD.size + _TAIL.size
-BLOCK_ROWS = 1024
+BLOCK_ROWS = 16
 MAX_PAYLOAD = 256 << 20
 
 

@@ -110,7 +110,8 @@ class StoreUpkeep:
     # ------------------------------------------------------------------ integrity
     def check(self) -> dict:
         """Verify the whole store (SQLite integrity, header, file length, metadata
-        checksums and layout); return ``stats()`` or raise StoreCorrupt."""
+        checksums and layout, the journal rebuilding exactly this metadata, every code
+        row's checksum); return ``stats()`` or raise StoreCorrupt."""
         with self._lock:
             self._live(refresh=False)
             try:
@@ -136,5 +137,6 @@ class StoreUpkeep:
             if rows < self._committed:
                 raise StoreCorrupt(f"the code file {path} holds {rows} rows, "
                                    f"{self._committed} committed")
+            self._check_journal()
             return self.stats()
 
