@@ -166,8 +166,11 @@ class StoreAppending:
         with self._lock:
             self._live(refresh=False)
             with self._snapshot():
-                return self._conn.execute("SELECT 1 FROM tags WHERE tag = ?",
-                                          (tag,)).fetchone() is not None
+                found = self._conn.execute("SELECT 1 FROM tags WHERE tag = ?",
+                                           (tag,)).fetchone() is not None
+                if not found:
+                    self._check_tags()
+                return found
 
     def has_recording(self, path: str, content_hash: str = "") -> bool:
         """Whether committed windows of this recording (same path and content hash) exist."""

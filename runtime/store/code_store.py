@@ -116,7 +116,7 @@ from .format import (
     fsync_dir,
     write_new_code_file,
 )
-from .integrity import StoreIntegrity, advice
+from .integrity import JournalAhead, StoreIntegrity, advice
 from .interface import CodeStorage
 from .journal import block_crcs, journal_name, write_journal
 from .metadata import (
@@ -138,6 +138,25 @@ __all__ = ["CodeStore", "Hit", "Recording", "Segment", "Window"]
 
 log = logging.getLogger(__name__)
 
+
+
+def sqlite_file_problem(path: Path) -> str | None:
+    """What is wrong with a SQLite file's size by its own header (a cut file whose lost
+    pages SQLite would read as empty tables), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        return f"cannot be read ({e})"
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+        return "is not a SQLite database (damaged header)"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big")
+    if head[24:28] == head[92:96] and pages and size < pages * page:
+        return f"is {size} bytes, shorter than the {pages} pages of {page} bytes it holds (cut)"
+    return None
 
 
 def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
@@ -206,11 +225,14 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
     @classmethod
     def open(cls, directory, mode: str = "r", *, fingerprint: str | None = None,
              bits: int | None = None, commit_every_windows: int = 1,
-             commit_every_s: float = 300.0) -> CodeStore:
+             commit_every_s: float = 300.0, finish_commits: bool = True) -> CodeStore:
         """Open a store for reading (``"r"``) or appending (``"a"``, one writer at a time).
 
         ``fingerprint`` / ``bits``: refuse (FingerprintMismatch) a store made with another
         bundle. ``commit_every_windows`` / ``commit_every_s``: append batching (mode "a").
+        ``finish_commits``: when no writer is running and the journal holds commits the
+        metadata lacks (a writer cut mid-commit, a lost WAL), a reader first takes them
+        (as a writer would on open); False refuses instead (``cvahash check``).
         """
         if mode not in ("r", "a"):
             raise InvalidArgument(f'mode must be "r" or "a", got {mode!r}')
@@ -224,6 +246,17 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
         try:
             store._open()
             store.require(fingerprint, bits)
+        except JournalAhead:
+            store._release()
+            if mode != "r" or not finish_commits:
+                raise
+            try:
+                cls.open(directory, "a").close()
+            except StoreError as e:
+                raise StoreCorrupt(f"{e} (while taking the commits the journal of "
+                                   f"{directory} holds beyond its metadata)") from e
+            return cls.open(directory, mode, fingerprint=fingerprint, bits=bits,
+                            finish_commits=False)
         except BaseException:
             store._release()
             raise
@@ -259,8 +292,14 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
     def _open(self) -> None:
         d = self.directory
         if not (d / META_FILE).is_file():
-            raise StoreError(f"{d} is not a code store (no {META_FILE}); create one with "
-                             "CodeStore.create or check the [store] path")
+            if d.is_dir() and any(d.glob("journal-*.bin")):
+                raise StoreCorrupt(f"the metadata file {d / META_FILE} of the code store {d} "
+                                   f"is missing; {advice(d)}")
+            raise StoreError(f"{d} is not a code store (no {META_FILE}); `cvahash index "
+                             "--db DIR` creates one, or check the [store] path")
+        problem = sqlite_file_problem(d / META_FILE)
+        if problem:
+            raise StoreCorrupt(f"the metadata file {d / META_FILE} {problem}; {advice(d)}")
         if self.mode == "a":
             self._take_writer_lock()
         with sql_errors(d / META_FILE, "open the store"):

@@ -32,9 +32,9 @@ class CodeFile:
             self.fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
         except FileNotFoundError:
             raise CodeFileMissing(f"the code file {self.path} is missing; the store cannot be "
-                                  "read without it: run `cvahash check --db "
-                                  f"{directory}` to see what is left, and restore the file "
-                                  "from a backup") from None
+                                  "read without it: restore the file from a backup, or run "
+                                  f"`cvahash repair --db {directory}` to list the windows "
+                                  "lost and let `cvahash index` re-do them") from None
         self._mm: mmap.mmap | None = None
         self._mm_rows = 0
 

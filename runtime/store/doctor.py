@@ -66,7 +66,7 @@ def diagnose(directory) -> Diagnosis:
 
     d = Diagnosis(Path(directory))
     try:
-        with CodeStore.open(directory, "r") as store:
+        with CodeStore.open(directory, "r", finish_commits=False) as store:
             d.stats = store.check()
     except StoreError as e:             # StoreCorrupt included
         d.problems.append(str(e))
@@ -234,9 +234,9 @@ def _rebuild(d: Path, report: RepairReport) -> None:
         raise StoreError(f"{d} holds no code file and no journal: nothing to repair")
     code_path = d / code_file_name(generation)
     if not code_path.exists():
-        raise StoreCorrupt(f"the code file {code_path} is missing: no window can be kept. "
-                           f"Restore it from a backup, or index the recordings again into a "
-                           f"new store")
+        report.notes.append(f"the code file {code_path.name} was missing: every window is "
+                            "lost (restore it from a backup instead, if there is one)")
+        code_path.write_bytes(b"")
     jpath = d / journal_name(generation)
     entries = list(scan(jpath.read_bytes())) if jpath.exists() else []
     records = [e.record for e in entries if e.record is not None]
@@ -262,8 +262,8 @@ def _rebuild(d: Path, report: RepairReport) -> None:
                            f"{d} says which bundle made it; restore from a backup")
     nbytes = (identity["bits"] + 7) // 8
     file_rows = max(0, len(raw) - HEADER_SIZE) // nbytes
-    codes = np.frombuffer(raw, np.uint8, file_rows * nbytes, HEADER_SIZE).reshape(
-        file_rows, nbytes)
+    codes = np.frombuffer(raw[HEADER_SIZE:HEADER_SIZE + file_rows * nbytes],
+                          np.uint8).reshape(file_rows, nbytes)
 
     trailing_only = not damaged or (len(damaged) == 1 and damaged[0] is entries[-1])
     db_version = db["info"]["version"] if db is not None else -1

@@ -8,12 +8,13 @@ A mixin of ``cvahash.store.code_store.CodeStore``; the offline diagnosis and reb
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
 
 from ..errors import StoreCorrupt
-from .format import META_FILE
+from .format import LOCK_FILE, META_FILE
 from .journal import (
     Journal,
     bad_blocks,
@@ -25,9 +26,28 @@ from .journal import (
     write_journal,
 )
 from .metadata import MetadataCorrupt, Segments
-from .replay import apply_record, new_database, state_of
+from .replay import apply_record, new_database, state_of, tags_crc
 
 log = logging.getLogger(__name__)
+
+
+class JournalAhead(StoreCorrupt):
+    """The journal holds commits the metadata lacks and no writer is running."""
+
+
+def writer_running(directory) -> bool:
+    """Whether a process holds the store's writer lock."""
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def advice(directory) -> str:
@@ -97,13 +117,15 @@ class StoreIntegrity:
                                    f"{advice(self.directory)}")
             expect += 1
         if self.mode == "r":
-            if len(records) > 1:
-                raise StoreCorrupt(
-                    f"the metadata {self.directory / META_FILE} lacks the last "
-                    f"{len(records)} commits its journal holds (a lost or rolled-back WAL); "
-                    f"open the store for writing once (e.g. `cvahash index`) to roll them "
-                    f"forward, or {advice(self.directory)}")
-            return
+            if not records:
+                return
+            if len(records) == 1 and writer_running(self.directory):
+                return          # a writer between its journal and its SQLite commit
+            raise JournalAhead(
+                f"the metadata {self.directory / META_FILE} lacks the last "
+                f"{len(records)} commit(s) its journal holds (a writer was cut mid-commit, "
+                f"or the WAL was lost); the next `cvahash index` takes them, or "
+                f"{advice(self.directory)}")
         # writer: roll forward what the journal holds beyond the metadata
         keep = []
         for n, e in enumerate(records):
@@ -287,3 +309,11 @@ class StoreIntegrity:
                                    f"{j.path} in {what}; {advice(self.directory)}")
         self._verified_rows, self._verify_pos = 0, 0
         self._verify_codes()
+
+    def _check_tags(self) -> None:
+        """The tags table is whole (inside the caller's snapshot)."""
+        row = self._conn.execute("SELECT value FROM store_info WHERE key = 'tags_crc'"
+                                 ).fetchone()
+        if row is not None and row[0] != tags_crc(self._conn):
+            raise StoreCorrupt(f"the tags of {self.directory / META_FILE} (applied update "
+                               f"batches) fail their checksum; {advice(self.directory)}")

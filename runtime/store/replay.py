@@ -9,6 +9,7 @@ rebuilt from the journal is the database the commits made (up to recording ids).
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from dataclasses import replace
 
 from ..errors import CvahashError
@@ -107,6 +108,14 @@ def merge_segments(last: Segment | None, segs: list[Segment]) -> list[Segment]:
     return merged
 
 
+def tags_crc(conn: sqlite3.Connection) -> int:
+    """CRC32 over every tags row (kept in store_info, checked when a tag is not found, so
+    that a lost or altered tags row cannot make a batch look unapplied)."""
+    rows = sorted(conn.execute("SELECT tag, applied_utc, first_row, n_rows FROM tags"),
+                  key=repr)
+    return zlib.crc32(repr(rows).encode("utf-8", "surrogatepass"))
+
+
 def decode_segments(entries) -> list[Segment]:
     try:
         return [entry_segment(e) for e in entries]
@@ -176,6 +185,9 @@ def apply_record(conn: sqlite3.Connection, record: dict) -> None:
     del forgotten
     _set(conn, committed_rows=record["rows"], forgotten_rows=record["forgotten"],
          version=record["v"])
+    if kind == "base" or record.get("tag") is not None:
+        conn.execute("INSERT OR REPLACE INTO store_info VALUES ('tags_crc', ?)",
+                     (tags_crc(conn),))
     if layout:
         conn.execute("UPDATE store_info SET value = value + 1 WHERE key = 'layout'")
 

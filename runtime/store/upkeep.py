@@ -127,6 +127,7 @@ class StoreUpkeep:
                 t.validate(self._committed, self._forgotten)
                 self._check_segment_totals(self._conn, {"committed_rows": self._committed,
                                                         "forgotten_rows": self._forgotten})
+                self._check_tags()
                 ids = set(self._recordings.fetch(self._conn))
                 if not set(t.rec_id.tolist()) <= ids:
                     raise MetadataCorrupt("a segment points at a recording that does not "
