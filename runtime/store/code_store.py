@@ -2,33 +2,51 @@
 
 A store is a directory::
 
-    codes-000000.bin   128-byte header + fixed-size code rows (see store_format), mmapped
-    meta.sqlite        metadata in SQLite (WAL): recordings, segments, tags (see store_meta)
+    codes-000000.bin   128-byte header + fixed-size code rows (see store.format), mmapped
+    journal-000000.bin every commit again, checksummed, with code-row CRC32s (store.journal)
+    meta.sqlite        metadata in SQLite (WAL): recordings, segments, tags (store.metadata)
     writer.lock        flock()ed by the one process that may write
 
+The parts: ``codefile.CodeFile`` (the open code file), ``journal.Journal``,
+``metadata`` (schema, checked reads, ``write_transaction``), ``replay.apply_record``
+(the one function that changes the metadata, for commits and for rebuilds); this class
+binds them, and its methods are grouped in ``append`` (writing), ``scan`` (reading),
+``upkeep`` (retention, check) and ``integrity`` (journal checks on open and on read).
+
 Data model. Row r of the code file is one window of audio. Windows are described by
-*segments* (store_types.Segment): n consecutive rows from one recording on a regular
+*segments* (records.Segment): n consecutive rows from one recording on a regular
 hop, so a recording or a capture run costs one metadata row; irregular windows are
-one-row segments. ``append`` extends the last segment when new windows continue its
+one-row segments. A commit extends the last segment when new windows continue its
 grid, so a daemon appending a few windows at a time still writes one segment per run.
-Every API hands out per-window metadata (store_types.Window / Hit). Times are UTC
-epoch seconds (float); aware datetimes are accepted as input.
+Every API hands out per-window metadata (records.Window / Hit). Times are UTC
+epoch seconds (float); aware datetimes are accepted as input; times a store keeps
+(capture and start times) must lie in 1970..2200.
 
 Commit protocol (why a power cut at any instant is safe):
-  1. the new code rows are written after the last committed row and fdatasync()ed;
-  2. one SQLite transaction (synchronous=FULL) records recordings, segments, tags and
-     the new ``committed_rows``.
-SQLite's committed_rows is the truth. A cut before 2 leaves an uncommitted tail in the
-code file that readers never look at and the next writer truncates. A code file
-*shorter* than committed_rows (a card that lost data) is repaired when opened in "a"
-mode: segments and tags beyond the rows the file holds are dropped, with a logged
-warning; mode "r" refuses it (StoreCorrupt) and says to open it for appending once.
-A damaged header or a database SQLite cannot read is refused on open with
-StoreCorrupt. Every metadata row carries a check value that is verified whenever the
-row is read (filters, hits, iter_segments), so a flipped byte is refused at that moment
-rather than returned; ``check()`` verifies everything at once (SQLite's integrity check,
-every row, and that segments plus forgotten rows account for every committed row).
-Opening reads only store_info and the header, so it costs the same for any size.
+  1. the new code rows are written after the last committed row, and the commit's
+     journal record (rows, block CRC32s, segments, tag) after the journal's last
+     record; both are fdatasync()ed;
+  2. one SQLite transaction (synchronous=FULL) applies the same record: recordings,
+     segments, tags and the new ``committed_rows`` (and store_info's check value).
+The committed row count is kept twice (SQLite and the last journal record) and
+cross-checked on every open. A cut before 2 leaves a journal record the metadata
+lacks: the next open (a writer, or a reader when no writer runs) takes it after its
+code rows pass their CRC32s, or drops it if they never fully reached the card; the
+same happens to several records when the metadata lost its WAL. Bytes past the
+committed rows are an uncommitted tail that readers never look at and the next writer
+truncates. A code file *shorter* than committed_rows (a card that lost data) is
+recovered when opened in "a" mode (segments and tags beyond the rows the file holds
+are dropped, with a logged warning); mode "r" refuses it and names ``cvahash check``
+and ``cvahash repair`` (which also retires the cut recording so that ``index`` re-does
+it). A damaged header, a cut SQLite file or one SQLite cannot read is refused on open
+with StoreCorrupt. Every metadata row carries a check value that is verified whenever
+the row is read (filters, hits, iter_segments), so a flipped byte is refused at that
+moment rather than returned; code rows are verified against their journal CRC32s the
+first time a process reads them (then only new rows); ``check()`` verifies everything
+at once (SQLite's integrity check, every row, the journal replayed and compared with
+the metadata, every code row). Opening reads store_info, the header and the journal's
+last record, so it costs the same for any size. The WAL is checkpointed at least
+every minute while committing and on close.
 
 Durability promise. ``append`` buffers in memory and commits when the buffer holds
 ``commit_every_windows`` windows, when the oldest buffered window is
@@ -55,7 +73,9 @@ tag in the same transaction as the rows; ``has_tag`` says whether it was applied
 second append with the same tag changes nothing.
 
 Schema upgrades are explicit: a store with an older schema is refused with a message
-naming ``CodeStore.migrate(dir)``; a newer one asks for a newer cvahash.
+naming ``CodeStore.migrate(dir)``; a newer one asks for a newer cvahash. A store made
+before journals gets one the first time a writer opens it (its current state as a base
+record; nothing else changes).
 
 API at a glance (types in cvahash.store.records, re-exported here)::
 

@@ -4,7 +4,9 @@ Tables (schema version 1)::
 
     store_info(key, value)            schema_version, store_id, bits, fingerprint,
                                       generation, committed_rows, forgotten_rows,
-                                      max_span_s, version, layout, created_utc
+                                      max_span_s, version, layout, created_utc,
+                                      journal (1: the store keeps a journal),
+                                      tags_crc, info_crc (check values, below)
     recordings(id, path, content_hash, station, start_utc, sample_rate, duration_s, crc)
     segments(first_row, n_rows, recording, first_offset_s, hop_s, length_s,
              capture_start_utc, clock_source, crc)
@@ -19,7 +21,10 @@ time) of any segment, so a time filter reads only the segments the capture-time 
 puts near the interval. Nothing is loaded whole on open: queries fetch the segments
 a filter or a hit needs. Each recording row carries a CRC32 and each segment row a
 63-bit check value of its fields, verified whenever a row is read, so a flipped byte
-in the database is refused instead of returning wrong metadata.
+in the database is refused instead of returning wrong metadata. ``info_crc`` covers
+every other store_info value (refreshed by ``write_transaction``, checked on every read
+of the store's state), ``tags_crc`` every tags row (checked when a tag is not found).
+Stores made before these keys existed are read without them.
 """
 
 from __future__ import annotations
