@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FingerprintMismatch, InvalidArgument, InvalidCodes, StoreError
-from .journal import block_crcs, segment_entry
+from .journal import block_sums, rows_crc, segment_entry
 from .records import Recording, Segment, Window
 from .replay import apply_record
 
@@ -133,7 +133,7 @@ class StoreAppending:
         first = self._committed
         record = {"kind": "append", "v": self._version + 1, "rows": first + n,
                   "forgotten": self._forgotten, "first": first, "n": n,
-                  "crcs": block_crcs(rows),
+                  "sums": block_sums(rows, first), "crc": rows_crc(rows),
                   "segs": [segment_entry(g) for g in self._pending_segs],
                   "tag": None if tag is None else [tag, time.time(), tag_first]}
         try:

@@ -3,7 +3,7 @@
 A store is a directory::
 
     codes-000000.bin   128-byte header + fixed-size code rows (see store.format), mmapped
-    journal-000000.bin every commit again, checksummed, with code-row CRC32s (store.journal)
+    journal-000000.bin every commit again, checksummed, with code-row check values
     meta.sqlite        metadata in SQLite (WAL): recordings, segments, tags (store.metadata)
     writer.lock        flock()ed by the one process that may write
 
@@ -24,14 +24,14 @@ epoch seconds (float); aware datetimes are accepted as input; times a store keep
 
 Commit protocol (why a power cut at any instant is safe):
   1. the new code rows are written after the last committed row, and the commit's
-     journal record (rows, block CRC32s, segments, tag) after the journal's last
+     journal record (rows, block check values, segments, tag) after the journal's last
      record; both are fdatasync()ed;
   2. one SQLite transaction (synchronous=FULL) applies the same record: recordings,
      segments, tags and the new ``committed_rows`` (and store_info's check value).
 The committed row count is kept twice (SQLite and the last journal record) and
 cross-checked on every open. A cut before 2 leaves a journal record the metadata
 lacks: the next open (a writer, or a reader when no writer runs) takes it after its
-code rows pass their CRC32s, or drops it if they never fully reached the card; the
+code rows pass their check values, or drops it if they never fully reached the card; the
 same happens to several records when the metadata lost its WAL. Bytes past the
 committed rows are an uncommitted tail that readers never look at and the next writer
 truncates. A code file *shorter* than committed_rows (a card that lost data) is
@@ -41,7 +41,7 @@ and ``cvahash repair`` (which also retires the cut recording so that ``index`` r
 it). A damaged header, a cut SQLite file or one SQLite cannot read is refused on open
 with StoreCorrupt. Every metadata row carries a check value that is verified whenever
 the row is read (filters, hits, iter_segments), so a flipped byte is refused at that
-moment rather than returned; code rows are verified against their journal CRC32s the
+moment rather than returned; code rows are verified against their journal check values the
 first time a process reads them (then only new rows); ``check()`` verifies everything
 at once (SQLite's integrity check, every row, the journal replayed and compared with
 the metadata, every code row). Opening reads store_info, the header and the journal's
@@ -138,7 +138,7 @@ from .format import (
 )
 from .integrity import JournalAhead, StoreIntegrity, advice
 from .interface import CodeStorage
-from .journal import block_crcs, journal_name, write_journal
+from .journal import block_sums, journal_name, rows_crc, write_journal
 from .metadata import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -225,7 +225,7 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
         write_new_code_file(tmp / code_file_name(0), header)
         base = {"kind": "base", "v": 0, "rows": 0, "forgotten": 0, "generation": 0,
                 "max_span_s": 0.0, "bits": int(bits), "fingerprint": fingerprint,
-                "store_id": store_id.hex, "segs": [], "tags": [], "crcs": []}
+                "store_id": store_id.hex, "segs": [], "tags": [], "sums": ""}
         write_journal(tmp / journal_name(0), [base])
         conn = sqlite3.connect(tmp / META_FILE, isolation_level=None)
         try:
@@ -519,7 +519,8 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
         lost = self._committed - rows
         base = self._base_record(self._version + 1, keep_rows=rows)
         self._verified_rows = 0
-        base["crcs"] = block_crcs(self._view(rows))
+        base["sums"] = block_sums(self._view(rows), 0)
+        base["crc"] = rows_crc(self._view(rows))
         self._write_base(base)
         with self._write_transaction("drop the lost rows' metadata") as conn:
             apply_record(conn, base)

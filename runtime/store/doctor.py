@@ -38,7 +38,15 @@ from .format import (
     code_file_name,
     fsync_dir,
 )
-from .journal import bad_blocks, block_crcs, journal_name, scan, segment_entry, write_journal
+from .journal import (
+    bad_blocks,
+    block_sums,
+    journal_name,
+    rows_crc,
+    scan,
+    segment_entry,
+    write_journal,
+)
 from .metadata import (
     MetadataCorrupt,
     RecordingCache,
@@ -291,7 +299,7 @@ def _rebuild(d: Path, report: RepairReport) -> None:
         if r["kind"] == "base" and r is not records[0] and report.source == "journal":
             continue
         first, n = (0, r["rows"]) if r["kind"] == "base" else (r["first"], r["n"])
-        for s, e in bad_blocks(codes, first, n, r.get("crcs", [])):
+        for s, e in bad_blocks(codes, first, n, r.get("sums", ""), r.get("crc")):
             bad[s:e] = True
     # recordings with a lost window are retired whole; so are tagged batches
     lost_keys: dict = {}
@@ -326,7 +334,7 @@ def _rebuild(d: Path, report: RepairReport) -> None:
     base = {"kind": "base", "v": version, "rows": committed, "forgotten": committed - live,
             "generation": generation, "max_span_s": float(info.get("max_span_s", 0.0)),
             **identity, "segs": [segment_entry(s) for s in kept], "tags": keep_tags,
-            "crcs": block_crcs(codes[:committed])}
+            "sums": block_sums(codes[:committed], 0), "crc": rows_crc(codes[:committed])}
     _write(d, generation, code_path, header, identity, committed, nbytes, base,
            db["info"].get("created_utc", time.time()) if db is not None else time.time())
 

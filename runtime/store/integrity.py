@@ -14,13 +14,15 @@ import os
 import sqlite3
 
 from ..errors import StoreCorrupt
+from .codefile import CodeFileMissing
 from .format import LOCK_FILE, META_FILE
 from .journal import (
     Journal,
     bad_blocks,
-    block_crcs,
+    block_sums,
     encode,
     journal_name,
+    rows_crc,
     scan,
     segment_entry,
     write_journal,
@@ -68,8 +70,10 @@ class StoreIntegrity:
             self._journal = Journal(path, writable=self.mode == "a")
         except FileNotFoundError:
             if info.get("journal"):
-                raise StoreCorrupt(f"the journal {path} is missing, so the code rows cannot "
-                                   f"be verified; {advice(self.directory)}") from None
+                # CodeFileMissing: a reader retries with a newer snapshot (compact() may
+                # have switched files under it)
+                raise CodeFileMissing(f"the journal {path} is missing, so the code rows "
+                                      f"cannot be verified; {advice(self.directory)}") from None
             return              # a store made before journals: upgraded on open in "a"
         self._journal.end = os.fstat(self._journal.fd).st_size
 
@@ -132,7 +136,7 @@ class StoreIntegrity:
             r = e.record
             if r["kind"] == "append" and bad_blocks(self._file.view(min(
                     self._file.rows_and_size()[0], r["first"] + r["n"])), r["first"], r["n"],
-                    r.get("crcs", [])):
+                    r.get("sums", ""), r.get("crc")):
                 if n == len(records) - 1:
                     break       # the commit that was cut: its rows never fully reached disk
                 raise StoreCorrupt(f"the code rows of journal version {r['v']} fail their "
@@ -163,7 +167,8 @@ class StoreIntegrity:
     def _start_journal(self) -> None:
         """Give a store made before journals one (its current state as a base record)."""
         base = self._base_record(self._version)
-        base["crcs"] = block_crcs(self._view(self._committed))
+        base["sums"] = block_sums(self._view(self._committed), 0)
+        base["crc"] = rows_crc(self._view(self._committed))
         self._write_base(base)
         with self._write_transaction("record the new journal") as conn:
             conn.execute("INSERT OR REPLACE INTO store_info VALUES ('journal', 1)")
@@ -172,7 +177,7 @@ class StoreIntegrity:
 
     def _base_record(self, version: int, keep_rows: int | None = None,
                      renumber: bool = False, generation: int | None = None) -> dict:
-        """The committed state as a journal base record (crcs left empty)."""
+        """The committed state as a journal base record (sums left empty)."""
         conn = self._conn
         with self._snapshot():
             t = Segments.fetch(conn)
@@ -204,7 +209,7 @@ class StoreIntegrity:
                 "generation": self._generation if generation is None else generation,
                 "max_span_s": self._max_span, "bits": self.bits,
                 "fingerprint": self.fingerprint, "store_id": self.store_id,
-                "segs": [segment_entry(s) for s in segs], "tags": tags, "crcs": []}
+                "segs": [segment_entry(s) for s in segs], "tags": tags, "sums": ""}
 
     def _write_base(self, base: dict) -> None:
         """Replace the journal of ``base``'s generation by this one record."""
@@ -225,7 +230,7 @@ class StoreIntegrity:
 
     # ------------------------------------------------------------------ verification
     def _verify_codes(self) -> None:
-        """Check the CRC32s of committed code rows this object has not checked yet."""
+        """Check the check values of committed code rows this object has not checked yet."""
         j = self._journal
         if j is None or self._verified_rows >= self._committed:
             return
@@ -240,7 +245,7 @@ class StoreIntegrity:
                 break
             if r["kind"] != "forget":
                 first, n = (0, r["rows"]) if r["kind"] == "base" else (r["first"], r["n"])
-                bad = bad_blocks(codes, first, n, r.get("crcs", []))
+                bad = bad_blocks(codes, first, n, r.get("sums", ""), r.get("crc"))
                 if bad:
                     self._raise_bad_rows(bad)
             self._verify_pos += e.end - e.offset

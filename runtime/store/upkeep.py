@@ -17,7 +17,7 @@ from .format import (
     fsync_dir,
     write_new_code_file,
 )
-from .journal import block_crcs, journal_name, write_journal
+from .journal import block_sums, journal_name, rows_crc, write_journal
 from .metadata import MetadataCorrupt, Segments
 from .records import Recording
 from .replay import apply_record
@@ -82,7 +82,8 @@ class StoreUpkeep:
                                   [np.zeros(0, np.int64)])
             kept = codes[keep]
             base = self._base_record(self._version + 1, renumber=True, generation=gen)
-            base["crcs"] = block_crcs(kept)
+            base["sums"] = block_sums(kept, 0)
+            base["crc"] = rows_crc(kept)
             new_codes = self.directory / code_file_name(gen)
             try:
                 write_new_code_file(new_codes, header, kept)
