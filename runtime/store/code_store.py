@@ -225,7 +225,7 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
         write_new_code_file(tmp / code_file_name(0), header)
         base = {"kind": "base", "v": 0, "rows": 0, "forgotten": 0, "generation": 0,
                 "max_span_s": 0.0, "bits": int(bits), "fingerprint": fingerprint,
-                "store_id": store_id.hex, "segs": [], "tags": [], "sums": ""}
+                "store_id": store_id.hex, "segs": [], "tags": [], "sums": b""}
         write_journal(tmp / journal_name(0), [base])
         conn = sqlite3.connect(tmp / META_FILE, isolation_level=None)
         try:

@@ -299,7 +299,7 @@ def _rebuild(d: Path, report: RepairReport) -> None:
         if r["kind"] == "base" and r is not records[0] and report.source == "journal":
             continue
         first, n = (0, r["rows"]) if r["kind"] == "base" else (r["first"], r["n"])
-        for s, e in bad_blocks(codes, first, n, r.get("sums", ""), r.get("crc")):
+        for s, e in bad_blocks(codes, first, n, r.get("sums", b""), r.get("crc")):
             bad[s:e] = True
     # recordings with a lost window are retired whole; so are tagged batches
     lost_keys: dict = {}

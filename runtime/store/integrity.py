@@ -136,7 +136,7 @@ class StoreIntegrity:
             r = e.record
             if r["kind"] == "append" and bad_blocks(self._file.view(min(
                     self._file.rows_and_size()[0], r["first"] + r["n"])), r["first"], r["n"],
-                    r.get("sums", ""), r.get("crc")):
+                    r.get("sums", b""), r.get("crc")):
                 if n == len(records) - 1:
                     break       # the commit that was cut: its rows never fully reached disk
                 raise StoreCorrupt(f"the code rows of journal version {r['v']} fail their "
@@ -209,7 +209,7 @@ class StoreIntegrity:
                 "generation": self._generation if generation is None else generation,
                 "max_span_s": self._max_span, "bits": self.bits,
                 "fingerprint": self.fingerprint, "store_id": self.store_id,
-                "segs": [segment_entry(s) for s in segs], "tags": tags, "sums": ""}
+                "segs": [segment_entry(s) for s in segs], "tags": tags, "sums": b""}
 
     def _write_base(self, base: dict) -> None:
         """Replace the journal of ``base``'s generation by this one record."""
@@ -245,7 +245,7 @@ class StoreIntegrity:
                 break
             if r["kind"] != "forget":
                 first, n = (0, r["rows"]) if r["kind"] == "base" else (r["first"], r["n"])
-                bad = bad_blocks(codes, first, n, r.get("sums", ""), r.get("crc"))
+                bad = bad_blocks(codes, first, n, r.get("sums", b""), r.get("crc"))
                 if bad:
                     self._raise_bad_rows(bad)
             self._verify_pos += e.end - e.offset

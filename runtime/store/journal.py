@@ -7,7 +7,7 @@ one more, of a commit that was cut before SQLite took it). A record::
 
     magic   4s   b"CVJ1"
     length  u32  of the payload
-    payload      JSON (UTF-8): the change, see below
+    payload      JSON (UTF-8): the change, see below; a NUL; the binary ``sums``
     crc32   u32  over magic, length and payload
     length  u32  again, so the last record is found from the end of the file
 
@@ -34,7 +34,6 @@ windows whose bytes are gone (``cvahash repair``).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import struct
@@ -61,8 +60,11 @@ def journal_name(generation: int) -> str:
 
 
 def encode(record: dict) -> bytes:
-    payload = json.dumps(record, separators=(",", ":"), allow_nan=False,
-                         ensure_ascii=False).encode("utf-8", "surrogatepass")
+    """A record as bytes: JSON, then (after a NUL) its binary ``sums`` if any."""
+    sums = record.get("sums", b"")
+    text = json.dumps({k: v for k, v in record.items() if k != "sums"}, separators=(",", ":"),
+                      allow_nan=False, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    payload = text + b"\0" + bytes(sums)
     head = _HEAD.pack(MAGIC, len(payload))
     return head + payload + _TAIL.pack(zlib.crc32(payload, zlib.crc32(head)), len(payload))
 
@@ -101,10 +103,11 @@ def _block_values(codes: np.ndarray, first: int) -> np.ndarray:
                                np.arange(0, len(codes), BLOCK_ROWS), dtype=np.uint64)
 
 
-def block_sums(codes: np.ndarray, first: int) -> str:
+def block_sums(codes: np.ndarray, first: int) -> bytes:
     """Check values of rows ``first, first+1, ...`` (``codes``, uint8 (n, nbytes)) in
-    blocks of BLOCK_ROWS, as base64 of little-endian uint64s (a record's ``sums``)."""
-    return base64.b64encode(_block_values(codes, first).astype("<u8").tobytes()).decode()
+    blocks of BLOCK_ROWS, as little-endian uint64s (a record's ``sums``, stored after
+    its JSON)."""
+    return _block_values(codes, first).astype("<u8").tobytes()
 
 
 def rows_crc(codes: np.ndarray) -> int:
@@ -125,10 +128,8 @@ def bad_blocks(codes: np.ndarray, first: int, n: int, sums,
     if crc is not None and len(codes) >= first + n \
             and rows_crc(codes[first:first + n]) == crc:
         return []
-    try:
-        want = np.frombuffer(base64.b64decode(sums, validate=True), "<u8")
-    except (ValueError, TypeError):
-        want = np.zeros(0, np.uint64)
+    sums = bytes(sums or b"")
+    want = np.frombuffer(sums[:len(sums) // 8 * 8], "<u8")
     have_rows = max(0, min(n, len(codes) - first))
     nblocks = -(-n // BLOCK_ROWS)
     ok = np.zeros(nblocks, bool)
@@ -165,10 +166,13 @@ def _decode(data, pos: int) -> tuple[dict | None, int]:
     payload = bytes(data[pos + _HEAD.size:pos + _HEAD.size + n])
     if n2 != n or crc != zlib.crc32(payload, zlib.crc32(bytes(data[pos:pos + _HEAD.size]))):
         return None, 0
+    cut = payload.find(b"\0")
     try:
-        record = json.loads(payload.decode("utf-8", "surrogatepass"))
+        record = json.loads(payload[:cut].decode("utf-8", "surrogatepass"))
     except (ValueError, UnicodeError):
         return None, 0
+    if isinstance(record, dict):
+        record["sums"] = payload[cut + 1:]
     if not isinstance(record, dict) or record.get("kind") not in ("base", "append", "forget") \
             or not all(isinstance(record.get(k), int) and record[k] >= 0
                        for k in ("v", "rows", "forgotten")):
