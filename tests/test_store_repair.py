@@ -104,7 +104,8 @@ def test_flipped_code_bit_is_refused_not_answered(tmp_path, capsys):
         b = f.read(1)[0]
         f.seek(128 + 8 * 100 + 2)
         f.write(bytes([b ^ 0x20]))
-    with CodeStore.open(d) as s, pytest.raises(StoreCorrupt, match=r"rows 92-107, recordings rec-00002.wav"):
+    with CodeStore.open(d) as s, \
+            pytest.raises(StoreCorrupt, match=r"rows 92-107, recordings rec-00002.wav"):
         s.search(row_codes([5]), 3)
     rc, out = _cli(capsys, "check", "--db", str(d))
     assert rc == 1 and "fail their checksum" in out and "rec-00002.wav" in out

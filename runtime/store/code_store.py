@@ -517,7 +517,8 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
         """Keep the ``rows`` rows the code file still holds (mode "a"): a base record of
         what remains goes to the journal first, then the same change to the metadata."""
         lost = self._committed - rows
-        base = self._base_record(self._version + 1, keep_rows=rows)
+        bad = self._bad_rows(rows)
+        base = self._base_record(self._version + 1, keep_rows=rows, bad=bad)
         self._verified_rows = 0
         base["sums"] = block_sums(self._view(rows), 0)
         base["crc"] = rows_crc(self._view(rows))
@@ -525,8 +526,9 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
         with self._write_transaction("drop the lost rows' metadata") as conn:
             apply_record(conn, base)
         log.warning("code store %s: the code file lost its last %d rows (power cut or card "
-                    "fault); their metadata was dropped, %d rows remain", self.directory,
-                    lost, rows)
+                    "fault); their metadata was dropped and the recordings they belonged to "
+                    "retired (%s), so that indexing them again re-does them; %d rows remain",
+                    self.directory, lost, ", ".join(base["retired"]) or "none", rows)
         self._file.cut_to(rows)
         self._sync(force=True)
 

@@ -54,7 +54,7 @@ from .metadata import (
     info_problem,
     read_info,
 )
-from .replay import apply_record, new_database
+from .replay import apply_record, new_database, retire
 
 
 @dataclass
@@ -302,29 +302,14 @@ def _rebuild(d: Path, report: RepairReport) -> None:
         for s, e in bad_blocks(codes, first, n, r.get("sums", b""), r.get("crc")):
             bad[s:e] = True
     # recordings with a lost window are retired whole; so are tagged batches
-    lost_keys: dict = {}
     for s in segs:
         hit = np.flatnonzero(bad[s.first_row:s.first_row + s.n_rows])
         if len(hit):
-            lost_keys.setdefault(s.recording.key, 0)
             report.lost.append((s.recording.path, s.first_offset_s + hit[0] * s.hop_s,
                                 s.first_offset_s + hit[-1] * s.hop_s, len(hit)))
-    keep_tags = []
-    for t in tags:
-        if t[2] is not None and bad[t[2]:t[2] + t[3]].any():
-            report.dropped_tags.append(t[0])
-            for s in segs:
-                if s.first_row < t[2] + t[3] and s.first_row + s.n_rows > t[2]:
-                    lost_keys.setdefault(s.recording.key, 0)
-        else:
-            keep_tags.append(t)
-    kept = []
-    for s in segs:
-        if s.recording.key in lost_keys:
-            lost_keys[s.recording.key] += s.n_rows
-        else:
-            kept.append(s)
-    report.retired = [(path, n) for (path, _), n in sorted(lost_keys.items())]
+    kept, keep_tags, retired = retire(segs, tags, bad)
+    report.dropped_tags = sorted({t[0] for t in tags} - {t[0] for t in keep_tags})
+    report.retired = [(path, n) for (path, _), n in sorted(retired.items())]
     committed = min(rows, file_rows)
     if kept:
         committed = max(committed, max(s.first_row + s.n_rows for s in kept))

@@ -28,7 +28,7 @@ from .journal import (
     write_journal,
 )
 from .metadata import MetadataCorrupt, Segments
-from .replay import apply_record, new_database, state_of, tags_crc
+from .replay import apply_record, new_database, retire, state_of, tags_crc
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,32 @@ class StoreIntegrity:
         log.info("code store %s: wrote a journal for its %d rows", self.directory,
                  self._committed)
 
+    def _bad_rows(self, rows: int):
+        """Committed rows whose bytes are gone (at or past ``rows``) or fail the check
+        values of the journal: a boolean mask of length committed."""
+        import numpy as np
+
+        bad = np.zeros(self._committed, bool)
+        bad[rows:] = True
+        if self._journal is None:
+            return bad
+        codes = self._view(min(rows, self._committed))
+        for e in scan(self._journal.read()):
+            r = e.record
+            if r is None or r["v"] > self._version:
+                break
+            if r["kind"] != "forget":
+                first, n = (0, r["rows"]) if r["kind"] == "base" else (r["first"], r["n"])
+                for s, t in bad_blocks(codes, first, n, r.get("sums", b""), r.get("crc")):
+                    bad[s:t] = True
+        return bad
+
     def _base_record(self, version: int, keep_rows: int | None = None,
-                     renumber: bool = False, generation: int | None = None) -> dict:
-        """The committed state as a journal base record (sums left empty)."""
+                     renumber: bool = False, generation: int | None = None,
+                     bad=None) -> dict:
+        """The committed state as a journal base record (sums left empty). ``bad``: a
+        mask of rows whose bytes are lost; every recording with such a row is retired
+        whole (listed in the record's ``retired``), so that indexing it re-does it."""
         conn = self._conn
         with self._snapshot():
             t = Segments.fetch(conn)
@@ -187,6 +210,9 @@ class StoreIntegrity:
             tags = [list(r) for r in conn.execute(
                 "SELECT tag, applied_utc, first_row, n_rows FROM tags ORDER BY tag")]
         rows = self._committed
+        retired: dict = {}
+        if bad is not None:
+            segs, tags, retired = retire(segs, tags, bad)
         if keep_rows is not None:
             from dataclasses import replace
 
@@ -209,7 +235,8 @@ class StoreIntegrity:
                 "generation": self._generation if generation is None else generation,
                 "max_span_s": self._max_span, "bits": self.bits,
                 "fingerprint": self.fingerprint, "store_id": self.store_id,
-                "segs": [segment_entry(s) for s in segs], "tags": tags, "sums": b""}
+                "segs": [segment_entry(s) for s in segs], "tags": tags, "sums": b"",
+                "retired": sorted(path for path, _ in retired)}
 
     def _write_base(self, base: dict) -> None:
         """Replace the journal of ``base``'s generation by this one record."""

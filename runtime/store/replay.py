@@ -116,6 +116,33 @@ def tags_crc(conn: sqlite3.Connection) -> int:
     return zlib.crc32(repr(rows).encode("utf-8", "surrogatepass"))
 
 
+def retire(segs: list[Segment], tags: list, bad) -> tuple[list, list, dict]:
+    """What stays searchable when the rows ``bad`` (a boolean mask) are lost.
+
+    A recording with a lost window is retired whole, so that indexing its file again
+    re-does it without duplicates; a tagged batch (an update) with a lost or retired
+    window is forgotten with every recording in it, so that applying it again restores
+    it. Returns (kept segments, kept tags, {retired recording key: windows})."""
+    hit = {s.recording.key for s in segs if bad[s.first_row:s.first_row + s.n_rows].any()}
+    tags = list(tags)
+    while True:
+        dropped = [t for t in tags if t[2] is not None and (
+            bad[t[2]:t[2] + t[3]].any() or any(
+                s.recording.key in hit for s in segs
+                if s.first_row < t[2] + t[3] and s.first_row + s.n_rows > t[2]))]
+        if not dropped:
+            break
+        for t in dropped:
+            hit |= {s.recording.key for s in segs
+                    if s.first_row < t[2] + t[3] and s.first_row + s.n_rows > t[2]}
+        tags = [t for t in tags if t not in dropped]
+    retired: dict = {}
+    for s in segs:
+        if s.recording.key in hit:
+            retired[s.recording.key] = retired.get(s.recording.key, 0) + s.n_rows
+    return [s for s in segs if s.recording.key not in hit], tags, retired
+
+
 def decode_segments(entries) -> list[Segment]:
     try:
         return [entry_segment(e) for e in entries]
