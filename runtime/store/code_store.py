@@ -111,9 +111,12 @@ Messages name the store directory and file and say what to do.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -211,36 +214,58 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
                                   f"{MAX_FINGERPRINT} characters, got {fingerprint!r}")
         if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise StoreError(f"cannot create a code store in {directory}: it already exists "
-                             "and is not an empty directory; open it with CodeStore.open or "
-                             "choose another path")
-        # Build it under a temporary name and rename: a cut during create leaves either
-        # nothing or a complete store, never a half-made one.
-        parent = directory.parent.resolve()
-        parent.mkdir(parents=True, exist_ok=True)
+                             "and is not an empty directory; choose another --db folder")
+        # Build it under a temporary name beside it and rename: a cut during create
+        # leaves either nothing or a complete store, never a half-made one. The parent
+        # is taken lexically ("a/x/../b" is "a/b"), so the temporary folder is always
+        # where the rename puts the store.
+        directory = Path(os.path.abspath(directory))
+        parent = directory.parent
         tmp = parent / f".{directory.name}.creating-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+            cls._build(tmp, int(bits), fingerprint)
+            if directory.exists():
+                directory.rmdir()
+            os.rename(tmp, directory)
+            fsync_dir(parent)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if directory.is_dir() and (directory / META_FILE).exists():
+                raise StoreError(f"another process created the code store {directory} at the "
+                                 "same time; run the command again to add to it") from None
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreError(f"the disk holding {parent} is full: cannot create the code "
+                                 f"store {directory}; free space and try again") from None
+            raise StoreError(f"cannot create the code store {directory}: {e.strerror or e} "
+                             f"({e.filename or parent}); check the --db path and its "
+                             "permissions") from None
+        return cls.open(directory, "a", **options)
+
+    @staticmethod
+    def _build(tmp: Path, bits: int, fingerprint: str) -> None:
+        """The files of a new, empty store in the folder ``tmp``."""
         store_id = uuid.uuid4()
-        header = CodeHeader(bits=int(bits), fingerprint=fingerprint, store_id=store_id.bytes,
+        header = CodeHeader(bits=bits, fingerprint=fingerprint, store_id=store_id.bytes,
                             generation=0)
         write_new_code_file(tmp / code_file_name(0), header)
         base = {"kind": "base", "v": 0, "rows": 0, "forgotten": 0, "generation": 0,
-                "max_span_s": 0.0, "bits": int(bits), "fingerprint": fingerprint,
+                "max_span_s": 0.0, "bits": bits, "fingerprint": fingerprint,
                 "store_id": store_id.hex, "segs": [], "tags": [], "sums": b""}
         write_journal(tmp / journal_name(0), [base])
         conn = sqlite3.connect(tmp / META_FILE, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            new_database(conn, base, store_id.hex, int(bits), fingerprint, time.time())
+            new_database(conn, base, store_id.hex, bits, fingerprint, time.time())
+        except sqlite3.Error as e:
+            raise OSError(errno.ENOSPC if "full" in str(e) else errno.EIO, str(e),
+                          str(tmp / META_FILE)) from e
         finally:
             conn.close()
         (tmp / LOCK_FILE).touch()
         fsync_dir(tmp)
-        if directory.exists():
-            directory.rmdir()
-        os.rename(tmp, directory)
-        fsync_dir(parent)
-        return cls.open(directory, "a", **options)
 
     @classmethod
     def open(cls, directory, mode: str = "r", *, fingerprint: str | None = None,
@@ -266,6 +291,13 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
         try:
             store._open()
             store.require(fingerprint, bits)
+        except OSError as e:
+            store._release()
+            raise StoreError(f"cannot open the code store {directory} for "
+                             f"{'writing' if mode == 'a' else 'reading'}: "
+                             f"{e.strerror or e} ({e.filename or directory}); check the folder's "
+                             "permissions (a store on a read-only card can only be searched)"
+                             ) from None
         except JournalAhead:
             store._release()
             if mode != "r" or not finish_commits:
@@ -418,7 +450,14 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
                 yield
         finally:
             if conn.in_transaction:
-                conn.execute("COMMIT")
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error:
+                    # ending a read transaction on a damaged file may fail too; the
+                    # error being raised (if any) is the one that says what happened
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
 
     def _sync(self, force: bool = False, opening: bool = False) -> None:
         """Bring the cached committed state up to date with SQLite (cheap when unchanged).
