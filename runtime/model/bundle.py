@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InvalidArgument
+from .manifest import check_files, check_values, read_manifest_bytes
 
 __all__ = [
     "BUNDLE_FILES",
@@ -117,7 +118,7 @@ def _read_manifest(root: Path) -> dict:
         raise BundleError(f"{path}: missing; {root} is not a complete model bundle "
                           "(re-copy it or export it again)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(read_manifest_bytes(path).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: unreadable or not valid JSON ({exc}); re-copy the bundle") from exc
     if not isinstance(manifest, dict):
@@ -138,6 +139,7 @@ def _read_manifest(root: Path) -> dict:
         raise BundleError(f"{path}: key 'bits' must be a positive integer, got {bits!r}")
     if not isinstance(manifest["files"], dict):
         raise BundleError(f"{path}: key 'files' must be an object of file name -> sha256")
+    check_values(root, manifest)
     return manifest
 
 
@@ -179,6 +181,7 @@ def check_bundle(root: str | Path) -> dict:
     if manifest["fingerprint"] != expected:
         raise BundleError(f"{root / MANIFEST_NAME}: fingerprint {manifest['fingerprint']!r} does "
                           f"not match its contents ({expected}); manifest.json was edited")
+    check_files(root, manifest)
     return manifest
 
 
