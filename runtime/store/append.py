@@ -143,7 +143,8 @@ class StoreAppending:
         except OSError as e:
             self._raise_write_error(e, self._file.path)
         with self._write_transaction("commit appended rows",
-                                     f"; {n} appended rows are still buffered, flush() retries"
+                                     f"; {n} appended windows are kept in memory and written at "
+                                     "the next commit"
                                      ) as conn:
             apply_record(conn, record)
         self._journal.advance(size)
@@ -156,10 +157,11 @@ class StoreAppending:
     def _raise_write_error(self, e: OSError, path: Path):
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreError(f"the disk holding {path} is full: {self._pending_rows} appended "
-                             "rows are not stored yet (still buffered; flush() retries). Free "
-                             "space, e.g. forget old recordings and compact()") from e
-        raise StoreError(f"could not write {path}: {e}; the appended rows are still "
-                         "buffered, flush() retries") from e
+                             "windows are not stored yet (kept in memory and written at the "
+                             "next commit). Free space on it, e.g. lower the daemon's "
+                             "retention quota or move old recordings off the card") from e
+        raise StoreError(f"could not write {path}: {e.strerror or e}; the appended windows "
+                         "are kept in memory and written at the next commit") from e
 
     def has_tag(self, tag: str) -> bool:
         """Whether a tagged append with this tag was committed."""

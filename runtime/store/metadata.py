@@ -34,6 +34,7 @@ import sqlite3
 import struct
 import zlib
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -185,12 +186,14 @@ def db_failure(e: Exception, db_path, what: str, note: str = "") -> StoreError:
     # database we wrote gives back (malformed pages, undecodable text, a schema without
     # our columns, failed checksums) is damage.
     if not name.startswith(_TRANSIENT):
+        store = Path(db_path).parent
         return StoreCorrupt(f"the metadata database {db_path} is damaged ({e}) while trying "
-                            f"to {what}; restore the store from a backup or re-index the "
-                            f"recordings{note}")
+                            f"to {what}{note}; run `cvahash check --db {store}` to see what "
+                            f"is damaged and `cvahash repair --db {store}` to keep every good "
+                            "window")
     if name == "SQLITE_FULL":
         return StoreError(f"the disk holding {db_path} is full while trying to {what}; free "
-                          f"space (forget old recordings and compact()){note}")
+                          f"space on it{note}")
     return StoreError(f"could not {what} in {db_path}: {e}{note}")
 
 
