@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import BundleError
+from ..limits import MAX_CODE_BITS
 
 MAX_MANIFEST_BYTES = 1 << 20
-MAX_BITS = 8192
+MAX_BITS = MAX_CODE_BITS
 MAX_TOKENS = 4096
 MAX_N_MELS = 512
 MAX_N_FFT = 1 << 16
@@ -90,9 +91,10 @@ def check_values(root: Path, manifest: dict) -> None:
                               f"{fe.get('n_mels', 64)} mels; too large for a station")
 
 
-def check_files(root: Path, manifest: dict) -> None:
-    """Every listed file is a regular file inside the bundle; graphs keep their external
-    data inside it and output ``bits`` values (reads the graphs)."""
+def check_files(root: Path, manifest: dict, graphs=None) -> None:
+    """Every listed file is a regular file inside the bundle; the graphs named in
+    ``graphs`` (None: every .onnx file) keep their external data inside it and output
+    ``bits`` values (this reads them: callers pass the graphs they just hashed)."""
     root = Path(root)
     bits = manifest["bits"]
     real_root = root.resolve()
@@ -103,8 +105,8 @@ def check_files(root: Path, manifest: dict) -> None:
                               "link or anything else; re-copy the bundle")
         if path.resolve().parent != real_root:
             raise BundleError(f"{path}: lies outside the bundle folder")
-        if name.endswith(".onnx"):
-            _check_graph(path, real_root, bits)
+        if name.endswith(".onnx") and (graphs is None or name in graphs):
+            check_graph(path, real_root, bits)
 
 
 # ------------------------------------------------------------------ ONNX, minimally
@@ -188,7 +190,8 @@ def _graph(graph: bytes, depth: int = 0) -> tuple[list[str], list[list]]:
     return locations, outputs
 
 
-def _check_graph(path: Path, real_root: Path, bits: int) -> None:
+def check_graph(path: Path, real_root: Path, bits: int) -> None:
+    """External data only inside the bundle; output width ``bits`` (BundleError)."""
     try:
         data = path.read_bytes()
         graph = next((v for f, w, v in _fields(data) if f == 7 and w == 2), None)

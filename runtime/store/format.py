@@ -26,9 +26,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-# The files of a store directory, named here once.
-META_FILE = "meta.sqlite"
-LOCK_FILE = "writer.lock"
+from ..limits import LOCK_FILE, META_FILE  # noqa: F401 - the store's file names, once
+
 
 MAGIC = b"CVAHCODE"
 CODE_FORMAT_VERSION = 1
