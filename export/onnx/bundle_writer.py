@@ -182,6 +182,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
         torch_audio_logits,
         torch_text_logits,
     )
+    from .graph_passes import replace_cubic_resize
     from .quantize import (
         DYNAMIC_METHODS,
         STATIC_METHODS,
@@ -220,6 +221,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
                                       max_length=settings["max_length"], opset=opset)
         audio_fp32 = export_audio_graph(merged, work / AUDIO_GRAPH, n_frames=frontend.n_frames,
                                         n_mels=frontend.n_mels, opset=opset)
+        # HTSAT's bicubic frame stretch as a fixed 4-tap filter (checked against the
+        # graph's own Resize here and against PyTorch by the fp32 check below).
+        resize_taps = replace_cubic_resize(audio_fp32, probe.features[:2])
 
         ids, mask, text_feeds = _text_feeds(tokenizer, settings, probe.captions)
         text_ref = torch_text_logits(merged, ids, mask)
@@ -266,6 +270,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
             "precision": precision,
             "quantization": {"text": text_choice.to_dict(), "audio": audio_choice.to_dict(),
                              "fp32_check": fp32_check, "probe": probe_source,
+                             "graph_passes": {"audio": {"cubic_resize_as_taps": resize_taps}},
                              "probe_texts": len(probe.captions),
                              "probe_windows": len(probe.features)},
             "graphs": {"text": {"file": TEXT_GRAPH, "inputs": ["input_ids", "attention_mask"],
