@@ -85,3 +85,30 @@ def test_other_resizes_are_left_alone(tmp_path, mode, ctm, n_out, width_out):
     data = path.read_bytes()
     assert replace_cubic_resize(path, x) == 0
     assert path.read_bytes() == data
+
+
+def test_ort_optimized_graph_is_kept_when_identical(tmp_path):
+    from cvahash.export.onnx.graph_passes import save_ort_optimized
+
+    path = tmp_path / "g.onnx"
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Relu", ["a"], ["out"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", 8])], [w, b])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    feeds = [{"x": rng.standard_normal((3, 8)).astype(np.float32)} for _ in range(3)]
+    before = [_run_feed(path, f) for f in feeds]
+    assert save_ort_optimized(path, feeds)
+    assert [n.op_type for n in onnx.load(str(path)).graph.node] != ["MatMul", "Add", "Relu"]
+    for f, want in zip(feeds, before, strict=True):
+        np.testing.assert_array_equal(_run_feed(path, f), want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx"]  # no leftovers
+
+
+def _run_feed(path, feed):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]

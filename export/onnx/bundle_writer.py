@@ -182,7 +182,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
         torch_audio_logits,
         torch_text_logits,
     )
-    from .graph_passes import replace_cubic_resize
+    from .graph_passes import SAVED_ORT_LEVEL, replace_cubic_resize, save_ort_optimized
     from .quantize import (
         DYNAMIC_METHODS,
         STATIC_METHODS,
@@ -251,6 +251,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
                                           text_feeds, text_ref)
         audio_choice = choose_quantization(audio_fp32, tmp_dir / AUDIO_GRAPH, audio_methods,
                                            audio_feeds, audio_ref, calibration=calib_feeds)
+        # Fusions saved into the graphs (checked bit-identical on the probe feeds).
+        ort_saved = {"text": save_ort_optimized(tmp_dir / TEXT_GRAPH, text_feeds),
+                     "audio": save_ort_optimized(tmp_dir / AUDIO_GRAPH, audio_feeds)}
         shutil.rmtree(work)
 
         tok_src = run_dir / "tokenizer" / TOKENIZER_FILE
@@ -275,10 +278,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
                              "probe_windows": len(probe.features)},
             "graphs": {"text": {"file": TEXT_GRAPH, "inputs": ["input_ids", "attention_mask"],
                                 "output": "logits",
-                                "batch_invariant": batch_invariant(text_choice.method)},
+                                "batch_invariant": batch_invariant(text_choice.method),
+                                **({"ort_optimized": SAVED_ORT_LEVEL} if ort_saved["text"]
+                                   else {})},
                        "audio": {"file": AUDIO_GRAPH, "inputs": ["input_features"],
                                  "output": "logits",
-                                 "batch_invariant": batch_invariant(audio_choice.method)},
+                                 "batch_invariant": batch_invariant(audio_choice.method),
+                                 **({"ort_optimized": SAVED_ORT_LEVEL} if ort_saved["audio"]
+                                    else {})},
                        "opset": opset},
             "run": {"objective": config.objective, "head": config.head,
                     "lora_rank": config.lora_rank, "seed": config.seed},

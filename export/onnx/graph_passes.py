@@ -8,7 +8,14 @@ row, so the node becomes ``Gather`` (the 4 source rows of every output row), ``M
 Runtime's general cubic resampler (5-6 % of the int8 audio graph's time on one core,
 docs/benchmarks/bundle.md, run 5).
 
-The rewrite is checked before it is kept: the graph is run with the Resize's input and
+`save_ort_optimized`: ONNX Runtime's hardware-independent graph optimisations applied
+once at export and saved into the graph, so creating a session on the station skips
+them (session creation of the full-size int8 graphs: text 450 -> 271 ms, audio
+635 -> 188 ms; docs/benchmarks/bundle.md, run 5). The manifest records it
+(``graphs.ort_optimized``) and `ModelBundle` then asks ONNX Runtime only for the basic
+level (text) or the CPU-specific layout level (audio).
+
+The Resize rewrite is checked before it is kept: the graph is run with the Resize's input and
 output as extra outputs on a probe input, and the filter applied to that input must
 give that output to within `REL_TOL` of the input's largest magnitude; otherwise the
 graph is left as it was. (ONNX Runtime computes the source positions in float32, so its
@@ -141,3 +148,49 @@ def replace_cubic_resize(path: str | Path, probe_input: np.ndarray) -> int:
         onnx.checker.check_model(model)
         onnx.save(model, str(path))
     return replaced
+
+
+# ONNX Runtime's optimisation level saved into the bundle's graphs. "Extended" fusions
+# (attention, LayerNorm, Gelu, MatMul + quantisation into contrib ops) do not depend on
+# the CPU; the layout level ("all": NCHWc blocks sized for the vector width) does, so
+# the station still applies that one itself.
+SAVED_ORT_LEVEL = "extended"
+
+
+def save_ort_optimized(path: str | Path, feeds) -> bool:
+    """Rewrites ``path`` with ONNX Runtime's extended-level optimisations applied and
+    saved, so a station skips them when it creates the session (cold start); returns
+    True if kept. Kept only when the saved graph gives bit-identical logits to the
+    original on every feed dict in ``feeds`` (both run through ONNX Runtime)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    saved = path.with_name(path.stem + ".ort-extended.onnx")
+
+    def session(p: Path, level, out: Path | None = None):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        options.graph_optimization_level = level
+        if out is not None:
+            options.optimized_model_filepath = str(out)
+        return ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+
+    level = ort.GraphOptimizationLevel
+    try:
+        original = session(path, level.ORT_ENABLE_ALL)
+        session(path, level.ORT_ENABLE_EXTENDED, saved)
+        optimized = session(saved, level.ORT_ENABLE_BASIC)
+        for f in feeds:
+            a, b = original.run(None, f)[0], optimized.run(None, f)[0]
+            if a.shape != b.shape or not np.array_equal(a, b):
+                log.info("graph pass: %s optimised by ONNX Runtime differs (max %g); left "
+                         "as it is", path.name, float(np.abs(a - b).max()) if a.shape == b.shape
+                         else float("inf"))
+                return False
+        del original, optimized
+        saved.replace(path)
+        log.info("graph pass: %s saved with ONNX Runtime's extended optimisations", path.name)
+        return True
+    finally:
+        saved.unlink(missing_ok=True)
