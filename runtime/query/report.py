@@ -8,7 +8,7 @@
 - `write_clips(hits, out_dir)`: WAV snippets cut from the original recordings, with
   ``context_s`` seconds either side, at the recording's own rate and channels.
 - `write_spectrograms(hits, out_dir, params)`: a PNG per hit, the hit window's log-mel
-  (the picture the model saw), low frequencies at the bottom.
+  (the picture the model saw), drawn with axes and title by `cvahash.query.plots`.
 
 A hit whose recording is gone (audio retention deleted it, the card was swapped) or
 unreadable gets a per-hit note (`Saved.problem`); it never stops the others.
@@ -24,13 +24,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+import soundfile as sf
+import soxr
+
+from ..errors import AudioError, CvahashError
+from ..model import audio
+from . import plots
+from .results import Hit, SearchResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model.frontend import FrontendParams
-    from .search import Hit, SearchResult
 
 __all__ = [
     "Saved",
@@ -45,9 +51,6 @@ __all__ = [
     "write_spectrograms",
 ]
 
-# Spectrogram pictures: each mel band is drawn this many pixels tall, so 64 bands
-# become a 192-pixel-high picture that is easy to read next to its 1001 frames.
-MEL_ROW_PIXELS = 3
 # Capture times from these clocks are guesses (a copy resets a file's mtime); the table
 # marks them with "~".
 UNCERTAIN_CLOCKS = frozenset({"file-mtime", "unknown"})
@@ -105,24 +108,25 @@ def display_paths(paths: Sequence[str]) -> list[str]:
 def format_table(hits: Sequence[Hit]) -> str:
     """The hits as a fixed-width text table, one line per hit, with a header line."""
     header = ("rank", "distance", "recording", "start-end", "captured (UTC)", "station")
-    names = display_paths([h.recording for h in hits])
+    names = display_paths([h.path for h in hits])
     rows = [
         (
             str(h.rank),
             str(h.distance),
             name,
             format_span(h.start_s, h.end_s),
-            _iso(h.capture_time) + ("~" if h.clock_source in UNCERTAIN_CLOCKS else ""),
+            _iso(h.known_capture_time) + ("~" if h.clock_source in UNCERTAIN_CLOCKS else ""),
             h.station or "-",
         )
-        for h, name in zip(hits, names)
+        for h, name in zip(hits, names, strict=True)
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     right = {0, 1}  # numbers right-aligned
 
     def line(cells):
         return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
     return "\n".join([line(header), *(line(r) for r in rows)])
@@ -152,9 +156,6 @@ def clip_name(rank: int, recording: str, start_s: float, suffix: str = ".wav") -
 def _read_span(path: Path, start_s: float, end_s: float):
     """Frames [start_s, end_s) of a recording at its own rate, float32 [n, channels],
     plus the soundfile info; raises the cvahash AudioError for missing/damaged files."""
-    import soundfile as sf
-
-    from ..model import audio
 
     info = audio.probe(path)
     first = max(0, math.floor(start_s * info.sample_rate))
@@ -169,25 +170,25 @@ def _read_span(path: Path, start_s: float, end_s: float):
 
 
 def _gone(path: Path, why: str):
-    from ..errors import AudioError
-
     return AudioError(f"{path}: {why}")
 
 
-def _problem(hit: Hit, exc: Exception) -> str:
-    if not os.path.exists(hit.recording):
-        return f"{hit.recording}: recording no longer exists (deleted by audio retention or moved)"
+def _problem(hit: Hit, exc: Exception, origins: dict[str, str] | None = None) -> str:
+    if not os.path.exists(hit.path):
+        came = (origins or {}).get(hit.path)
+        if came is not None:
+            return f"{hit.path}: audio not on this station: it came in {came}"
+        return f"{hit.path}: recording no longer exists (deleted by audio retention or moved)"
     return str(exc)
 
 
-def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: float = 1.0) -> list[Saved]:
+def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: float = 1.0,
+                origins: dict[str, str] | None = None) -> list[Saved]:
     """Write a WAV snippet per hit into ``out_dir`` (created): the hit's span plus
     ``context_s`` either side (clipped at the file's ends), cut from the original
     recording at its own sample rate and channels, 16-bit PCM (24-bit or float when the
-    source was). Returns one `Saved` per hit, in order."""
-    import soundfile as sf
-
-    from ..errors import CvahashError
+    source was). ``origins``: recording path -> the update it came in, for hits whose
+    audio never reached this machine. Returns one `Saved` per hit, in order."""
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,62 +196,52 @@ def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: floa
     for hit in hits:
         try:
             frames, info, _ = _read_span(
-                Path(hit.recording), hit.start_s - context_s, hit.end_s + context_s
+                Path(hit.path), hit.start_s - context_s, hit.end_s + context_s
             )
             subtype = "PCM_16"
             if info.subtype in ("PCM_24", "PCM_32"):
                 subtype = "PCM_24"
             elif info.subtype in ("FLOAT", "DOUBLE"):
                 subtype = "FLOAT"
-            target = out / clip_name(hit.rank, hit.recording, hit.start_s)
+            target = out / clip_name(hit.rank, hit.path, hit.start_s)
             tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
             sf.write(str(tmp), frames, info.sample_rate, subtype=subtype, format="WAV")
             os.replace(tmp, target)
             saved.append(Saved(hit.rank, path=target))
         except (CvahashError, OSError) as e:
-            saved.append(Saved(hit.rank, problem=_problem(hit, e)))
+            saved.append(Saved(hit.rank, problem=_problem(hit, e, origins)))
     return saved
 
 
-def spectrogram_image(samples: np.ndarray, params: FrontendParams) -> np.ndarray:
-    """RGB uint8 picture of one window's log-mel: time left to right, frequency upwards."""
-    from ..model.frontend import log_mel
-    from .png import colorize
-
-    mel = log_mel(samples, params)[0, 0]  # [frames, mels]
-    picture = mel.T[::-1]  # mels as rows, highest band on top
-    top = float(picture.max())
-    # 80 dB of range below the loudest bin: quieter detail is noise floor anyway.
-    rgb = colorize(picture, vmin=top - 80.0, vmax=top)
-    return np.repeat(rgb, MEL_ROW_PIXELS, axis=0)
-
-
 def write_spectrograms(
-    hits: Sequence[Hit], out_dir: str | os.PathLike, params: FrontendParams
+    hits: Sequence[Hit], out_dir: str | os.PathLike, params: FrontendParams,
+    origins: dict[str, str] | None = None, query: str | None = None,
 ) -> list[Saved]:
     """Write ``rank_XX_<recording>_<start>.png`` per hit into ``out_dir``: the log-mel of
-    exactly the hit's window (mono, resampled to the model's rate, as indexed)."""
-    import soxr
+    exactly the hit's window (mono, resampled to the model's rate, as indexed), drawn by
+    `cvahash.query.plots` with axes, a title and a colour scale. Needs matplotlib (the
+    ``[plots]`` extra): raises MissingExtra before writing anything when it is missing."""
 
-    from ..errors import CvahashError
-    from .png import write_png
-
+    plots.require()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     saved = []
     for hit in hits:
         try:
-            frames, info, _ = _read_span(Path(hit.recording), hit.start_s, hit.end_s)
+            frames, info, _ = _read_span(Path(hit.path), hit.start_s, hit.end_s)
             if not np.isfinite(frames).all():
-                raise _gone(Path(hit.recording), "NaN or infinite samples in this window")
+                raise _gone(Path(hit.path), "NaN or infinite samples in this window")
             mono = frames.mean(axis=1, dtype=np.float32)
             if info.sample_rate != params.sample_rate:
                 mono = soxr.resample(mono, info.sample_rate, params.sample_rate, quality="HQ")
-            target = out / clip_name(hit.rank, hit.recording, hit.start_s, suffix=".png")
-            write_png(target, spectrogram_image(mono, params))
+            target = out / clip_name(hit.rank, hit.path, hit.start_s, suffix=".png")
+            title, subtitle = plots.hit_title(hit, query)
+            plots.spectrogram_png(target, mono, params, start_s=hit.start_s,
+                                  capture_time=hit.known_capture_time, title=title,
+                                  subtitle=subtitle)
             saved.append(Saved(hit.rank, path=target))
         except (CvahashError, OSError, ValueError) as e:
-            saved.append(Saved(hit.rank, problem=_problem(hit, e)))
+            saved.append(Saved(hit.rank, problem=_problem(hit, e, origins)))
     return saved
 
 
@@ -262,17 +253,6 @@ def saved_summary(kind: str, saved: Sequence[Saved], out_dir: str | os.PathLike)
     return lines
 
 
-def jsonable(value: Any) -> Any:
-    """Datetimes as ISO-8601 UTC strings, paths as strings, numpy scalars as Python."""
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _bytes(n: int) -> str:
     for unit in ("bytes", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -282,7 +262,7 @@ def _bytes(n: int) -> str:
 
 
 def format_info(info: dict) -> str:
-    """``cvahash info`` as aligned "key: value" lines (see `cvahash.query.search.store_info`)."""
+    """``cvahash info`` as aligned "key: value" lines (see `cvahash.library.library.store_info`)."""
     stations = ", ".join(f"{name} ({n} windows)" for name, n in info["stations"].items()) or "-"
     span = (f"{info['first_capture']} .. {info['last_capture_end']}"
             if info["first_capture"] else "- (empty)")
