@@ -255,9 +255,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
                                           text_feeds, text_ref)
         audio_choice = choose_quantization(audio_fp32, tmp_dir / AUDIO_GRAPH, audio_methods,
                                            audio_feeds, audio_ref, calibration=calib_feeds)
-        # Fusions saved into the graphs (checked bit-identical on the probe feeds).
-        ort_saved = {"text": save_ort_optimized(tmp_dir / TEXT_GRAPH, text_feeds),
-                     "audio": save_ort_optimized(tmp_dir / AUDIO_GRAPH, audio_feeds)}
+        # ONNX Runtime's CPU fusions saved into int8 graphs (checked bit-identical on the
+        # probe feeds). Only for int8, which runs on the CPU provider: fp16/fp32 bundles
+        # may run on a GPU provider, for which CPU fusions and casts would be wrong.
+        ort_saved = {"text": False, "audio": False}
+        if precision == "int8":
+            ort_saved = {"text": save_ort_optimized(tmp_dir / TEXT_GRAPH, text_feeds),
+                         "audio": save_ort_optimized(tmp_dir / AUDIO_GRAPH, audio_feeds)}
         shutil.rmtree(work)
 
         tok_src = run_dir / "tokenizer" / TOKENIZER_FILE

@@ -9,10 +9,11 @@ Runtime's general cubic resampler (5-6 % of the int8 audio graph's time on one c
 docs/benchmarks/bundle.md, run 5).
 
 `save_ort_optimized`: ONNX Runtime's hardware-independent graph optimisations applied
-once at export and saved into the graph, so creating a session on the station skips
+once at export and saved into int8 graphs (which run on the CPU provider; fp16/fp32
+bundles may go to a GPU provider and are left alone), so creating a session skips
 them (session creation of the full-size int8 graphs: text 450 -> 271 ms, audio
 635 -> 188 ms; docs/benchmarks/bundle.md, run 5). The manifest records it
-(``graphs.ort_optimized``) and `ModelBundle` then asks ONNX Runtime only for the basic
+(``graphs.<branch>.ort_optimized``) and `ModelBundle` then asks ONNX Runtime only for the basic
 level (text) or the CPU-specific layout level (audio).
 
 The Resize rewrite is checked before it is kept: the graph is run with the Resize's input and
