@@ -88,10 +88,7 @@ def run(args: argparse.Namespace) -> int:
         args._parser.error(why)
     # Find the files and open the bundle before the store is created or opened for
     # writing: a typo in a path or a bad bundle leaves no store behind.
-    walk_skipped = []  # dangling links, FIFOs, unreadable folders...: named, not fatal
-    files = find_recordings(args.paths, walk_skipped)
-    for s in walk_skipped:
-        print(f"skipped {s.reason}", file=sys.stderr)
+    files = find_recordings(args.paths)
     total_s, bad = _probe_all(files)
     if len(bad) == len(files):
         # Nothing here is audio: say so per file, and make no store.
@@ -112,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
             check_reindex_options(lib.store, files, station=args.station, hop_s=args.hop)
             progress = Progress(len(files), enabled=not args.quiet, total_audio_s=total_s)
             report = index_recordings(files, lib.store, lib.bundle, station=args.station or "",
-                                      hop_s=args.hop, progress=progress, stop=stop,
-                                      skipped=walk_skipped)
+                                      hop_s=args.hop, progress=progress, stop=stop)
         finally:
             signal.signal(signal.SIGINT, previous)
     for line in report.summary(list_skipped=False):

@@ -43,7 +43,6 @@ from ..errors import AudioError, CvahashError, InvalidArgument
 from ..model import audio
 from ..model.audio import iter_windows
 from ..model.frontend import log_mel
-from ..safeio import kind_of
 from ..store.records import Recording, Segment
 
 __all__ = [
@@ -331,7 +330,7 @@ def check_reindex_options(store, files: list[Path], *, station: str | None,
     apply. Raises InvalidArgument naming the option, the stored value and the files."""
     if station is None and hop_s is None:
         return
-    wanted = {str(p.resolve()): p for p in files}
+    wanted = {str(p.resolve()): p for p in files if entry_problem(p) is None}
     held = {r.path: r for r in store.recordings() if r.path in wanted}
     if not held:
         return
@@ -399,75 +398,71 @@ def held_content(store, digest: str) -> str | None:
     return _Held.of(store).by_hash.get(digest)
 
 
-def _entry_problem(path: Path) -> str | None:
-    """Why the directory entry ``path`` is no recording to read, or None (a regular file,
-    or a symlink to one)."""
+def entry_problem(path: Path) -> str | None:
+    """Why a folder entry found while indexing is not a recording to read, or None.
+
+    Each kind gets its own reason, and none stops the run: a dangling symbolic link, a
+    link loop, a FIFO (reading one would block), a device or socket, anything else that
+    is not a regular file, an unreadable file, and a folder that cannot be listed (its
+    recordings are not indexed; the rest are).
+    """
     try:
-        st = os.lstat(path)
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror or exc})"
-    if stat.S_ISLNK(st.st_mode):
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ("a dangling symbolic link (its target does not exist)" if os.path.islink(path)
+                else "it no longer exists")
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"it cannot be read ({e.strerror or e})"
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
         try:
-            st = os.stat(path)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return "is a symbolic link loop (the link points back at itself)"
-            if exc.errno == errno.ENOENT:
-                return (f"is a dangling symbolic link (its target {os.readlink(path)} does "
-                        "not exist)")
-            return f"is a symbolic link that cannot be followed ({exc.strerror or exc})"
-    if stat.S_ISREG(st.st_mode):
-        return None
-    return f"is {kind_of(st.st_mode)}, not a recording file"
+            os.listdir(path)
+        except OSError as e:
+            return (f"a folder that cannot be read ({e.strerror or e}); the recordings in it "
+                    "were not indexed")
+        return "a folder named as a file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a recording file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a recording file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a recording file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "it cannot be read (permission denied)"
+    return None
 
 
-def find_recordings(paths: Iterable[str | os.PathLike],
-                    skipped: list[Skipped] | None = None) -> list[Path]:
-    """The audio files under ``paths``, recursively, sorted, unique (the rules of
-    `cvahash.model.audio.find_audio`: audio extensions in folders, hidden names and
-    symlinked folders left out, a file named explicitly kept whatever its extension).
-
-    What cannot be a recording is left out with its own reason, appended to ``skipped``:
-    a dangling symlink, a symlink loop, a FIFO, a device, a socket, a subfolder that
-    cannot be listed; the rest is found. AudioError when a path does not exist or no
-    audio file is found at all (naming what was skipped)."""
-    paths = [Path(p) for p in paths]
-    skipped = [] if skipped is None else skipped
-    found: set[Path] = set()
-
-    def note(path: Path, reason: str) -> None:
-        skipped.append(Skipped(path, f"{path}: {reason}"))
-
+def _unreadable_folders(paths: list[Path]) -> list[Path]:
+    """Subfolders under ``paths`` that cannot be listed (os.walk skips them silently)."""
+    bad: list[Path] = []
     for p in paths:
-        if not os.path.lexists(p):
-            raise AudioError(f"{p}: no such file or folder (check the path)")
         if p.is_dir():
-            def unreadable(exc: OSError, top=p) -> None:
-                where = Path(exc.filename) if exc.filename else top
-                note(where, f"folder cannot be listed ({exc.strerror or exc}); "
-                            "fix its permissions (chmod a+rx) and index again")
+            for _root, dirs, _files in os.walk(p, onerror=lambda e: bad.append(Path(e.filename))):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+    return bad
 
-            for root, dirs, names in os.walk(p, onerror=unreadable):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in names:
-                    if not audio._is_audio_name(name):
-                        continue
-                    q = Path(root, name)
-                    if (why := _entry_problem(q)) is None:
-                        found.add(q)
-                    else:
-                        note(q, why)
-        elif (why := _entry_problem(p)) is None:
-            found.add(p)
-        else:
-            note(p, why)
-    if not found:
-        also = "".join(f"\n  {s.reason}" for s in skipped)
+
+def find_recordings(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The audio files under ``paths`` (`cvahash.model.audio.find_audio`), plus entries
+    that are not readable recordings (broken links, FIFOs, unreadable folders, ...) so
+    that indexing can name each with its reason (`entry_problem`); AudioError when a
+    path does not exist or there are no audio files at all."""
+    paths = [Path(p) for p in paths]
+    # a named path that is a broken link exists as an entry: skipped later, with a reason
+    broken = [p for p in paths if os.path.lexists(p) and not p.exists()]
+    rest = [p for p in paths if p not in broken]
+    files = audio.find_audio(rest) if rest else []
+    files = sorted({*files, *broken, *_unreadable_folders(rest)}, key=str)
+    if not files:
         raise AudioError(
             f"no audio files under {', '.join(map(str, paths))} (looked for "
-            f"{', '.join(sorted(audio.AUDIO_EXTENSIONS))}; hidden files are ignored)" + also
+            f"{', '.join(sorted(audio.AUDIO_EXTENSIONS))}; hidden files are ignored)"
         )
-    return sorted(found, key=lambda q: str(q))
+    return files
 
 
 def index_recordings(
@@ -480,21 +475,19 @@ def index_recordings(
     batch: int = BATCH_WINDOWS,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
-    skipped: Iterable[Skipped] = (),
 ) -> IndexReport:
     """Index every recording under ``paths`` into ``store`` (open for writing, bound to
     ``bundle``'s fingerprint). ``hop_s`` defaults to the window length (no overlap).
     Missing paths raise AudioError before anything is written; a folder holding no
     audio files raises AudioError too. ``stop``: when set (Ctrl-C), the run ends before
     the next batch; the file in progress is left out (nothing of it is stored) and
-    ``report.interrupted`` is True. ``skipped``: entries a caller's own
-    `find_recordings` left out, reported with the rest. Returns the `IndexReport`."""
+    ``report.interrupted`` is True. Returns the `IndexReport`."""
     params = bundle.frontend_params
     hop_s = params.max_length_s if hop_s is None else float(hop_s)
     if not (math.isfinite(hop_s) and hop_s > 0):
         raise InvalidArgument(f"--hop {hop_s:g}: the seconds between windows must be above 0")
-    report = IndexReport(skipped=list(skipped))
-    files = find_recordings(paths, report.skipped)
+    files = find_recordings(paths)
+    report = IndexReport()
     held = _Held.of(store)
     progress = progress or Progress(len(files), enabled=False)
     t0 = time.monotonic()
@@ -502,6 +495,11 @@ def index_recordings(
         if stop is not None and stop.is_set():
             report.interrupted = True
             break
+        problem = entry_problem(path)
+        if problem:
+            report.skipped.append(Skipped(path, f"{path}: {problem}"))
+            progress.note(f"skipped {path}: {problem}")
+            continue
         try:
             before = _identity(path)
             info = audio.probe(path)
@@ -512,7 +510,7 @@ def index_recordings(
                 progress.skip(info.duration_s)
                 continue
             same = held.by_hash.get(digest)
-            if same is not None:
+            if same is not None and same != key_path:
                 # The same bytes under another name (a copy, a second card reader): its
                 # windows are in the store already and would only come back twice.
                 report.already.append(path)

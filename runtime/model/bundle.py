@@ -35,10 +35,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InvalidArgument
-from ..safeio import UnsafeFile
-from . import manifest as checks
 from . import verified
 from .frontend import FrontendParams
+from .manifest import check_files, check_graph, check_values, read_manifest_bytes
 
 __all__ = [
     "BUNDLE_FILES",
@@ -118,16 +117,16 @@ def _read_manifest(root: Path) -> dict:
     if not root.is_dir():
         raise BundleError(f"{root}: not a model bundle directory (it does not exist or is a "
                           "file); make one with `cvahash export RUN_DIR --out DIR`")
-    if not os.path.lexists(path):  # anything else there is named by read_manifest_bytes
+    if not os.path.lexists(path):  # anything else there: read_manifest_bytes names it
         raise BundleError(f"{path}: missing; {root} is not a complete model bundle "
                           "(re-copy it or export it again)")
     try:
-        manifest = json.loads(checks.read_manifest_bytes(path).decode("utf-8"))
-    except UnsafeFile as exc:
-        raise BundleError(f"{exc}; re-copy the bundle") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BundleError(f"{path}: unreadable or not valid JSON ({exc}); "
-                          "re-copy the bundle") from None
+        manifest = json.loads(read_manifest_bytes(path).decode("utf-8"))
+    except RecursionError:
+        raise BundleError(f"{path}: not valid JSON (nested too deeply); re-copy the "
+                          "bundle") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable or not valid JSON ({exc}); re-copy the bundle") from exc
     if not isinstance(manifest, dict):
         raise BundleError(f"{path}: expected a JSON object at the top level")
     version = manifest.get("format_version")
@@ -146,9 +145,7 @@ def _read_manifest(root: Path) -> dict:
         raise BundleError(f"{path}: key 'bits' must be a positive integer, got {bits!r}")
     if not isinstance(manifest["files"], dict):
         raise BundleError(f"{path}: key 'files' must be an object of file name -> sha256")
-    if why := checks.manifest_problems(manifest):
-        raise BundleError(f"{path}: {why}; this manifest cannot be used (export the bundle "
-                          "again)")
+    check_values(root, manifest)
     return manifest
 
 
@@ -165,9 +162,10 @@ def _files_for(graphs) -> set[str] | None:
     return {name for g in graphs for name in GRAPH_FILES[g]}
 
 
-def _check_digest(root: Path, name: str, entry: dict, cache: bool) -> None:
+def _check_digest(root: Path, name: str, entry: dict, cache: bool) -> bool:
     """Compare a file's sha256 with the manifest's (``cache``: take a digest recorded
-    for the unchanged file instead of reading it; record a fresh match)."""
+    for the unchanged file instead of reading it; record a fresh match). Returns
+    whether the file was read (then its graph checks run too, see model.manifest)."""
     path = root / name
     digest = verified.known_digest(path) if cache else None
     fresh = digest is None
@@ -179,12 +177,7 @@ def _check_digest(root: Path, name: str, entry: dict, cache: bool) -> None:
                           "(re-copy the bundle)")
     if cache and fresh:
         verified.remember(path, digest)
-
-
-def _check_graph(root: Path, name: str, manifest: dict) -> None:
-    """A graph's external data, output width and input shape (`cvahash.model.manifest`)."""
-    if name in (TEXT_GRAPH, AUDIO_GRAPH) and (why := checks.graph_problems(root, name, manifest)):
-        raise BundleError(f"{root / name}: {why}")
+    return fresh
 
 
 def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
@@ -202,7 +195,7 @@ def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
     manifest = _read_manifest(root)
     hashed = _files_for(graphs)
     files = manifest["files"]
-    seen: dict = {}
+    read: set[str] = set()
     for name in BUNDLE_FILES:
         if name not in files:
             raise BundleError(f"{root / MANIFEST_NAME}: does not list {name}; the bundle is "
@@ -215,8 +208,6 @@ def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
                               "file name inside the bundle")
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise BundleError(f"{root / MANIFEST_NAME}: files.{name} needs a 'sha256' string")
-        if why := checks.file_problem(root, name, seen):
-            raise BundleError(f"{path}: {why}")
         if not path.is_file():
             raise BundleError(f"{path}: missing from the bundle (listed in manifest.json); "
                               "re-copy the bundle")
@@ -224,13 +215,13 @@ def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
         if size is not None and path.stat().st_size != size:
             raise BundleError(f"{path}: is {path.stat().st_size} bytes, manifest.json says "
                               f"{size}; the file is truncated or replaced (re-copy the bundle)")
-        if hashed is None or name in hashed:
-            _check_digest(root, name, entry, cache)
-            _check_graph(root, name, manifest)
+        if (hashed is None or name in hashed) and _check_digest(root, name, entry, cache):
+            read.add(name)
     expected = fingerprint_of(manifest)
     if manifest["fingerprint"] != expected:
         raise BundleError(f"{root / MANIFEST_NAME}: fingerprint {manifest['fingerprint']!r} does "
                           f"not match its contents ({expected}); manifest.json was edited")
+    check_files(root, manifest, graphs=read)
     return manifest
 
 
@@ -295,8 +286,8 @@ class ModelBundle:
         (None: hash every file now). Digests of unchanged files are reused
         (`cvahash.model.verified`), so a second cold start reads no graph twice.
         """
-        if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= 256:
-            raise InvalidArgument(f"threads must be an integer from 0 to 256, got {threads!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise InvalidArgument(f"threads must be an integer >= 0, got {threads!r}")
         root = Path(path)
         manifest = check_bundle(root, graphs=graphs, cache=True)
         return cls(root, manifest, threads=threads, providers=providers,
@@ -306,8 +297,9 @@ class ModelBundle:
         """Hash the files ``branch`` needs if `open` did not (under ``self._lock``)."""
         for name in GRAPH_FILES[branch]:
             if name in self._unverified:
-                _check_digest(self.path, name, self._manifest["files"][name], cache=True)
-                _check_graph(self.path, name, self._manifest)
+                if _check_digest(self.path, name, self._manifest["files"][name], cache=True) \
+                        and name.endswith(".onnx"):
+                    check_graph(self.path / name, self.path.resolve(), self.bits)
                 self._unverified.discard(name)
 
     # -- what the bundle is
@@ -371,6 +363,9 @@ class ModelBundle:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3  # ORT's own warnings are noise on a station
+            level = self._ort_level(branch)
+            if level is not None:
+                options.graph_optimization_level = level
             try:
                 session = ort.InferenceSession(str(self.path / name), sess_options=options,
                                                providers=providers)
@@ -386,6 +381,24 @@ class ModelBundle:
                          used[0], threads or "default")
             self._sessions[branch] = session
             return session
+
+    def _ort_level(self, branch: str):
+        """The ONNX Runtime optimisation level to ask for, or None for its default (all).
+
+        A graph the exporter saved with ONNX Runtime's extended optimisations applied
+        (``graphs.<branch>.ort_optimized == "extended"``) needs only what depends on this
+        CPU: the layout level for the audio graph (NCHWc for its convolution), the basic
+        level for the text graph, which has no convolution (re-running the fusions costs
+        180 ms of cold start on the full-size text graph and changes nothing)."""
+        import onnxruntime as ort
+
+        graphs = self._manifest.get("graphs")
+        entry = graphs.get(branch) if isinstance(graphs, dict) else None
+        if not (isinstance(entry, dict) and entry.get("ort_optimized") == "extended"):
+            return None
+        if branch == "audio":
+            return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
 
     def _parallel_windows(self, providers: list[str]) -> int:
         """How many audio windows run at once, one single-threaded run each (1: windows
@@ -501,8 +514,7 @@ class ModelBundle:
                 # 4-7x faster than one padded to 77 (docs/benchmarks/bundle.md).
                 used = int(mask.sum(axis=1).max())
                 ids, mask = ids[:, :used], mask[:, :used]
-            out[s:s + step] = self._checked(session.run(None, {"input_ids": ids,
-                                                               "attention_mask": mask})[0])
+            out[s:s + step] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -551,18 +563,11 @@ class ModelBundle:
             runs = [self._worker_pool().submit(session.run, None, {name: x[i:i + 1]})
                     for i in range(len(x))]
             for i, run in enumerate(runs):
-                out[i:i + 1] = self._checked(run.result()[0])
+                out[i:i + 1] = run.result()[0]
             return out
         for start in range(0, len(x), batch_size):
-            out[start:start + batch_size] = self._checked(
-                session.run(None, {name: x[start:start + batch_size]})[0])
+            out[start:start + batch_size] = session.run(None, {name: x[start:start + batch_size]})[0]
         return out
-
-    def _checked(self, logits):
-        """A graph's output, refused unless it is [n, bits] (`cvahash.model.manifest`)."""
-        if why := checks.logits_problem(logits, self.bits):
-            raise BundleError(f"{self.path}: the graph {why}")
-        return logits
 
     def encode_audio(self, features, *, batch_size: int = DEFAULT_AUDIO_BATCH) -> np.ndarray:
         """Packed codes uint8 [B, ceil(bits/8)] of log-mel windows float32 [B, 1, frames, mels]."""
