@@ -138,7 +138,8 @@ def test_a_graph_symlinked_to_the_other_graph_is_refused(tmp_path, capsys):
     (root / "text.onnx").symlink_to(root / "audio.onnx")
     tampered_bundle(tmp_path, files=["text.onnx"])
     rc, text = verify(capsys, root)
-    assert rc == 1 and f"{root / 'text.onnx'}: must be a regular file inside the bundle, not a link" in text, text
+    words = "must be a regular file inside the bundle, not a link"
+    assert rc == 1 and f"{root / 'text.onnx'}: {words}" in text, text
 
 
 def test_a_graph_hard_linked_to_the_other_is_refused(tmp_path, capsys):
