@@ -347,6 +347,19 @@ def test_config_check_refuses_a_status_path_the_daemon_would_not_write(tmp_path,
     assert "cvahash writes only regular files it creates" in text or "not a" in text
 
 
+def test_config_check_refuses_a_retention_path_that_is_a_link_or_a_file(tmp_path, capsys):
+    cfg = config_file(tmp_path, tmp_path / "status.json")
+    audio = tmp_path / "audio"
+    audio.symlink_to("/dev")
+    cfg.write_text(cfg.read_text() + f'[retention]\nenabled = true\npath = "{audio}"\n')
+    rc, text = cli(capsys, "config", "check", cfg)
+    assert rc == 1 and f"[retention] path: {audio}: is a symbolic link, not a folder" in text
+    audio.unlink()
+    audio.write_text("")
+    rc, text = cli(capsys, "config", "check", cfg)
+    assert rc == 1 and f"{audio}" in text and "not a folder" in text, text
+
+
 def test_config_file_that_is_a_device_or_nested_too_deeply(tmp_path, capsys):
     rc, text = cli(capsys, "config", "check", "/dev/zero")
     assert rc == 1 and "/dev/zero: is a device, not a regular config file" in text, text
