@@ -613,3 +613,19 @@ def test_the_daemon_replaying_a_file_twice_adds_nothing(tmp_path):
         runs.append((res.stderr, rows_of(tmp_path / "store")))
     assert runs[0][1] > 0 and runs[1][1] == runs[0][1]
     assert "is in the store already; its windows are not added again" in runs[1][0]
+
+
+def test_bits_not_the_width_of_a_graph_with_a_symbolic_output_is_refused_on_use(tmp_path,
+                                                                               capsys):
+    onnx = pytest.importorskip("onnx")
+    root = tampered_bundle(tmp_path)
+    for name in ("text.onnx", "audio.onnx"):
+        model = onnx.load(str(root / name))
+        dim = model.graph.output[0].type.tensor_type.shape.dim[1]
+        dim.ClearField("dim_value")
+        dim.dim_param = "width"
+        onnx.save(model, str(root / name))
+    tampered_bundle(tmp_path, lambda m: m.update(bits=32), files=["text.onnx", "audio.onnx"])
+    rec = write_wav(tmp_path / "rec" / "x.wav")
+    rc, text = cli(capsys, "index", rec, "--db", tmp_path / "db", "--bundle", root)
+    assert rc == 1 and "returned logits of shape (1, 64), not [n, 32]" in text, text

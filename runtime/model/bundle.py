@@ -514,7 +514,8 @@ class ModelBundle:
                 # 4-7x faster than one padded to 77 (docs/benchmarks/bundle.md).
                 used = int(mask.sum(axis=1).max())
                 ids, mask = ids[:, :used], mask[:, :used]
-            out[s:s + step] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            out[s:s + step] = self._checked(session.run(None, {"input_ids": ids,
+                                                               "attention_mask": mask})[0])
         return out
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -563,11 +564,22 @@ class ModelBundle:
             runs = [self._worker_pool().submit(session.run, None, {name: x[i:i + 1]})
                     for i in range(len(x))]
             for i, run in enumerate(runs):
-                out[i:i + 1] = run.result()[0]
+                out[i:i + 1] = self._checked(run.result()[0])
             return out
         for start in range(0, len(x), batch_size):
-            out[start:start + batch_size] = session.run(None, {name: x[start:start + batch_size]})[0]
+            out[start:start + batch_size] = self._checked(
+                session.run(None, {name: x[start:start + batch_size]})[0])
         return out
+
+    def _checked(self, logits):
+        """A graph's output, refused unless it is [n, bits]: a graph whose output width
+        is symbolic escapes `cvahash.model.manifest.check_graph`'s static check."""
+        shape = getattr(logits, "shape", None)
+        if shape is None or len(shape) != 2 or shape[1] != self.bits:
+            raise BundleError(f"{self.path}: the graph returned logits of shape {shape}, not "
+                              f"[n, {self.bits}] as manifest.json's bits says; the bundle does "
+                              "not hold together (export it again)")
+        return logits
 
     def encode_audio(self, features, *, batch_size: int = DEFAULT_AUDIO_BATCH) -> np.ndarray:
         """Packed codes uint8 [B, ceil(bits/8)] of log-mel windows float32 [B, 1, frames, mels]."""
