@@ -11,6 +11,7 @@ station): only the graph outputs' shapes and the tensors' external-data entries.
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,7 +170,7 @@ def _tensor_locations(tensor: bytes) -> list[str]:
         if f == 13 and w == 2:                  # external_data: StringStringEntryProto
             entry = {ff: vv for ff, ww, vv in _fields(v) if ww == 2}
             if entry.get(1) == b"location":
-                out.append(entry.get(2, b"").decode("utf-8", "replace"))
+                out.append(bytes(entry.get(2, b"")).decode("utf-8", "replace"))
     return out
 
 
@@ -210,16 +211,32 @@ def _graph(graph: bytes, depth: int = 0) -> tuple[list[str], list[list]]:
 
 def check_graph(path: Path, real_root: Path, bits: int) -> None:
     """External data only inside the bundle; output width ``bits`` (BundleError)."""
+    problem = None
     try:
-        data = path.read_bytes()
-        graph = next((v for f, w, v in _fields(data) if f == 7 and w == 2), None)
-        if graph is None:
-            raise ValueError("no graph")
-        locations, outputs = _graph(graph)
-    except (ValueError, IndexError, RecursionError) as exc:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise ValueError("the file is empty")
+            # Mapped, walked through zero-copy views: a 600 MB graph costs page cache,
+            # not a second copy in memory (initializers' bytes are skipped, not read).
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            data = memoryview(mm)
+            graph = next((v for f, w, v in _fields(data) if f == 7 and w == 2), None)
+            if graph is None:
+                raise ValueError("no graph")
+            locations, outputs = _graph(graph)
+            del data, graph
+        finally:
+            try:
+                mm.close()
+            except BufferError:  # a view still held by a failed parse: freed with it
+                pass
+    except (ValueError, IndexError, RecursionError, OSError) as exc:
+        problem = str(exc)
+    if problem is not None:
         # `bundle verify` must not pass what onnxruntime will refuse at the first query
-        raise BundleError(f"{path}: is not a valid ONNX model ({exc}); re-copy the bundle "
-                          "or export it again") from None
+        raise BundleError(f"{path}: is not a valid ONNX model ({problem}); re-copy the bundle "
+                          "or export it again")
 
     for loc in locations:
         target = (path.parent / loc).resolve()
