@@ -530,8 +530,31 @@ def create_app(settings: WebSettings) -> Starlette:
     async def home(request: Request) -> Response:
         return RedirectResponse("/search", status_code=303)
 
+    async def state_change_refused(request: Request) -> Response | None:
+        """403 unless a POST carries this session's CSRF token and (when the browser
+        says where it comes from) this host as its Origin."""
+        origin = request.headers.get("origin")
+        host = request.headers.get("host", "")
+        if origin and origin != "null" and origin.split("://", 1)[-1] != host:
+            return error(request, 403, f"request from another site ({origin[:80]}) refused")
+        token = request.headers.get("x-csrf-token")
+        if token is None:
+            try:
+                token = (await request.form()).get("csrf")
+            except Exception:  # not a form (or too big): no token
+                token = None
+        if not auth.csrf_ok(session_of(request), token):
+            return error(request, 403, "missing or wrong CSRF token: reload the page and try "
+                                       "again (forms carry the token; scripts send the "
+                                       "X-CSRF-Token header)")
+        return None
+
     def protect(handler, *, public: bool = False):
         async def endpoint(request: Request) -> Response:
+            if request.method == "POST":
+                refused = await state_change_refused(request)
+                if refused is not None:
+                    return refused
             if public:
                 try:
                     return await handler(request)
@@ -582,20 +605,6 @@ def create_app(settings: WebSettings) -> Starlette:
 
     async def security(request: Request, call_next):
         request.state.session = session_of(request) or sessions.new()
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
-            origin = request.headers.get("origin")
-            host = request.headers.get("host", "")
-            if origin and origin != "null" and origin.split("://", 1)[-1] != host:
-                return error(request, 403, f"request from another site ({origin[:80]}) refused")
-            token = request.headers.get("x-csrf-token")
-            if token is None and request.headers.get("content-type", "").startswith(
-                    ("application/x-www-form-urlencoded", "multipart/form-data")):
-                form = await request.form()
-                token = form.get("csrf")
-            if not auth.csrf_ok(session_of(request), token):
-                return error(request, 403, "missing or wrong CSRF token: reload the page and "
-                                           "try again (forms carry the token; scripts send "
-                                           "the X-CSRF-Token header)")
         response = await call_next(request)
         response.headers.setdefault(
             "Content-Security-Policy",
