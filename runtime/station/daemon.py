@@ -92,6 +92,7 @@ class Daemon:
         self.store = None
         self.retention = None
         self.watchlist = None
+        self.notifier = None
 
     # ------------------------------------------------------------------ setup
     def request_stop(self, *_args) -> None:
@@ -121,6 +122,18 @@ class Daemon:
         store = CodeStore.create(path, bundle.bits, bundle.fingerprint, **opts)
         record_bundle(path, bundle)  # so `cvahash search --db` finds the bundle by itself
         return store
+
+    def _start_notifier(self) -> None:
+        """[notify] targets get the alerts from alerts.jsonl in their own thread."""
+        settings = getattr(self.cfg, "notify", None)
+        if settings is None or not (settings.mqtt or settings.apprise):
+            return
+        from .notify import Notifier, targets_from_settings
+
+        self.notifier = Notifier(self.alerts_log, targets_from_settings(settings),
+                                 retry_s=settings.retry_s, station=self.station).start()
+        log.info("notify: alerts also go to %s",
+                 ", ".join(t.name for t in self.notifier.targets))
 
     def _make_source(self):
         kind, _, arg = self.source_spec.partition(":")
@@ -242,6 +255,7 @@ class Daemon:
             self.watchlist = Watchlist.from_entries(self.cfg.watchlist, bundle.encode_text,
                                                     self.alerts_log)
             log.info("watchlist: %d standing queries", len(self.watchlist.watches))
+            self._start_notifier()
         self.store = self._open_store(bundle)
         source = self._make_source()
         if self.cfg.retention.enabled and not isinstance(source, FileSource):
@@ -322,6 +336,8 @@ class Daemon:
                 source.stop()
                 if self.watchlist is not None:
                     self.watchlist.close()
+                if self.notifier is not None:
+                    self.notifier.stop()
                 if self.store is not None:
                     self.health.store_rows = len(self.store)
                     self.store.close()
