@@ -105,7 +105,7 @@ class Library:
         self.settings = settings
         self._lock = threading.Lock()
         self._pair = None
-        self._error: str | None = None
+        self._error: CvahashError | None = None
         self._tried = 0.0
 
     def get(self):
@@ -113,7 +113,7 @@ class Library:
             if self._pair is not None:
                 return self._pair
             if self._error and time.monotonic() - self._tried < self.RETRY_S:
-                raise CvahashError(self._error)
+                raise type(self._error)(str(self._error))
             from ...query.search import open_store_and_bundle
 
             self._tried = time.monotonic()
@@ -121,7 +121,7 @@ class Library:
                 self._pair = open_store_and_bundle(self.settings.db, self.settings.bundle,
                                                    mode="r", threads=self.settings.threads)
             except CvahashError as exc:
-                self._error = str(exc)
+                self._error = exc
                 raise
             self._error = None
             return self._pair
@@ -251,7 +251,8 @@ def create_app(settings: WebSettings) -> Starlette:
     async def guarded(request: Request, handler) -> Response:
         """Login check, then the handler, with every expected failure as a message."""
         if not logged_in(request):
-            if request.url.path.startswith("/api/") or request.method != "GET":
+            if (request.url.path.startswith("/api/") or request.method != "GET"
+                    or request.url.path.endswith((".wav", ".png", ".csv"))):
                 return error(request, 401, "log in first (POST /login with the password)")
             return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
         try:
