@@ -116,7 +116,7 @@ def vm(pid: int) -> dict:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0]) / 1024
     return out
 
@@ -227,6 +227,8 @@ def main() -> int:
     print(f"| server RSS idle (store and bundle not yet opened) | {idle['VmRSS']:.0f} MB |")
     print(f"| server RSS after the runs / peak (VmHWM) | {mem['VmRSS']:.0f} MB / "
           f"{mem['VmHWM']:.0f} MB |")
+    print(f"| ... of which anonymous / file-backed (code file, libraries) | "
+          f"{mem['RssAnon']:.0f} MB / {mem['RssFile']:.0f} MB |")
     print(f"| first search (opens store and bundle) | {first * 1000:.0f} ms |")
     print(f"| warm /api/search k=10, median | {statistics.median(api_s) * 1000:.0f} ms |")
     print(f"| warm search page HTML k=10, median | {statistics.median(html_s) * 1000:.0f} ms |")

@@ -464,3 +464,28 @@ def test_web_passwd_writes_the_config_folder_file(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert main(["web", "passwd", "--config", str(cfg), "--stdin"]) == 1
     assert "too short" in capsys.readouterr().err
+
+
+def test_activity_chart_bars_are_the_counts(client):
+    from xml.etree import ElementTree
+
+    from cvahash.query.activity import Activity
+    from cvahash.station.web.charts import activity_svg
+
+    act = Activity(query="q", by="day", threshold="top", value=9, bits=64, fingerprint="f",
+                   buckets=["2024-06-12T00:00:00Z", "2024-06-13T00:00:00Z",
+                            "2024-06-14T00:00:00Z"],
+                   stations=["a", "b"], counts={("2024-06-12T00:00:00Z", "a"): 3,
+                                                ("2024-06-12T00:00:00Z", "b"): 1,
+                                                ("2024-06-14T00:00:00Z", "b"): 5},
+                   total=9)
+    svg = ElementTree.fromstring(activity_svg(act))
+    ns = "{http://www.w3.org/2000/svg}"
+    rects = svg.findall(f"{ns}rect")
+    heights = [float(r.get("height")) for r in rects]
+    assert len(rects) == 3
+    # The axis top is 5 (counts 4 and 5): heights are proportional to the counts.
+    assert heights[0] / 3 == pytest.approx(heights[1] / 1, rel=1e-2)
+    assert heights[2] / 5 == pytest.approx(heights[0] / 3, rel=1e-2)
+    labels = [t.text for t in svg.findall(f"{ns}text")]
+    assert "5" in labels and "hits per day" in labels

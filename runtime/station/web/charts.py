@@ -34,7 +34,8 @@ def activity_svg(activity, width: int = 720, height: int = 260) -> str:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
              f'role="img" class="chart" aria-label="hits per {activity.by}">']
     # y axis: 0, half, max
-    for v in sorted({0, ymax} | ({ymax // 2} if ymax % 2 == 0 else set())):
+    step = next(ymax // d for d in (5, 4, 2, 1) if ymax % d == 0)
+    for v in range(0, ymax + 1, step):
         y = top + plot_h - (v / ymax) * plot_h if ymax else top + plot_h
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" '
                      'stroke="#ccc" stroke-width="1"/>')
