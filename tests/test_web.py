@@ -94,6 +94,9 @@ def test_search_page_shows_every_hit_with_audio_spectrogram_and_more_like_this(c
         assert f'href="/like?row={h["row"]}&amp;k=4"' in html
         assert f"distance {h['distance']}" in html
     assert html.count('class="hit"') == 4
+    # Axes beside each picture: the demo bundle's mel range (50 Hz-14 kHz) and 10 s.
+    assert html.count("<span>14.0 kHz</span>") == 4 and html.count("<span>50 Hz</span>") == 4
+    assert html.count("<span>10 s</span>") == 4
 
 
 def test_more_like_this_is_search_like_of_the_hit_window(client, station, capsys):

@@ -52,7 +52,7 @@ from starlette.templating import Jinja2Templates
 
 from ...errors import CvahashError, InvalidArgument
 from . import auth
-from .charts import activity_svg, legend
+from .charts import activity_svg, legend, spectrogram_ticks
 
 log = logging.getLogger(__name__)
 
@@ -295,13 +295,21 @@ def create_app(settings: WebSettings) -> Starlette:
     def search_args(request):
         return (_int_param(request, "k", DEFAULT_K, 1, MAX_K), _filters(request))
 
+    def ticks() -> dict:
+        try:
+            return spectrogram_ticks(library.get()[1].frontend_params)
+        except CvahashError:
+            return {"freq": [], "time": []}
+
     async def search_page(request: Request) -> Response:
         q = _query_text(request, required=False)
         k, filters = search_args(request)
         result = None
         if q is not None:
             result = await searching(do_search, q, k, filters)
-        return page(request, "search.html", _search_context(request, q, k, filters, result))
+        ctx = _search_context(request, q, k, filters, result)
+        ctx["ticks"] = ticks() if result is not None else {}
+        return page(request, "search.html", ctx)
 
     async def search_api(request: Request) -> Response:
         q = _query_text(request)
@@ -314,6 +322,7 @@ def create_app(settings: WebSettings) -> Starlette:
         result = await searching(do_like, row, k, filters)
         ctx = _search_context(request, None, k, filters, result)
         ctx["like_row"] = row
+        ctx["ticks"] = ticks()
         return page(request, "search.html", ctx)
 
     async def like_api(request: Request) -> Response:

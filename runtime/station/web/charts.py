@@ -71,3 +71,19 @@ def activity_svg(activity, width: int = 720, height: int = 260) -> str:
 def legend(activity) -> list[tuple[str, str]]:
     """(station, colour) pairs in the chart's order."""
     return [(s, PALETTE[i % len(PALETTE)]) for i, s in enumerate(activity.stations)]
+
+
+def spectrogram_ticks(params, n_freq: int = 5, n_time: int = 6) -> dict[str, list[str]]:
+    """Axis labels for the hit pictures, evenly spaced so the page can lay them out
+    without inline styles: frequencies top to bottom at equal steps of the mel scale the
+    picture uses (Slaney's, as the front end), times left to right over the window."""
+    import numpy as np
+
+    from ...model.frontend import _hz_to_mel_slaney, _mel_to_hz_slaney
+
+    mels = np.linspace(_hz_to_mel_slaney(params.f_min), _hz_to_mel_slaney(params.f_max), n_freq)
+    hz = [float(_mel_to_hz_slaney(m)) for m in mels[::-1]]
+    freq = [f"{h / 1000:.1f} kHz" if h >= 1000 else f"{h:.0f} Hz" for h in hz]
+    step = params.max_length_s / (n_time - 1)
+    times = [f"{i * step:g} s" for i in range(n_time)]
+    return {"freq": freq, "time": times}
