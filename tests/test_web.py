@@ -492,3 +492,30 @@ def test_activity_chart_bars_are_the_counts(client):
     assert heights[2] / 5 == pytest.approx(heights[0] / 3, rel=1e-2)
     labels = [t.text for t in svg.findall(f"{ns}text")]
     assert "5" in labels and "hits per day" in labels
+
+
+def test_the_server_reads_beside_a_writer_and_sees_its_commits(tmp_path, capsys):
+    """The daemon holds the writer lock and keeps appending: the page searches meanwhile
+    and sees every committed window, and the writer is never blocked."""
+    from cvahash.store.code_store import CodeStore, Recording, Segment
+
+    store_dir, _ = make_store(tmp_path / "live")
+    capsys.readouterr()
+    writer = CodeStore.open(store_dir, "a")
+    try:
+        with TestClient(create_app(WebSettings(db=store_dir))) as c:
+            before = c.get("/api/info").json()["windows"]
+            assert c.get("/api/search", params={"q": "whistle", "k": 3}).status_code == 200
+            codes, _ = writer.read([0, 1])
+            rec = Recording(path=str(tmp_path / "new.wav"), station="new-station",
+                            start_utc=1718600000.0, sample_rate=16000, duration_s=15.0,
+                            content_hash="new")
+            writer.append(codes, Segment(recording=rec, first_offset_s=0.0, length_s=10.0,
+                                         capture_start_utc=1718600000.0, hop_s=5.0),
+                          commit=True)
+            assert c.get("/api/info").json()["windows"] == before + 2
+            hits = c.get("/api/search", params={"q": "whistle", "k": 100,
+                                                "station": "new-station"}).json()["hits"]
+            assert len(hits) == 2
+    finally:
+        writer.close()
