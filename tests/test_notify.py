@@ -233,3 +233,57 @@ def test_config_notify_section_makes_targets():
     with pytest.raises(Exception, match="broker URL"):
         loads_config('[device]\nname="s"\n[runtime]\nbundle="b"\n[store]\npath="st"\n'
                      '[notify]\nmqtt="http://x"\n')
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(MOSQUITTO), reason="no mosquitto")
+def test_daemon_sends_its_alerts_to_the_broker(tmp_path):
+    """End to end: the daemon replays a recording, its watchlist (radius 64 of 64 bits:
+    every window) writes alerts.jsonl, and [notify] publishes each one to mosquitto."""
+    import subprocess as sp
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    import soundfile as sf
+
+    port = free_port()
+    broker = start_broker(tmp_path, port)
+    try:
+        sub = Subscriber(port, "st/#")
+        rec = tmp_path / "20240612_053000.wav"
+        sf.write(str(rec), 0.1 * np.random.default_rng(0).standard_normal(16000 * 30)
+                 .astype(np.float32), 16000)
+        bundle = Path(__file__).parent / "data" / "demo-bundle"
+        cfg = tmp_path / "station.toml"
+        cfg.write_text(f"""
+[device]
+name = "ridge-9"
+[runtime]
+bundle = "{bundle}"
+threads = 1
+[store]
+path = "{tmp_path / 'store'}"
+[[watchlist]]
+name = "anything"
+query = "any sound at all"
+radius = 64
+cooldown_s = 0
+[status]
+path = "{tmp_path / 'status.json'}"
+[notify]
+mqtt = "mqtt://127.0.0.1:{port}"
+mqtt_topic = "st"
+""")
+        res = sp.run([sys.executable, "-m", "cvahash", "daemon", "--config", str(cfg),
+                      "--source", f"file:{rec}", "--fast"], capture_output=True, text=True,
+                     timeout=120, check=False)
+        assert res.returncode == 0, res.stderr
+        lines = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+        assert len(lines) >= 5  # 30 s at a 5 s hop
+        got = sub.wait_for(len(lines))
+        assert [m["row"] for _, m in got] == [a["row"] for a in lines]
+        assert {t for t, _ in got} == {"st/anything"}
+        assert all(m["station"] == "ridge-9" for _, m in got)
+        sub.close()
+    finally:
+        stop(broker)

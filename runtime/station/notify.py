@@ -230,11 +230,13 @@ class Notifier:
         return done
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:
             try:
                 self.send_pending()
             except Exception:  # never let a notifier bug end the thread quietly
                 log.exception("notify: unexpected error")
+            if self._stop.is_set():  # that was the last pass, after stop() woke us
+                return
             self._wake.wait(POLL_S)
             self._wake.clear()
 
@@ -250,6 +252,8 @@ class Notifier:
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """One last pass (alerts of the last seconds go out now if the link is up), for
+        at most ``timeout`` seconds; what is left waits on disk for the next start."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
