@@ -46,8 +46,8 @@ WORDS = ["owl", "woodpecker", "frog", "wren", "rain", "wind", "crow", "cricket",
 
 
 def make_store(root: Path, bundle_dir: Path, rows: int, sr: int = 16000) -> Path:
+    from cvahash.library.library import record_bundle
     from cvahash.model.bundle import ModelBundle
-    from cvahash.query.search import record_bundle
     from cvahash.store.code_store import CodeStore, Recording, Segment
 
     bundle = ModelBundle.open(bundle_dir, threads=1)

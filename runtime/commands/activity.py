@@ -61,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         parser.error(f"--threads {args.threads}: must be 0 (one per core) or more")
 
+    from ..library.library import Library
     from ..query.activity import count_activity
-    from ..query.search import open_store_and_bundle, parse_when, prepare_query
+    from ..query.search import parse_when, prepare_query
 
     prepare_query(args.text)
     filters = {
@@ -72,12 +73,10 @@ def run(args: argparse.Namespace) -> int:
     }
     if filters["since"] and filters["until"] and filters["since"] >= filters["until"]:
         parser.error(f"--since {args.since} is not before --until {args.until}")
-    store, bundle = open_store_and_bundle(args.db, args.bundle, mode="r", threads=args.threads)
-    try:
-        act = count_activity(store, bundle, args.text, by=args.by, top=args.top,
+    with Library.open(args.db, args.bundle, mode="r", threads=args.threads,
+                      graphs=("text",)) as lib:
+        act = count_activity(lib.store, lib.bundle, args.text, by=args.by, top=args.top,
                              radius=args.radius, threads=args.threads, **filters)
-    finally:
-        store.close()
     for note in act.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:

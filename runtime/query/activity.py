@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CvahashError, InvalidArgument
+from .results import jsonable
 from .search import search_text
 
 __all__ = ["BY", "RADIUS_LIMIT", "Activity", "count_activity"]
@@ -85,8 +86,6 @@ class Activity:
         return f"windows within {self.value} of {self.bits} bits"
 
     def to_dict(self) -> dict[str, Any]:
-        from .report import jsonable
-
         return {
             "query": self.query, "by": self.by, "threshold": self.threshold,
             "value": self.value, "bits": self.bits, "fingerprint": self.fingerprint,
@@ -178,10 +177,11 @@ def count_activity(store, bundle, text: str, *, by: str = "hour", top: int | Non
     for h in hits:
         station = h.station or "(none)"
         stations.add(station)
-        if h.capture_time is None:
+        when = h.known_capture_time
+        if when is None:
             unknown += 1
             continue
-        counts[(_iso(bucket_start(h.capture_time, by)), station)] += 1
+        counts[(_iso(bucket_start(when, by)), station)] += 1
     if unknown:
         notes.append(f"{unknown} hits have no known capture time and are not in the chart")
     return Activity(

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -59,7 +60,7 @@ class MqttTarget:
         self._client = None
 
     def _connect(self):
-        import paho.mqtt.client as mqtt
+        import paho.mqtt.client as mqtt  # the web extra: only a station that uses MQTT
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                              client_id=f"cvahash-{os.getpid()}-{id(self) & 0xffff:x}")
@@ -103,7 +104,7 @@ class AppriseTarget:
         self.name = f"apprise:{urlsplit(url).scheme}:{digest}"  # no secrets in logs
 
     def send(self, alert: dict) -> None:
-        import apprise
+        import apprise  # the web extra; slow to import (hundreds of plugins): when used
 
         ap = apprise.Apprise()
         if not ap.add(self.url):
@@ -196,8 +197,6 @@ class Notifier:
 
     def send_pending(self, now: float | None = None) -> int:
         """One pass: send what each target has not sent; returns how many were sent."""
-        import time
-
         now = time.monotonic() if now is None else now
         size = self._size()
         done = 0

@@ -35,6 +35,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import soundfile as sf
+import soxr
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -50,7 +53,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ...errors import CvahashError, InvalidArgument
+from ...errors import BundleError, CvahashError, FingerprintMismatch, InvalidArgument, StoreError
+from ...library.library import Library, store_info
+from ...query.activity import count_activity
+from ...query.png import encode_png
+from ...query.report import _read_span, display_paths, format_span, spectrogram_image
+from ...query.search import parse_when, search_like, search_text
+from ..health import read_status, verdict
 from . import auth
 from .charts import activity_svg, legend, spectrogram_ticks
 
@@ -95,9 +104,10 @@ class NotFound(Exception):
 # --- the store and bundle, opened once and reopened after a failure ----------------------
 
 
-class Library:
-    """The store (read-only) and its bundle, shared by every request; a failure to open
-    is kept as a message for the page and retried at most every few seconds."""
+class SharedLibrary:
+    """The store (read-only) with its bundle (`cvahash.library.library.Library`), shared
+    by every request; a failure to open is kept for the page and retried at most every
+    few seconds, so the page recovers once the daemon has made the store."""
 
     RETRY_S = 5.0
 
@@ -114,12 +124,12 @@ class Library:
                 return self._pair
             if self._error and time.monotonic() - self._tried < self.RETRY_S:
                 raise type(self._error)(str(self._error))
-            from ...query.search import open_store_and_bundle
-
             self._tried = time.monotonic()
             try:
-                self._pair = open_store_and_bundle(self.settings.db, self.settings.bundle,
-                                                   mode="r", threads=self.settings.threads)
+                # The audio graph is checked and loaded only when "more like this" needs it.
+                lib = Library.open(self.settings.db, self.settings.bundle, mode="r",
+                                   threads=self.settings.threads, graphs=("text",))
+                self._pair = (lib.store, lib.bundle)
             except CvahashError as exc:
                 self._error = exc
                 raise
@@ -169,8 +179,6 @@ def _query_text(request: Request, required: bool = True) -> str | None:
 
 
 def _filters(request: Request) -> dict[str, Any]:
-    from ...query.search import parse_when
-
     since, until = _param(request, "since"), _param(request, "until")
     try:
         f = {"since": parse_when(since) if since else None,
@@ -203,7 +211,7 @@ def create_app(settings: WebSettings) -> Starlette:
     password = auth.read_password_file(settings.password_file)
     sessions = auth.SessionCodec(password)
     limiter = auth.LoginLimiter()
-    library = Library(settings)
+    library = SharedLibrary(settings)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     busy = asyncio.Semaphore(settings.searches_at_once)
     pictures: OrderedDict[tuple, bytes] = OrderedDict()
@@ -274,14 +282,10 @@ def create_app(settings: WebSettings) -> Starlette:
 
     # --- search ---
     def do_search(q, k, filters):
-        from ...query.search import search_text
-
         store, bundle = library.get()
         return search_text(store, bundle, q, k, threads=settings.threads, **filters)
 
     def do_like(row, k, filters):
-        from ...query.search import search_like
-
         store, bundle = library.get()
         window = _window(store, row)
         path = window.recording.path
@@ -334,8 +338,6 @@ def create_app(settings: WebSettings) -> Starlette:
 
     # --- activity ---
     def do_activity(q, by, top, radius, filters):
-        from ...query.activity import count_activity
-
         store, bundle = library.get()
         return count_activity(store, bundle, q, by=by, top=top, radius=radius,
                               threads=settings.threads, **filters)
@@ -376,10 +378,6 @@ def create_app(settings: WebSettings) -> Starlette:
 
     # --- audio and pictures, by row ---
     def cut_audio(row: int, context_s: float) -> bytes:
-        import soundfile as sf
-
-        from ...query.report import _read_span
-
         store, _ = library.get()
         window = _window(store, row)
         path = _playable(window, row, settings)
@@ -390,12 +388,6 @@ def create_app(settings: WebSettings) -> Starlette:
         return buf.getvalue()
 
     def draw_spectrogram(row: int) -> bytes:
-        import numpy as np
-        import soxr
-
-        from ...query.png import encode_png
-        from ...query.report import _read_span, spectrogram_image
-
         store, bundle = library.get()
         key = (store.store_id, store.fingerprint, row)
         with pictures_lock:
@@ -464,8 +456,6 @@ def create_app(settings: WebSettings) -> Starlette:
 
     # --- station ---
     def station_doc() -> dict:
-        from ...station.health import read_status, verdict
-
         doc: dict[str, Any] = {"status": None, "verdict": None, "reasons": [],
                                "status_error": None}
         if settings.status_path is None:
@@ -481,8 +471,6 @@ def create_app(settings: WebSettings) -> Starlette:
         return doc
 
     def info_doc() -> dict:
-        from ...query.search import store_info
-
         info = store_info(settings.db)
         try:
             _, bundle = library.get()
@@ -671,8 +659,6 @@ def _playable(window, row: int, settings: WebSettings) -> Path:
 
 
 def _fix_for(exc: CvahashError, settings: WebSettings) -> str | None:
-    from ...errors import BundleError, FingerprintMismatch, StoreError
-
     where = f"--config {settings.config_path}" if settings.config_path else f"--db {settings.db}"
     if isinstance(exc, FingerprintMismatch):
         return f"serve with the bundle that made the store (cvahash serve {where} --bundle DIR)"
@@ -690,15 +676,13 @@ def _filter_values(request: Request) -> dict[str, str]:
 
 
 def _search_context(request, q, k, filters, result) -> dict:
-    from ...query.report import display_paths, format_span
-
     hits = []
     if result is not None:
-        names = display_paths([h.recording for h in result.hits])
+        names = display_paths([h.path for h in result.hits])
         for h, name in zip(result.hits, names, strict=True):
             hits.append({"hit": h, "name": name, "span": format_span(h.start_s, h.end_s),
-                         "time": (h.capture_time.strftime("%Y-%m-%d %H:%M:%S UTC")
-                                  if h.capture_time else "unknown"),
+                         "time": (h.known_capture_time.strftime("%Y-%m-%d %H:%M:%S UTC")
+                                  if h.known_capture_time else "unknown"),
                          "uncertain": h.clock_source in ("file-mtime", "unknown")})
     return {"q": q or "", "k": k, "filters": _filter_values(request), "result": result,
             "hits": hits, "page_name": "search", "like_row": None}

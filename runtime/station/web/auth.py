@@ -23,6 +23,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
 from ...errors import CvahashError
 
 __all__ = ["LoginLimiter", "SessionCodec", "hash_password", "read_password_file",
@@ -111,8 +113,6 @@ class SessionCodec:
     """Signed session cookies: ``{"csrf": token, "user": bool}``."""
 
     def __init__(self, password_line: str | None):
-        from itsdangerous import URLSafeTimedSerializer
-
         key = (hashlib.sha256(b"cvahash-web-session\0" + password_line.encode()).digest()
                if password_line else os.urandom(32))
         self._s = URLSafeTimedSerializer(key, salt="cvahash-session")
@@ -124,8 +124,6 @@ class SessionCodec:
         return self._s.dumps(session)
 
     def loads(self, cookie: str | None) -> dict | None:
-        from itsdangerous import BadSignature
-
         if not cookie:
             return None
         try:

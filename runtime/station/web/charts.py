@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from html import escape
 
+import numpy as np
+
+from ...model.frontend import _hz_to_mel_slaney, _mel_to_hz_slaney
+
 # Colour-blind-safe (Okabe-Ito) colours, one per station in order.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
            "#000000")
@@ -77,10 +81,6 @@ def spectrogram_ticks(params, n_freq: int = 5, n_time: int = 6) -> dict[str, lis
     """Axis labels for the hit pictures, evenly spaced so the page can lay them out
     without inline styles: frequencies top to bottom at equal steps of the mel scale the
     picture uses (Slaney's, as the front end), times left to right over the window."""
-    import numpy as np
-
-    from ...model.frontend import _hz_to_mel_slaney, _mel_to_hz_slaney
-
     mels = np.linspace(_hz_to_mel_slaney(params.f_min), _hz_to_mel_slaney(params.f_max), n_freq)
     hz = [float(_mel_to_hz_slaney(m)) for m in mels[::-1]]
     freq = [f"{h / 1000:.1f} kHz" if h >= 1000 else f"{h:.0f} Hz" for h in hz]
