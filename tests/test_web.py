@@ -519,3 +519,29 @@ def test_the_server_reads_beside_a_writer_and_sees_its_commits(tmp_path, capsys)
             assert len(hits) == 2
     finally:
         writer.close()
+
+
+def test_serve_settings_come_from_the_config_and_flags(tmp_path):
+    import argparse
+
+    from cvahash.commands.serve import check_exposure, settings_from_args
+
+    cfg = tmp_path / "station.toml"
+    cfg.write_text('[device]\nname="ridge-4"\n[runtime]\nbundle="bundle"\n[store]\n'
+                   'path="store"\n[retention]\nenabled=true\npath="audio"\n[status]\n'
+                   'path="status.json"\n[web]\nlisten="0.0.0.0"\nport=8123\n')
+    args = argparse.Namespace(config=str(cfg), db=None, bundle=None, listen=None, port=None,
+                              password_file=None, status=None, alerts=None, audio_root=None,
+                              threads=None)
+    settings, listen, port = settings_from_args(args)
+    assert (listen, port, settings.threads) == ("0.0.0.0", 8123, 1)
+    assert settings.db == tmp_path / "store" and settings.bundle == tmp_path / "bundle"
+    assert settings.audio_roots == (tmp_path / "audio",)  # [retention] path by default
+    assert settings.password_file == tmp_path / "web-password"
+    assert settings.title == "cvahash · ridge-4"
+    with pytest.raises(Exception, match=r"web passwd --config .*station.toml"):
+        check_exposure(settings, listen)
+    write_password_file(tmp_path / "web-password", PASSWORD)
+    check_exposure(settings, listen)  # now allowed
+    args.listen, args.port = "127.0.0.1", 9000
+    assert settings_from_args(args)[1:] == ("127.0.0.1", 9000)
