@@ -287,3 +287,23 @@ mqtt_topic = "st"
         sub.close()
     finally:
         stop(broker)
+
+
+def test_a_missing_library_is_a_failed_send_with_the_fix(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_paho(name, *args, **kwargs):
+        if name.startswith(("paho", "apprise")):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_paho)
+    log = tmp_path / "alerts.jsonl"
+    log.touch()
+    targets = [MqttTarget("mqtt://127.0.0.1:1", "t"), AppriseTarget("json://127.0.0.1:1")]
+    n = Notifier(log, targets, retry_s=60)
+    append(log, [alert(1)])
+    assert n.send_pending(now=0) == 0 and n.failures == 2
+    assert all(n.pending(t) > 0 for t in targets)  # kept for when the library is there

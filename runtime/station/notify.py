@@ -81,6 +81,9 @@ class MqttTarget:
             info.wait_for_publish(timeout=self.timeout_s)
             if not info.is_published():
                 raise SendFailed(f"broker did not acknowledge within {self.timeout_s:g} s")
+        except ImportError:
+            raise SendFailed(f"{self.name}: paho-mqtt is not installed: "
+                             "pip install 'cvahash[web]'") from None
         except (OSError, ValueError, RuntimeError, SendFailed) as exc:
             self.close()
             raise SendFailed(f"{self.name}: {exc}") from None
@@ -104,7 +107,11 @@ class AppriseTarget:
         self.name = f"apprise:{urlsplit(url).scheme}:{digest}"  # no secrets in logs
 
     def send(self, alert: dict) -> None:
-        import apprise  # the web extra; slow to import (hundreds of plugins): when used
+        try:
+            import apprise  # the web extra; slow to import (hundreds of plugins): when used
+        except ImportError:
+            raise SendFailed(f"{self.name}: Apprise is not installed: "
+                             "pip install 'cvahash[web]'") from None
 
         ap = apprise.Apprise()
         if not ap.add(self.url):
