@@ -326,6 +326,7 @@ def test_alerts_newest_first_playable_and_acknowledged_with_csrf(station, tmp_pa
         assert r.status_code == 303
         acked = {a["row"]: a["acked"] for a in c.get("/api/alerts").json()["alerts"]}
         assert acked == {1: True, 2: False, 3: False}
+        token = c.get("/api/alerts").json()["csrf"]  # what a script uses
         r = c.post("/api/alerts/ack", data={"id": alert_id(alerts[1])},
                    headers={"X-CSRF-Token": token})
         assert r.json() == {"acknowledged": [alert_id(alerts[1])]}

@@ -442,7 +442,11 @@ def create_app(settings: WebSettings) -> Starlette:
 
     async def alerts_api(request: Request) -> Response:
         alerts = await run_in_threadpool(read_alerts)
-        return api(request, {"alerts_log": str(alerts_log), "alerts": alerts})
+        # The session's CSRF token, for scripts that acknowledge (another site cannot read
+        # this answer: no CORS).
+        resp = api(request, {"alerts_log": str(alerts_log), "alerts": alerts,
+                             "csrf": request.state.session["csrf"]})
+        return with_session(request, resp)
 
     async def alerts_ack(request: Request) -> Response:
         form = await request.form()
