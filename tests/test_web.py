@@ -409,8 +409,9 @@ def test_password_file_is_scrypt_and_0600(tmp_path):
 
 
 def test_login_required_then_logout(locked):
-    r = locked.get("/search", follow_redirects=False)
-    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+    r = locked.get("/search?q=owl&k=3", follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/login?next=%2Fsearch%3Fq%3Dowl%26k%3D3"
     assert locked.get("/api/search", params={"q": "x"}).status_code == 401
     assert locked.get("/audio/1.wav").status_code == 401
     assert locked.get("/spectrogram/1.png").status_code == 401
@@ -422,6 +423,8 @@ def test_login_required_then_logout(locked):
     r = locked.post("/login", data={"password": PASSWORD, "csrf": token, "next": "//evil.com"},
                     follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/search"
+    assert 'name="next" value="/search?q=owl&amp;k=3"' in locked.get(
+        "/login", params={"next": "/search?q=owl&k=3"}).text
     assert locked.get("/api/search", params={"q": "whistle", "k": 1}).status_code == 200
     html = locked.get("/search").text
     new_token = csrf_of(html)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 import soundfile as sf
@@ -53,7 +54,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ...errors import BundleError, CvahashError, FingerprintMismatch, InvalidArgument, StoreError
+from ...errors import (
+    AudioError,
+    BundleError,
+    CvahashError,
+    FingerprintMismatch,
+    InvalidArgument,
+    StoreError,
+)
 from ...library.library import Library, store_info
 from ...query.activity import count_activity
 from ...query.png import encode_png
@@ -262,7 +270,8 @@ def create_app(settings: WebSettings) -> Starlette:
             if (request.url.path.startswith("/api/") or request.method != "GET"
                     or request.url.path.endswith((".wav", ".png", ".csv"))):
                 return error(request, 401, "log in first (POST /login with the password)")
-            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+            here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?{urlencode({'next': here})}", status_code=303)
         try:
             return await handler(request)
         except BadRequest as exc:
@@ -271,6 +280,8 @@ def create_app(settings: WebSettings) -> Starlette:
             return error(request, 404, str(exc))
         except InvalidArgument as exc:
             return error(request, 400, str(exc))
+        except AudioError as exc:  # the window's recording is damaged or unreadable
+            return error(request, 404, str(exc))
         except CvahashError as exc:
             return error(request, 503, str(exc), _fix_for(exc, settings))
 
