@@ -31,7 +31,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -765,7 +764,3 @@ def _add_acks(path: Path, ids: list[str]) -> None:
         except OSError as exc:
             raise CvahashError(f"cannot record the acknowledgement in {path}: "
                                f"{exc.strerror or exc}") from None
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
