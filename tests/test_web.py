@@ -549,3 +549,22 @@ def test_serve_settings_come_from_the_config_and_flags(tmp_path):
     check_exposure(settings, listen)  # now allowed
     args.listen, args.port = "127.0.0.1", 9000
     assert settings_from_args(args)[1:] == ("127.0.0.1", 9000)
+
+
+def test_serve_without_the_web_extra_names_the_pip_command(tmp_path, monkeypatch, capsys):
+    import builtins
+    import sys
+
+    real_import = builtins.__import__
+
+    def no_starlette(name, *args, **kwargs):
+        if name.startswith("starlette"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    for mod in [m for m in sys.modules if m.startswith("cvahash.station.web")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setattr(builtins, "__import__", no_starlette)
+    assert main(["serve", "--db", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'cvahash[web]'" in err and "starlette" in err
