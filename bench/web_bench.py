@@ -105,7 +105,7 @@ def page_with_pictures(base: str, query: str, pool: ThreadPoolExecutor) -> tuple
     t0 = time.perf_counter()
     html = get(f"{base}/search?q={urllib.request.quote(query)}&k=10").decode()
     t1 = time.perf_counter()
-    pics = re.findall(r'src="(/spectrogram/\d+\.png)"', html)
+    pics = re.findall(r'src="(/strip/\d+\.png)"', html)
     if len(pics) != 10:
         raise RuntimeError(f"expected 10 hits, the page has {len(pics)}")
     list(pool.map(lambda p: get(base + p), pics))

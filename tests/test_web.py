@@ -19,7 +19,6 @@ pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 
 from starlette.testclient import TestClient  # noqa: E402
-from test_search import read_png  # noqa: E402
 from web_store import make_store  # noqa: E402
 
 from cvahash.cli import main  # noqa: E402
@@ -90,7 +89,8 @@ def test_search_page_shows_every_hit_with_audio_spectrogram_and_more_like_this(c
     html = client.get("/search", params={"q": "whistle", "k": 4}).text
     for h in api["hits"]:
         assert f'src="/audio/{h["row"]}.wav"' in html
-        assert f'src="/spectrogram/{h["row"]}.png"' in html
+        assert f'src="/strip/{h["row"]}.png"' in html
+        assert f'href="/spectrogram/{h["row"]}.png"' in html
         assert f'href="/like?row={h["row"]}&amp;k=4"' in html
         assert f"distance {h['distance']}" in html
     assert html.count('class="hit"') == 4
@@ -171,7 +171,19 @@ def test_audio_is_the_window_with_context_cut_from_the_original(client):
     assert sr == sr0 and np.array_equal(got, src[first:last])
 
 
-def test_spectrogram_is_the_cli_picture(client, station, tmp_path):
+def png_pixels(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_full_spectrogram_is_the_cli_figure_and_the_strip_its_log_mel(client, station,
+                                                                      tmp_path):
+    from matplotlib import colormaps
+
+    from cvahash.model.bundle import ModelBundle
+    from cvahash.model.frontend import log_mel
+
     hit = client.get("/api/search", params={"q": "whistle", "k": 1}).json()["hits"][0]
     r = client.get(f"/spectrogram/{hit['row']}.png")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
@@ -179,8 +191,25 @@ def test_spectrogram_is_the_cli_picture(client, station, tmp_path):
     assert main(["search", "whistle", "--db", str(station["store"]), "-k", "1",
                  "--spectrograms", str(out)]) == 0
     (cli_png,) = out.glob("*.png")
-    assert np.array_equal(read_png(r.content), read_png(cli_png.read_bytes()))
+    web, cli = png_pixels(r.content), png_pixels(cli_png.read_bytes())
+    assert web.shape == cli.shape  # the same figure; only the title differs
+    rows = np.flatnonzero((web != cli).any(axis=(1, 2)))
+    assert rows.max() < web.shape[0] * 0.2  # every difference lies in the title lines
     assert client.get(f"/spectrogram/{hit['row']}.png").content == r.content  # from the cache
+
+    # The strip: the window's log-mel, recomputed here from the file, in magma.
+    strip = png_pixels(client.get(f"/strip/{hit['row']}.png").content)
+    params = ModelBundle.open(Path(__file__).parent / "data" / "demo-bundle").frontend_params
+    x, sr = sf.read(hit["recording"], dtype="float32")
+    import soxr
+
+    x = soxr.resample(x[round(hit["start_s"] * sr):round(hit["end_s"] * sr)], sr,
+                      params.sample_rate, quality="HQ")
+    mel = log_mel(x, params)[0, 0].T[::-1]
+    top = mel.max()
+    want = colormaps["magma"](np.clip((mel - top + 80) / 80, 0, 1), bytes=True)[..., :3]
+    assert strip.shape == (params.n_mels, mel.shape[1], 3)
+    assert np.abs(strip.astype(int) - want.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize("url, status", [
@@ -192,6 +221,8 @@ def test_spectrogram_is_the_cli_picture(client, station, tmp_path):
     ("/audio/%2Fetc%2Fpasswd.wav", 404),
     ("/spectrogram/..%2F..%2Fetc%2Fpasswd.png", 404),
     ("/spectrogram/1e9.png", 404),
+    ("/strip/abc.png", 404),
+    ("/strip/..%2F1.png", 404),
     ("/audio/1.wav?context=99", 400),
     ("/audio/1.wav?context=nan", 400),
     ("/static/../app.py", 404),
@@ -253,7 +284,8 @@ def test_a_symlink_out_of_the_audio_folder_is_not_served(tmp_path, capsys):
         # The indexed file is swapped for a symlink to a file elsewhere: refused.
         os.remove(audio / "20240612_050000.wav")
         os.symlink(outside / "secret.wav", audio / "20240612_050000.wav")
-        for url in (f"/audio/{row}.wav", f"/spectrogram/{row}.png", f"/api/like?row={row}"):
+        for url in (f"/audio/{row}.wav", f"/spectrogram/{row}.png", f"/strip/{row}.png",
+                    f"/api/like?row={row}"):
             r = c.get(url)
             assert r.status_code == 404 and "outside the audio folders" in r.text, url
     # Configured audio roots: a recording indexed through a symlink (its real path
@@ -415,6 +447,7 @@ def test_login_required_then_logout(locked):
     assert locked.get("/api/search", params={"q": "x"}).status_code == 401
     assert locked.get("/audio/1.wav").status_code == 401
     assert locked.get("/spectrogram/1.png").status_code == 401
+    assert locked.get("/strip/1.png").status_code == 401
     page = locked.get("/login").text
     token = csrf_of(page)
     assert locked.post("/login", data={"password": PASSWORD}).status_code == 403  # no CSRF
@@ -567,4 +600,4 @@ def test_serve_without_the_web_extra_names_the_pip_command(tmp_path, monkeypatch
     monkeypatch.setattr(builtins, "__import__", no_starlette)
     assert main(["serve", "--db", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "pip install 'cvahash[web]'" in err and "starlette" in err
+    assert "pip install '.[web]' in the cvahash checkout" in err and "starlette" in err

@@ -154,13 +154,16 @@ def test_the_pages_in_a_real_browser(server, browser, tmp_path):
     rows = [int(h.get_attribute("data-row")) for h in hits]
     assert len(set(rows)) == 10
 
-    # Spectrograms load (1001 frames wide, 64 mel bands x 3 pixels tall).
+    # Spectrograms load (1001 frames wide, 64 mel bands tall).
     wait(d).until(lambda drv: drv.execute_script(
         "return [...document.querySelectorAll('img.spec')].slice(0, 3)"
         ".every(i => i.complete && i.naturalWidth > 0)"))
     size = d.execute_script("const i = document.querySelector('img.spec');"
                             "return [i.naturalWidth, i.naturalHeight]")
-    assert size == [1001, 192]
+    assert size == [1001, 64]
+    # The full picture behind each strip is the CLI's figure.
+    full = d.execute_script("return document.querySelector('a.full').href")
+    assert "/spectrogram/" in full
     shoot(d, tmp_path, "search")
 
     # Play the first hit: the audio element loads and knows its duration.

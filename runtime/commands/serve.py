@@ -6,7 +6,8 @@ store is read as a snapshot reader: the daemon keeps capturing and writing meanw
 
 Listens on 127.0.0.1 unless told otherwise; any other address needs a password
 (`cvahash web passwd`) and is refused without one. Needs the web extra:
-pip install 'cvahash[web]'. docs/web.md describes the pages and the API.
+pip install '.[web]' in the cvahash checkout. docs/web.md describes the pages and
+the API.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def settings_from_args(args: argparse.Namespace):
         from ..station.web.app import WebSettings
     except ModuleNotFoundError as exc:
         raise CvahashError(f"cvahash serve needs the web extra ({exc.name} is missing): "
-                           "pip install 'cvahash[web]'") from None
+                           "pip install '.[web]' in the cvahash checkout") from None
     listen, port, threads = "127.0.0.1", 8080, 1
     kw: dict = {}
     if args.config:

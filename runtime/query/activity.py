@@ -10,7 +10,8 @@ capture time and station:
 
 Hits whose capture time is unknown are counted apart (``unknown_time``). The result
 (`Activity`) becomes JSON (`to_dict`), CSV (`to_csv`: bucket start, station, count) and
-a bar chart (`write_png`, needs matplotlib: ``pip install 'cvahash[plots]'``). The command
+a bar chart (`write_png`, needs matplotlib: ``pip install '.[plots]'`` in the cvahash
+checkout). The command
 ``cvahash activity`` and the station web page both use this module.
 """
 
@@ -112,8 +113,8 @@ class Activity:
         try:
             import matplotlib
         except ModuleNotFoundError:
-            raise CvahashError("--png needs matplotlib: pip install 'cvahash[plots]' "
-                               "(or leave out --png and use --csv)") from None
+            raise CvahashError("--png needs matplotlib: pip install '.[plots]' in the cvahash "
+                               "checkout (or leave out --png and use --csv)") from None
         matplotlib.use("Agg")
         from matplotlib.figure import Figure
 

@@ -83,7 +83,7 @@ class MqttTarget:
                 raise SendFailed(f"broker did not acknowledge within {self.timeout_s:g} s")
         except ImportError:
             raise SendFailed(f"{self.name}: paho-mqtt is not installed: "
-                             "pip install 'cvahash[web]'") from None
+                             "pip install '.[web]' in the cvahash checkout") from None
         except (OSError, ValueError, RuntimeError, SendFailed) as exc:
             self.close()
             raise SendFailed(f"{self.name}: {exc}") from None
@@ -111,7 +111,7 @@ class AppriseTarget:
             import apprise  # the web extra; slow to import (hundreds of plugins): when used
         except ImportError:
             raise SendFailed(f"{self.name}: Apprise is not installed: "
-                             "pip install 'cvahash[web]'") from None
+                             "pip install '.[web]' in the cvahash checkout") from None
 
         ap = apprise.Apprise()
         if not ap.add(self.url):

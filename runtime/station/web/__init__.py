@@ -2,6 +2,7 @@
 
 `create_app(WebSettings(...))` builds the Starlette application (pages, the JSON API
 under ``/api/``, audio and spectrograms by store row id, login); ``cvahash serve`` runs it
-under uvicorn. Needs the ``web`` extra (``pip install 'cvahash[web]'``); docs/web.md
-describes the pages, the API and the security model.
+under uvicorn. Needs the ``web`` extra (``pip install '.[web]'`` in the cvahash checkout)
+and, for the spectrograms, the ``plots`` extra; docs/web.md describes the pages, the API
+and the security model.
 """

@@ -10,7 +10,8 @@ Routes (every page has a JSON twin under ``/api/``; the search JSON is exactly w
     GET  /alerts                                       GET /api/alerts
     POST /alerts/ack      (CSRF)
     GET  /station                                      GET /api/status, GET /api/info
-    GET  /audio/ROW.wav?context=S                      GET /spectrogram/ROW.png
+    GET  /audio/ROW.wav?context=S                      GET /spectrogram/ROW.png (as the CLI)
+    GET  /strip/ROW.png    (the bare log-mel the search page shows inside each hit)
     GET  /login   POST /login (CSRF, rate-limited)     POST /logout (CSRF)
 
 The store is opened read-only (a snapshot reader: the server never takes the writer lock,
@@ -63,12 +64,12 @@ from ...errors import (
 )
 from ...library.library import Library, store_info
 from ...query.activity import count_activity
-from ...query.png import encode_png
-from ...query.report import _read_span, display_paths, format_span, spectrogram_image
+from ...query.report import _read_span, display_paths, format_span
 from ...query.search import parse_when, search_like, search_text
 from ..health import read_status, verdict
 from . import auth
 from .charts import activity_svg, legend, spectrogram_ticks
+from .pictures import figure_png, strip_png
 
 log = logging.getLogger(__name__)
 
@@ -397,9 +398,10 @@ def create_app(settings: WebSettings) -> Starlette:
         sf.write(buf, frames, info.sample_rate, subtype="PCM_16", format="WAV")
         return buf.getvalue()
 
-    def draw_spectrogram(row: int) -> bytes:
+    def draw_spectrogram(row: int, full: bool) -> bytes:
+        """The strip (``full`` False) or the CLI's figure of a window, cached."""
         store, bundle = library.get()
-        key = (store.store_id, store.fingerprint, row)
+        key = (store.store_id, store.fingerprint, row, full)
         with pictures_lock:
             if key in pictures:
                 pictures.move_to_end(key)
@@ -413,8 +415,18 @@ def create_app(settings: WebSettings) -> Starlette:
             raise NotFound(f"window {row}: the audio holds NaN or infinite samples")
         if info.sample_rate != params.sample_rate:
             mono = soxr.resample(mono, info.sample_rate, params.sample_rate, quality="HQ")
-        # zlib level 1: a third of level 6's time for a picture about 10% larger.
-        data = encode_png(spectrogram_image(mono, params), compress_level=1)
+        if full:
+            when = window.capture_time if window.clock_source != "unknown" else None
+            station = window.recording.station or "-"
+            data = figure_png(
+                mono, params, start_s=window.offset_s, capture_time=when,
+                title=f"window {row}, station {station}",
+                subtitle=(f"captured {when:%Y-%m-%d %H:%M:%S} UTC (clock: {window.clock_source})"
+                          if when else "capture time unknown")
+                + f"; {os.path.basename(path)} {window.offset_s:.1f}-"
+                  f"{window.offset_s + window.length_s:.1f} s")
+        else:
+            data = strip_png(mono, params)
         with pictures_lock:
             pictures[key] = data
             while len(pictures) > SPECTROGRAM_CACHE:
@@ -436,7 +448,13 @@ def create_app(settings: WebSettings) -> Starlette:
 
     async def spectrogram(request: Request) -> Response:
         row = _row(request.path_params["row"])
-        data = await searching(draw_spectrogram, row)
+        data = await searching(draw_spectrogram, row, True)
+        return Response(data, media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+    async def strip(request: Request) -> Response:
+        row = _row(request.path_params["row"])
+        data = await searching(draw_spectrogram, row, False)
         return Response(data, media_type="image/png",
                         headers={"Cache-Control": "private, max-age=3600"})
 
@@ -596,6 +614,7 @@ def create_app(settings: WebSettings) -> Starlette:
         Route("/api/info", protect(info_api)),
         Route("/audio/{row}.wav", protect(audio)),
         Route("/spectrogram/{row}.png", protect(spectrogram)),
+        Route("/strip/{row}.png", protect(strip)),
         Route("/login", protect(login_page, public=True)),
         Route("/login", protect(login, public=True), methods=["POST"]),
         Route("/logout", protect(logout, public=True), methods=["POST"]),
