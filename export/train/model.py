@@ -30,7 +30,7 @@ from transformers import ClapConfig, ClapModel
 
 from ...errors import CvahashError
 
-HEAD_TYPES = ("crovca", "seed")
+HEAD_TYPES = ("crovca", "seed", "projection")
 LORA_TARGETS = ("query", "value")
 
 
@@ -183,6 +183,10 @@ def make_head(kind: str, in_dim: int, bits: int, hidden: int | None = None) -> n
         return CroVCAHead(in_dim, bits, hidden)
     if kind == "seed":
         return SeedHead(in_dim, bits, hidden)
+    if kind == "projection":  # lsh / itq: fixed hyperplanes (export/train/hyperplanes.py)
+        from .hyperplanes import ProjectionHead
+
+        return ProjectionHead(in_dim, bits)
     raise ValueError(f"unknown head type {kind!r}; choose one of {', '.join(HEAD_TYPES)}")
 
 

@@ -7,6 +7,10 @@
 foundation model when no pretrained weights are at hand); its RUN_DIR then works as
 ``--model RUN_DIR`` for later runs. Running again with the same --out resumes from the
 last checkpoint. Needs the [export] extra (torch, transformers, peft).
+
+Without captions: ``--objective lsh`` (no data: random hyperplanes on the shared
+projection) and ``--objective itq`` (``--data`` = a folder of recordings or a manifest;
+captions optional) make a bundle-ready run from a pretrained CLAP in minutes.
 """
 
 from __future__ import annotations
@@ -19,15 +23,22 @@ import sys
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train hashing heads (+LoRA) on a CLAP model (workstation)",
-        description="Train CVA-Hash heads with LoRA on a CLAP model; see docs/benchmarks/quality.md.")
+        description="Train CVA-Hash heads with LoRA on a CLAP model; see "
+                    "docs/benchmarks/quality.md.")
     p.add_argument("--model", default="tiny",
                    help="hub id, local model folder, clip run folder, or 'tiny' (random tiny "
                         "CLAP; default)")
-    p.add_argument("--data", required=True, metavar="MANIFEST",
-                   help="JSONL or CSV manifest: audio, caption, labels, split")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (resumes if it exists)")
+    p.add_argument("--data", default=None, metavar="MANIFEST",
+                   help="JSONL or CSV manifest: audio, caption, labels, split (not needed for "
+                        "--objective lsh; for itq also a folder of recordings)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run folder (resumes if it exists)")
     p.add_argument("--bits", type=int, default=64)
-    p.add_argument("--objective", choices=("crovca", "contrastive", "clip"), default="crovca")
+    p.add_argument("--objective", choices=("crovca", "contrastive", "clip", "lsh", "itq"),
+                   default="crovca",
+                   help="crovca/contrastive: train hashing heads on captioned clips (default "
+                        "crovca); clip: pretrain a tiny CLAP; lsh: random hyperplanes, no "
+                        "data; itq: learned from unlabelled audio")
     p.add_argument("--head", choices=("crovca", "seed"), default="crovca",
                    help="crovca: Linear-ReLU-Linear-BN (default); seed: Linear-BN-ReLU-Linear")
     p.add_argument("--lora-rank", type=int, default=8, help="0 trains the heads only")
@@ -43,7 +54,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")
     p.add_argument("--cache-dir", default=None,
                    help="log-mel cache folder (default: .cvahash-cache beside the manifest)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if RUN_DIR has a checkpoint")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even if RUN_DIR has a checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run)
 
@@ -57,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise MissingExtra(f"cvahash train needs the workstation extra ({exc.name} is missing): "
                            "pip install 'cvahash[export]'") from exc
+    if args.objective in ("lsh", "itq"):
+        return _run_fixed_heads(args)
+    if args.data is None:
+        print(f"cvahash train: error: --objective {args.objective} needs --data MANIFEST "
+              "(captioned clips); without captions use --objective lsh or itq",
+              file=sys.stderr)
+        return 2
     if args.objective == "clip" and args.lora_rank:
         args.lora_rank = 0  # clip pretraining trains the whole (tiny) model; LoRA is moot
     config = RunConfig(
@@ -70,6 +89,31 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = train(config, args.data, args.out, options)
     except (ValueError, FloatingPointError) as exc:
+        print(f"cvahash train: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_fixed_heads(args: argparse.Namespace) -> int:
+    """--objective lsh / itq: no gradient training, one pass over the data at most."""
+    from ..errors import CvahashError, MissingExtra
+
+    try:
+        from ..export.train.hyperplanes import fit_run
+        from ..export.train.loop import TrainOptions
+        from ..export.train.run import RunConfig
+    except ImportError as exc:
+        raise MissingExtra(f"cvahash train needs the workstation extra ({exc.name} is missing): "
+                           "pip install 'cvahash[export]'") from exc
+    config = RunConfig(model=args.model, bits=args.bits, objective=args.objective,
+                       head="projection", lora_rank=0, seed=args.seed, epochs=0,
+                       warmup_epochs=0, text_max_length=args.max_text_length)
+    options = TrainOptions(device=args.device, cache_dir=args.cache_dir,
+                           resume=not args.no_resume, progress=not args.quiet)
+    try:
+        summary = fit_run(config, args.out, args.data, options)
+    except (ValueError, CvahashError) as exc:
         print(f"cvahash train: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))
