@@ -152,3 +152,132 @@ def test_fixed_heads_errors_are_cli_words(model_dir, tmp_path, capsys):
     assert "holds no audio files" in capsys.readouterr().err
     assert main(["train", "--objective", "crovca", "--out", str(tmp_path / "d")]) == 2
     assert "--objective lsh or itq" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- bundle verify statistics
+
+
+CAPTIONS = ["a rising whistle", "owl hooting at night", "frogs croaking in rain",
+            "rapid clicking"]
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    """40 clips of four kinds with a manifest (captions cycled; reassigned below)."""
+    out = tmp_path_factory.mktemp("held-out")
+    rng = np.random.default_rng(7)
+    sr = 16000
+    t = np.arange(sr) / sr
+    rows = []
+    for i in range(40):
+        kind = i % 4
+        f0 = rng.uniform(300, 4000)
+        x = [np.sin(2 * np.pi * f0 * t), 0.3 * rng.standard_normal(t.size),
+             np.sin(2 * np.pi * (f0 * t + 1500 * t ** 2)),
+             ((np.arange(t.size) % int(sr / rng.uniform(5, 30))) < 40).astype(float)][kind]
+        sf.write(out / f"c{i:02d}.wav", (0.4 * x).astype(np.float32), sr)
+        rows.append({"audio": f"c{i:02d}.wav", "caption": CAPTIONS[kind], "split": "test"})
+    manifest = out / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest, rows
+
+
+@pytest.fixture(scope="module")
+def itq_bundle(model_dir, held_out, tmp_path_factory):
+    """An ITQ run (audio and captions centred apart) and its fp32 bundle."""
+    from cvahash.cli import main
+
+    root = tmp_path_factory.mktemp("itq")
+    assert main(["train", "--model", str(model_dir), "--objective", "itq", "--bits", "64",
+                 "--data", str(held_out[0]), "--out", str(root / "run"),
+                 "--max-text-length", "16", "--quiet"]) == 0
+    assert main(["export", str(root / "run"), "--out", str(root / "bundle"),
+                 "--precision", "fp32"]) == 0
+    return root / "run", root / "bundle"
+
+
+@pytest.fixture(scope="module")
+def retrieving_manifest(itq_bundle, held_out, tmp_path_factory):
+    """The held-out clips with captions the run retrieves well *by construction*: greedily,
+    nearest (caption, clip) pairs first, each caption takes the 10 clips whose PyTorch audio
+    codes are nearest its code, and labels follow the captions. So PyTorch's mAP@10 is high
+    and a worse bundle can show it."""
+    from cvahash.export.onnx.convert import torch_audio_logits, torch_text_logits
+    from cvahash.export.onnx.verify import load_probe
+    from cvahash.export.train.model import load_run
+    from cvahash.export.train.tokenizer import tokenize
+    from cvahash.model.frontend import FrontendParams
+
+    run, _ = itq_bundle
+    manifest, rows = held_out
+    model, config, tok = load_run(run)
+    merged = model.merged()
+    audio = torch_audio_logits(merged, load_probe(manifest, FrontendParams()).features) > 0
+    ids, mask = tokenize(tok, CAPTIONS, config.text_max_length, config.text_padding)
+    text = torch_text_logits(merged, ids.numpy(), mask.numpy()) > 0
+    dist = (audio[:, None, :] != text[None, :, :]).sum(axis=2)   # (clips, captions)
+    taken, assigned = [0] * len(CAPTIONS), {}
+    for flat in np.argsort(dist, axis=None, kind="stable"):
+        j, k = divmod(int(flat), len(CAPTIONS))
+        if j not in assigned and taken[k] < 10:
+            assigned[j], taken[k] = k, taken[k] + 1
+    out = tmp_path_factory.mktemp("retrieving") / "manifest.jsonl"
+    out.write_text("".join(json.dumps(
+        {**r, "audio": str(manifest.parent / r["audio"]), "caption": CAPTIONS[assigned[j]],
+         "labels": [f"kind{assigned[j]}"]}) + "\n" for j, r in enumerate(rows)))
+    return out
+
+
+def test_verify_passes_an_equal_bundle_with_a_zero_interval(itq_bundle, retrieving_manifest,
+                                                            capsys):
+    from cvahash.cli import main
+
+    run, bundle = itq_bundle
+    assert main(["bundle", "verify", str(bundle), "--against", str(run), "--data",
+                 str(retrieving_manifest), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["map_queries"] == 40 and not report["notes"]
+    assert report["map10"]["torch"] > 0.4  # by construction; chance is about 0.25
+    assert report["map_change"] == 0 and report["map_change_interval"] == [0, 0]
+    assert main(["bundle", "verify", str(bundle), "--against", str(run), "--data",
+                 str(retrieving_manifest)]) == 0
+    assert "bundle +0.0% (unchanged)" in capsys.readouterr().out
+
+
+def test_verify_fails_a_known_worse_bundle_by_its_interval(itq_bundle, retrieving_manifest,
+                                                           tmp_path, capsys):
+    """The audio graph swapped for other hyperplanes (well-formed, hashes valid): the
+    codes lose the retrieval, the whole interval lies below the limit, verify fails."""
+    import copy
+    import shutil
+
+    from cvahash.cli import main
+    from cvahash.export.onnx.bundle_writer import write_manifest
+    from cvahash.export.onnx.convert import export_audio_graph
+    from cvahash.export.train.model import load_run
+
+    run, bundle = itq_bundle
+    model, _, _ = load_run(run)
+    other = copy.deepcopy(model.merged())
+    other.audio_head.set(lsh_weights(32, 64, seed=99),
+                         other.audio_head.linear.bias.detach().numpy())
+    worse = tmp_path / "worse"
+    shutil.copytree(bundle, worse)
+    export_audio_graph(other, worse / "audio.onnx")
+    fields = json.loads((worse / "manifest.json").read_text())
+    for key in ("files", "fingerprint", "format_version"):
+        fields.pop(key)
+    write_manifest(worse, fields)
+    # bit agreement is not demanded here: the mAP statistics alone must fail it
+    assert main(["bundle", "verify", str(worse), "--against", str(run), "--data",
+                 str(retrieving_manifest), "--min-agreement", "0", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    low, high = report["map_change_interval"]
+    assert low <= report["map_change"] <= high < -0.02
+    assert any("worse than PyTorch's" in f for f in report["failures"])
+    # with too few queries the same bundle is not judged by mAP
+    assert main(["bundle", "verify", str(worse), "--against", str(run), "--data",
+                 str(retrieving_manifest), "--min-agreement", "0", "--min-queries",
+                 "100"]) == 0
+    out = capsys.readouterr().out
+    assert "too few queries (40 < 100)" in out and "worse" in out and "drop" not in out
