@@ -127,6 +127,13 @@ def test_fixed_heads_export_and_search_end_to_end(objective, model_dir, recordin
     capsys.readouterr()
     opened = ModelBundle.open(bundle)
     assert opened.bits == 48 and opened.manifest["run"]["objective"] == objective
+    # the calibration curve survives export: monotone, one value per distance 0..bits
+    from cvahash.model.calibration import Calibration
+
+    cal = Calibration.from_manifest(opened.manifest)
+    assert cal is not None and cal.source == "built-in synthetic probe"
+    for curve in (cal.precision_at, cal.precision_within):
+        assert len(curve) == 49 and np.all(np.diff(curve) <= 0)
     # the bundle computes what PyTorch computes (hyperplanes survive export)
     assert main(["bundle", "verify", str(bundle), "--against", str(run)]) in (0, 1)
     out = capsys.readouterr().out
