@@ -28,16 +28,21 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="tiny",
                    help="hub id, local model folder, clip run folder, or 'tiny' (random tiny "
                         "CLAP; default)")
+    p.add_argument("--tiny-config", default=None, metavar="JSON",
+                   help="--model tiny only: overrides of the tiny ClapConfig, e.g. "
+                        "'{\"audio_config\": {\"window_size\": 32}}'")
     p.add_argument("--data", default=None, metavar="MANIFEST",
                    help="JSONL or CSV manifest: audio, caption, labels, split (not needed for "
                         "--objective lsh; for itq also a folder of recordings)")
     p.add_argument("--out", required=True, metavar="RUN_DIR",
                    help="run folder (resumes if it exists)")
     p.add_argument("--bits", type=int, default=64)
-    p.add_argument("--objective", choices=("crovca", "contrastive", "clip", "lsh", "itq"),
+    p.add_argument("--objective", choices=("crovca", "contrastive", "clip", "supclip", "lsh",
+                                                 "itq"),
                    default="crovca",
                    help="crovca/contrastive: train hashing heads on captioned clips (default "
-                        "crovca); clip: pretrain a tiny CLAP; lsh: random hyperplanes, no "
+                        "crovca); clip: pretrain a tiny CLAP; supclip: the same, captions "
+                        "sharing a call label count as matches; lsh: random hyperplanes, no "
                         "data; itq: learned from unlabelled audio")
     p.add_argument("--head", choices=("crovca", "seed"), default="crovca",
                    help="crovca: Linear-ReLU-Linear-BN (default); seed: Linear-BN-ReLU-Linear")
@@ -76,10 +81,19 @@ def run(args: argparse.Namespace) -> int:
               "(captioned clips); without captions use --objective lsh or itq",
               file=sys.stderr)
         return 2
-    if args.objective == "clip" and args.lora_rank:
+    if args.objective in ("clip", "supclip") and args.lora_rank:
         args.lora_rank = 0  # clip pretraining trains the whole (tiny) model; LoRA is moot
+    try:
+        tiny = json.loads(args.tiny_config) if args.tiny_config else {}
+        if not isinstance(tiny, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        print(f"cvahash train: error: --tiny-config must be a JSON object ({exc})",
+              file=sys.stderr)
+        return 2
     config = RunConfig(
-        model=args.model, bits=args.bits, objective=args.objective, head=args.head,
+        model=args.model, tiny_config=tiny, bits=args.bits, objective=args.objective,
+        head=args.head,
         lora_rank=args.lora_rank, seed=args.seed, epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr_head=args.lr_head,
         lr_lora=args.lr_lora, lr_base=args.lr_base, text_max_length=args.max_text_length,
