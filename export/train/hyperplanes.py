@@ -29,29 +29,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
-from torch import nn
+
+from ...model.frontend import FrontendParams
+from .data import Entry, ManifestError, log_mel_features, read_manifest, select_split
+from .device import encode_all, pick_device, quiet_transformers
+from .loop import TrainOptions
+from .model import HashingModel, ModelLoadError, load_clap
+from .run import read_run_config, save_run
+from .tokenizer import tokenize
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 ITQ_ITERATIONS = 50
-
-
-class ProjectionHead(nn.Module):
-    """``linear(normalize(x))``: one hyperplane per bit on the unit sphere of the projection."""
-
-    def __init__(self, in_dim: int, bits: int, hidden: int | None = None):
-        super().__init__()
-        self.linear = nn.Linear(in_dim, bits)
-        nn.init.zeros_(self.linear.bias)
-
-    def set(self, weight: np.ndarray, bias: np.ndarray) -> None:
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-            self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(F.normalize(x, dim=-1))
 
 
 def lsh_weights(dim: int, bits: int, seed: int) -> np.ndarray:
@@ -99,8 +88,6 @@ def quantisation_loss(x: np.ndarray, weight: np.ndarray, mean: np.ndarray) -> fl
 def audio_entries(data: str | Path):
     """Entries (cvahash.export.train.data.Entry) of ``data``: a folder of audio files (searched
     recursively) or a manifest whose captions may be missing. Returns (entries, has_captions)."""
-    from .data import Entry, ManifestError, read_manifest, select_split
-
     path = Path(data)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
@@ -118,13 +105,6 @@ def audio_entries(data: str | Path):
 
 def fit_run(config, run_dir: str | Path, data: str | Path | None = None, options=None) -> dict:
     """Build an ``lsh`` or ``itq`` run into ``run_dir``; returns a summary dict."""
-    from ...model.frontend import FrontendParams
-    from .data import log_mel_features
-    from .loop import TrainOptions, encode_all, pick_device, quiet_transformers
-    from .model import HashingModel, ModelLoadError, load_clap
-    from .run import read_run_config, save_run
-    from .tokenizer import tokenize
-
     options = options or TrainOptions()
     run_dir = Path(run_dir)
     t0 = time.monotonic()

@@ -24,7 +24,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import ClapConfig, ClapModel
 
@@ -78,7 +80,7 @@ def reinit_weights(model: nn.Module, seed: int) -> nn.Module:
     """Re-initialise Linear/Conv/Embedding layers with PyTorch defaults, seeded.
 
     HF's CLAP init (std 0.02) makes a random tiny model's outputs nearly independent of
-    its input (FINDINGS.md); PyTorch's default init does not.
+    its input (docs/architecture.md, measured facts); PyTorch's default init does not.
     """
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -178,14 +180,30 @@ class SeedHead(nn.Module):
         return self.net(x)
 
 
+class ProjectionHead(nn.Module):
+    """``linear(normalize(x))``: one hyperplane per bit on the unit sphere of the projection
+    (the ``lsh`` and ``itq`` heads; export/train/hyperplanes.py sets the weights)."""
+
+    def __init__(self, in_dim: int, bits: int, hidden: int | None = None):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, bits)
+        nn.init.zeros_(self.linear.bias)
+
+    def set(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.normalize(x, dim=-1))
+
+
 def make_head(kind: str, in_dim: int, bits: int, hidden: int | None = None) -> nn.Module:
     if kind == "crovca":
         return CroVCAHead(in_dim, bits, hidden)
     if kind == "seed":
         return SeedHead(in_dim, bits, hidden)
     if kind == "projection":  # lsh / itq: fixed hyperplanes (export/train/hyperplanes.py)
-        from .hyperplanes import ProjectionHead
-
         return ProjectionHead(in_dim, bits)
     raise ValueError(f"unknown head type {kind!r}; choose one of {', '.join(HEAD_TYPES)}")
 
@@ -276,12 +294,3 @@ class HashingModel(nn.Module):
             p.requires_grad_(False)
         return twin.eval()
 
-
-def __getattr__(name):
-    # save_run/load_run/RunConfig live in run.py (which imports this module); re-export
-    # lazily so `from cvahash.export.train.model import load_run` works without an import cycle.
-    if name in ("save_run", "load_run", "RunConfig"):
-        from . import run
-
-        return getattr(run, name)
-    raise AttributeError(name)
