@@ -100,7 +100,7 @@ def _index_and_search(bundle, recordings, tmp_path, capsys):
 def test_fixed_heads_export_and_search_end_to_end(objective, model_dir, recordings, tmp_path,
                                                   capsys):
     from cvahash.cli import main
-    from cvahash.export.train.model import load_run
+    from cvahash.export.train.run import load_run
     from cvahash.model.bundle import ModelBundle
 
     run = tmp_path / "run"
@@ -211,7 +211,7 @@ def retrieving_manifest(itq_bundle, held_out, tmp_path_factory):
     and a worse bundle can show it."""
     from cvahash.export.onnx.convert import torch_audio_logits, torch_text_logits
     from cvahash.export.onnx.verify import load_probe
-    from cvahash.export.train.model import load_run
+    from cvahash.export.train.run import load_run
     from cvahash.export.train.tokenizer import tokenize
     from cvahash.model.frontend import FrontendParams
 
@@ -261,7 +261,7 @@ def test_verify_fails_a_known_worse_bundle_by_its_interval(itq_bundle, retrievin
     from cvahash.cli import main
     from cvahash.export.onnx.bundle_writer import write_manifest
     from cvahash.export.onnx.convert import export_audio_graph
-    from cvahash.export.train.model import load_run
+    from cvahash.export.train.run import load_run
 
     run, bundle = itq_bundle
     model, _, _ = load_run(run)
