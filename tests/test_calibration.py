@@ -80,3 +80,54 @@ def test_the_shipped_demo_bundle_without_a_curve_still_opens():
         assert Calibration.from_manifest(bundle.manifest) is None
     else:
         assert Calibration.from_manifest(bundle.manifest) is not None
+
+
+def test_watch_suggest_prints_a_watchlist_entry_the_config_reader_accepts(tmp_path, capsys):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from cvahash.cli import main
+    from cvahash.station.config import loads_config
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(Path(__file__).parent / "data" / "demo-bundle", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    bits = manifest["bits"]
+    # a curve by hand: distance <= 10 is 90 % relevant, then it falls away
+    d = np.concatenate([np.repeat(np.arange(11), 10), np.repeat(np.arange(11, bits + 1), 10)])
+    r = np.concatenate([np.arange(110) % 10 != 0, np.arange(10 * (bits - 10)) % 10 == 0])
+    manifest["calibration"] = {**fit_curves(d, r, bits), "source": "hand-made pairs"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["watch", "suggest", "Owl hooting at night", "--bundle", str(bundle),
+                 "--precision", "0.85"]) == 0
+    out = capsys.readouterr().out
+    cal = Calibration.from_manifest(manifest)
+    radius = cal.radius_for(0.85)
+    assert radius is not None and cal.precision_within[radius] >= 0.85
+    assert f"radius {radius} of {bits} bits" in out and "hand-made pairs" in out
+    entry = out[out.index("[[watchlist]]"):]
+    assert f"radius = {radius}" in entry and 'name = "owl-hooting-at-night"' in entry
+    config = loads_config('[device]\nname = "t"\n[runtime]\nbundle = "b"\n[store]\n'
+                          'path = "s"\n' + entry, base_dir=tmp_path)
+    assert config.watchlist[0].radius == radius
+    assert config.watchlist[0].query == "Owl hooting at night"
+    # no radius is good enough
+    assert main(["watch", "suggest", "owl", "--bundle", str(bundle), "--precision", "1"]) == 1
+    assert "lower --precision" in capsys.readouterr().err
+
+
+def test_watch_suggest_without_a_curve_says_what_to_do(capsys):
+    from pathlib import Path
+
+    from cvahash.cli import main
+
+    bundle = Path(__file__).parent / "data" / "demo-bundle"
+    if "calibration" in (bundle / "manifest.json").read_text():
+        pytest.skip("the shipped bundle carries a curve")
+    assert main(["watch", "suggest", "owl hooting", "--bundle", str(bundle)]) == 1
+    err = capsys.readouterr().err
+    assert "no calibration curve" in err and "cvahash export" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["watch", "suggest", "owl", "--bundle", str(bundle), "--precision", "0"])
+    assert exc.value.code == 2 and "--precision 0.0" in capsys.readouterr().err

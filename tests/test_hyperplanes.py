@@ -139,9 +139,25 @@ def test_fixed_heads_export_and_search_end_to_end(objective, model_dir, recordin
     out = capsys.readouterr().out
     assert "agreement   text   1.0000" in out or "agreement   text   0.99" in out
     result = _index_and_search(bundle, recordings, tmp_path, capsys)
-    hits = result["hits"] if isinstance(result, dict) else result
+    hits = result["hits"]
     assert len(hits) == 5
     assert all(0 <= h["distance"] <= 48 for h in hits)
+    # the calibration curve shows in the JSON and as the table's confidence column
+    assert result["calibration"]["source"] == "built-in synthetic probe"
+    for h in hits:
+        assert h["estimated_precision"] == cal.precision(h["distance"])
+        assert h["confidence"] == cal.label(h["distance"])
+    assert main(["search", "a rising whistle", "--db", str(tmp_path / "store"), "-k", "3"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["rank", "distance", "confidence"]
+    assert table[1].split()[2] in ("likely", "possible", "unlikely")
+    # and the watchlist radius it proposes is the curve's
+    assert main(["watch", "suggest", "A rising whistle!", "--db", str(tmp_path / "store"),
+                 "--precision", str(cal.precision_within[0]), "--json"]) == 0
+    suggestion = json.loads(capsys.readouterr().out)
+    assert suggestion["name"] == "a-rising-whistle"
+    assert suggestion["radius"] == cal.radius_for(cal.precision_within[0])
+    assert suggestion["estimated_precision"] >= cal.precision_within[0]
 
 
 def test_fixed_heads_errors_are_cli_words(model_dir, tmp_path, capsys):
