@@ -14,12 +14,12 @@ from cvahash.export.onnx.verify import (
     VerifyReport,
     ap_at_k,
     builtin_probe,
-    describe_change,
     hamming_matrix,
     judge_map_change,
     load_probe,
     map_at_k,
     map_change_interval,
+    quality_change,
 )
 from cvahash.model.frontend import FrontendParams, log_mel
 
@@ -125,7 +125,7 @@ def test_equal_codes_give_no_change_and_pass():
     result, failure, note = judge_map_change(ap, ap.copy())
     assert failure is None and note is None
     assert result.change == 0 and result.low == 0 and result.high == 0 and result.queries == 80
-    assert describe_change(result.change) == "+0.0% (unchanged)"
+    assert quality_change(-result.change) == "same as torch"
 
 
 def test_a_clearly_worse_candidate_fails_with_its_interval():
@@ -135,15 +135,15 @@ def test_a_clearly_worse_candidate_fails_with_its_interval():
     result, failure, note = judge_map_change(ref, worse, max_map_drop=0.02)
     assert note is None and failure is not None
     assert -0.4 < result.low <= result.change <= result.high < -0.2
-    assert f"{result.change:+.1%} worse" in failure and "drop" not in failure
+    assert f"{result.change:+.1%} worse than torch" in failure and "drop" not in failure
 
 
 def test_better_is_reported_as_better_never_as_a_negative_drop():
     ref = np.linspace(0.2, 0.8, 50)
     result, failure, _ = judge_map_change(ref, ref * 1.107)
     assert failure is None
-    assert describe_change(result.change) == "+10.7% better"
-    assert describe_change(-0.03) == "-3.0% worse"
+    assert quality_change(-result.change) == "+10.7% better than torch"
+    assert quality_change(0.03) == "-3.0% worse than torch"
 
 
 def test_few_near_chance_queries_are_not_judged():
@@ -192,8 +192,11 @@ def test_undefined_change_is_a_note_not_a_failure():
 def test_report_format_says_better_or_worse_with_the_interval():
     report = VerifyReport("b", "f" * 16, "int8", 64, {}, against="run", data="m",
                           n_texts=40, n_windows=40, bit_agreement={"text": 0.99, "audio": 0.99},
-                          map10={"torch": 0.2, "bundle": 0.2214}, map_change=0.107,
+                          map10={"torch": 0.2, "bundle": 0.2214}, map_drop=-0.107,
                           map_change_interval=[-0.02, 0.25], map_queries=40)
     text = report.format()
-    assert "bundle +10.7% better" in text and "95% interval -2.0% .. +25.0% over 40" in text
-    assert "drop" not in text.replace("max-map-drop", "") and "result      PASS" in text
+    assert "+10.7% better than torch (fails when the whole interval is more than 2% worse)" \
+        in text
+    assert "95% interval -2.0% .. +25.0% over 40 queries" in text
+    assert "drop" not in text and "result      PASS" in text
+    assert report.to_dict()["map_change"] == pytest.approx(0.107)

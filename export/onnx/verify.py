@@ -218,13 +218,6 @@ def map_change_interval(ap_reference: np.ndarray, ap_candidate: np.ndarray, *,
                      float(high), n, confidence, resamples)
 
 
-def describe_change(change: float) -> str:
-    """"+10.7% better", "-3.0% worse", "+0.0% (unchanged)": never a negative "drop"."""
-    if abs(change) < 5e-4:
-        return "+0.0% (unchanged)"
-    return f"{change:+.1%} {'better' if change > 0 else 'worse'}"
-
-
 def judge_map_change(ap_reference: np.ndarray, ap_candidate: np.ndarray, *,
                      max_map_drop: float = DEFAULT_MAX_MAP_DROP,
                      min_queries: int = DEFAULT_MIN_QUERIES,
@@ -241,10 +234,11 @@ def judge_map_change(ap_reference: np.ndarray, ap_candidate: np.ndarray, *,
                               "mAP@10; judged by bit agreement alone (pass --data with more "
                               "held-out clips, or --limit)")
     if result.high < -max_map_drop:
-        return result, (f"bundle mAP@10 {describe_change(result.change)} than PyTorch's (torch "
+        return result, (f"mAP@10 is {quality_change(-result.change)} (torch "
                         f"{result.reference:.4f}, bundle {result.candidate:.4f}; "
                         f"{result.confidence:.0%} interval {result.low:+.1%} .. "
-                        f"{result.high:+.1%}, wholly below the limit -{max_map_drop:.0%})"), None
+                        f"{result.high:+.1%}: all of it more than {max_map_drop:.0%} "
+                        "worse)"), None
     return result, None, None
 
 
@@ -264,8 +258,8 @@ class VerifyReport:
     n_windows: int = 0
     bit_agreement: dict = field(default_factory=dict)   # branch -> fraction
     map10: dict = field(default_factory=dict)            # "torch"/"bundle" -> mAP@10
-    # relative (bundle - torch) / torch, > 0 better, with its bootstrap interval
-    map_change: float | None = None
+    map_drop: float | None = None                        # (torch - bundle) / torch
+    # bootstrap interval of the change (bundle - torch) / torch = -map_drop, > 0 better
     map_change_interval: list | None = None              # [low, high]
     map_queries: int = 0
     min_agreement: float = DEFAULT_MIN_AGREEMENT
@@ -281,6 +275,8 @@ class VerifyReport:
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items()}
         d["passed"] = self.passed
+        # The same number with the sign people read: positive = the bundle is better.
+        d["map_change"] = None if self.map_drop is None else round(-self.map_drop, 6)
         return d
 
     def format(self) -> str:
@@ -295,16 +291,17 @@ class VerifyReport:
             for branch, value in self.bit_agreement.items():
                 lines.append(f"agreement   {branch:<6} {value:.4f}  (min {self.min_agreement})")
             if self.map10:
-                line = (f"mAP@10      torch {self.map10['torch']:.4f}  bundle "
-                        f"{self.map10['bundle']:.4f}")
-                if self.map_change is not None:
-                    line += f"  bundle {describe_change(self.map_change)}"
-                lines.append(line)
+                limit = (f"fails when the whole interval is more than {self.max_map_drop:.0%} "
+                         "worse" if self.map_change_interval is not None else
+                         f"fails when more than {self.max_map_drop:.0%} worse")
+                lines.append(f"mAP@10      torch {self.map10['torch']:.4f}  bundle "
+                             f"{self.map10['bundle']:.4f}  "
+                             f"{quality_change(self.map_drop)} ({limit})")
                 if self.map_change_interval is not None:
                     low, high = self.map_change_interval
                     lines.append(f"            {CONFIDENCE:.0%} interval {low:+.1%} .. "
-                                 f"{high:+.1%} over {self.map_queries} queries (bootstrap); "
-                                 f"fails only when wholly below -{self.max_map_drop:.0%}")
+                                 f"{high:+.1%} over {self.map_queries} queries (paired "
+                                 "bootstrap)")
         else:
             lines.append("against     (no run given: files and hashes only)")
         for note in self.notes:
@@ -313,6 +310,17 @@ class VerifyReport:
             lines.append(f"FAIL        {f}")
         lines.append("result      " + ("PASS" if self.passed else "FAIL"))
         return "\n".join(lines)
+
+
+def quality_change(map_drop: float | None) -> str:
+    """The bundle's mAP@10 against PyTorch's, in words with the sign explained:
+    ``"+10.7% better than torch"``, ``"-3.0% worse than torch"``, never a negative drop."""
+    if map_drop is None:
+        return "change n/a (torch mAP@10 is 0)"
+    change = -map_drop
+    if abs(change) < 5e-4:
+        return "same as torch"
+    return f"{change:+.1%} {'better' if change > 0 else 'worse'} than torch"
 
 
 def verify_bundle(bundle_dir: str | Path, run_dir: str | Path | None = None,
@@ -373,7 +381,7 @@ def verify_bundle(bundle_dir: str | Path, run_dir: str | Path | None = None,
                                              min_queries=min_queries)
     report.map_queries = int(scored.sum())
     if result is not None:
-        report.map_change = round(result.change, 6)
+        report.map_drop = round(-result.change, 6)
         report.map_change_interval = [round(result.low, 6), round(result.high, 6)]
     if failure:
         report.failures.append(failure)
