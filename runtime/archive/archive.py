@@ -291,7 +291,8 @@ class Archive:
             self.engine.insert("recordings", _arrow(recs))
         added = int(keep.sum()) if keep is not None else update.count
         if added:
-            rows = {k: (v if keep is None else v[keep]) for k, v in columns.items()}
+            rows = {k: (v if keep is None or k.endswith("_names") else v[keep])
+                    for k, v in columns.items()}
             self._insert_rows(bundle, rows)
         capture = update.rows["capture_utc"]
         self.engine.insert("ingests", _arrow({
@@ -321,12 +322,12 @@ class Archive:
             "(SELECT batch FROM ingests)",
             {"r": [int(i) for i in ids], "s": columns["station_names"]})
         new = pd.DataFrame({"r": columns["recording"], "o": columns["offset_us"]})
-        repeats = new.duplicated().to_numpy()
+        repeats = new.duplicated().to_numpy().copy()
         if existing.num_rows:
             old = pd.MultiIndex.from_arrays([existing.column("recording").to_numpy(),
                                              existing.column("offset_us").to_numpy()])
             held = pd.MultiIndex.from_arrays([new["r"].to_numpy(), new["o"].to_numpy()]).isin(old)
-            repeats |= held
+            repeats |= np.asarray(held)
         return ~repeats if repeats.any() else None
 
     # ------------------------------------------------------------------ reading
