@@ -75,7 +75,7 @@ def reference(update_files, pub):
     items.sort(key=lambda t: t[:4])
     nbytes = len(items[0][4])
     codes = np.frombuffer(b"".join(t[4] for t in items), np.uint8).reshape(-1, nbytes)
-    cols = list(zip(*[t[:4] for t in items]))
+    cols = list(zip(*[t[:4] for t in items], strict=True))
     return {"codes": np.ascontiguousarray(codes), "station": np.array(cols[0], object),
             "capture_us": np.array(cols[1]), "recording": np.array(cols[2], np.uint64),
             "offset_us": np.array(cols[3])}
@@ -203,7 +203,7 @@ def test_bad_updates_are_refused_with_nothing_written(tmp_path, keys, three):
     other_key = generate_keypair(tmp_path / "other.key")
     foreign = make_store(tmp_path / "foreign", "ridge-2", fingerprint="bundle-B", days=1)
     wide = make_store(tmp_path / "wide", "ridge-2", bits=128, days=1)
-    untrusted = build_update(tmp_path / "st0", other_key[0], tmp_path / "untrusted.cvaup").path
+    build_update(tmp_path / "st0", other_key[0], tmp_path / "untrusted.cvaup")
     foreign_file = build_update(foreign, keys[0], tmp_path / "foreign.cvaup").path
     with Archive.open(tmp_path / "archive") as archive:
         archive.ingest(files[:1], [keys[1]])
