@@ -5,12 +5,12 @@ bundle fingerprint, so codes of two bundles are never compared::
 
     codes_<16 hex of sha256(fingerprint)>
         station   LowCardinality(String)
-        capture   DateTime64(6, 'UTC')  CODEC(Delta, ZSTD(1))   window's capture start
-        recording UInt64                CODEC(ZSTD(1))          id of (station, path, hash)
-        offset_us Int64                 CODEC(Delta, ZSTD(1))   start into the recording
-        length_s  Float64               CODEC(ZSTD(1))
+        capture   DateTime64(6, 'UTC')  CODEC(Delta, LZ4)       window's capture start
+        recording UInt64                CODEC(LZ4)              id of (station, path, hash)
+        offset_us Int64                 CODEC(Delta, LZ4)       start into the recording
+        length_s  Float64               CODEC(LZ4)
         clock     LowCardinality(String)
-        batch     UInt64                CODEC(ZSTD(1))          the update that brought it
+        batch     UInt32                CODEC(T64, LZ4)         the ingest that brought it
         c0 .. cW  UInt64                CODEC(NONE)             the code, 64 bits a column
     ENGINE MergeTree PARTITION BY toYYYYMM(capture)
     ORDER BY (station, capture, recording, offset_us)
@@ -65,10 +65,10 @@ _BASE_DDL = [
     """CREATE TABLE IF NOT EXISTS recordings (id UInt64, station String, path String,
        content_hash String, start_utc Nullable(Float64), sample_rate Nullable(UInt32),
        duration_s Nullable(Float64)) ENGINE = ReplacingMergeTree ORDER BY id""",
-    """CREATE TABLE IF NOT EXISTS starts (batch UInt64, update_id String,
+    """CREATE TABLE IF NOT EXISTS starts (batch UInt32, update_id String,
        started DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY batch""",
-    """CREATE TABLE IF NOT EXISTS aborts (batch UInt64) ENGINE = MergeTree ORDER BY batch""",
-    """CREATE TABLE IF NOT EXISTS ingests (batch UInt64, update_id String, fingerprint String,
+    """CREATE TABLE IF NOT EXISTS aborts (batch UInt32) ENGINE = MergeTree ORDER BY batch""",
+    """CREATE TABLE IF NOT EXISTS ingests (batch UInt32, update_id String, fingerprint String,
        bits UInt16, file String, key_id String, created String, stations Array(String),
        rows_in_file UInt64, rows_added UInt64, first_capture Nullable(Float64),
        last_capture Nullable(Float64), ingested DateTime64(3, 'UTC'))
@@ -86,12 +86,12 @@ def code_table_ddl(table: str, bits: int, codec: str = CODE_CODEC, engine: str =
     words = ",\n    ".join(f"c{i} UInt64 CODEC({codec})" for i in range(words_for(bits)))
     return (f"CREATE TABLE IF NOT EXISTS {table} (\n"
             "    station LowCardinality(String),\n"
-            "    capture DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1)),\n"
-            "    recording UInt64 CODEC(ZSTD(1)),\n"
-            "    offset_us Int64 CODEC(Delta, ZSTD(1)),\n"
-            "    length_s Float64 CODEC(ZSTD(1)),\n"
+            "    capture DateTime64(6, 'UTC') CODEC(Delta, LZ4),\n"
+            "    recording UInt64 CODEC(LZ4),\n"
+            "    offset_us Int64 CODEC(Delta, LZ4),\n"
+            "    length_s Float64 CODEC(LZ4),\n"
             "    clock LowCardinality(String),\n"
-            "    batch UInt64 CODEC(ZSTD(1)),\n"
+            "    batch UInt32 CODEC(T64, LZ4),\n"
             f"    {words}\n) ENGINE = {engine}\n"
             + ("PARTITION BY toYYYYMM(capture)\n" if partition else "")
             + "ORDER BY (station, capture, recording, offset_us)")
@@ -222,9 +222,9 @@ class Archive:
             return 0
         for bundle in self.bundles().values():
             self.engine.command(
-                f"ALTER TABLE {bundle.table} DELETE WHERE batch IN {{b:Array(UInt64)}} "
+                f"ALTER TABLE {bundle.table} DELETE WHERE batch IN {{b:Array(UInt32)}} "
                 "SETTINGS mutations_sync = 2", {"b": stale})
-        self.engine.insert("aborts", _arrow({"batch": np.array(stale, np.uint64)}))
+        self.engine.insert("aborts", _arrow({"batch": np.array(stale, np.uint32)}))
         log.warning("archive %s: removed the rows of %d interrupted ingest(s)", self.target,
                     len(stale))
         return len(stale)
@@ -270,22 +270,28 @@ class Archive:
         return Bundle(fingerprint, bits, table)
 
     def _ingest_one(self, name: str, update) -> IngestResult:
-        batch = int(update.update_id[:16], 16)
         stations = tuple(sorted({r["station"] for r in update.recordings}))
 
         def result(added: int, already: bool) -> IngestResult:
             return IngestResult(name, update.update_id, update.fingerprint, update.bits,
                                 update.count, added, already, stations)
 
-        if self._rows("SELECT count() AS n FROM ingests WHERE batch = {b:UInt64}",
-                      {"b": batch})[0]["n"]:
+        if self._rows("SELECT count() AS n FROM ingests WHERE update_id = {u:String}",
+                      {"u": update.update_id})[0]["n"]:
             return result(0, True)
         bundle = self._register(update.fingerprint, update.bits)
-        columns = _columns(update, batch)
-        keep = self._new_windows(bundle, columns)
-        self.engine.insert("starts", _arrow({"batch": np.array([batch], np.uint64),
+        # Ingests are numbered 1, 2, ...: a small number compresses to nothing per row,
+        # so the visibility filter every read applies stays cheap.
+        batch = int(self._rows("SELECT max(batch) AS b FROM starts")[0]["b"] or 0) + 1
+        self.engine.insert("starts", _arrow({"batch": np.array([batch], np.uint32),
                                              "update_id": [update.update_id],
                                              "started": [_now()]}))
+        if self._rows("SELECT count() AS n FROM starts WHERE batch = {b:UInt32}",
+                      {"b": batch})[0]["n"] != 1:
+            raise ArchiveError(f"another ingest into {self.target} started at the same time; "
+                               "run one `cvahash archive ingest` at a time, then rerun this one")
+        columns = _columns(update, batch)
+        keep = self._new_windows(bundle, columns)
         recs = _recordings_table(update)
         if len(recs["id"]):
             self.engine.insert("recordings", _arrow(recs))
@@ -296,7 +302,7 @@ class Archive:
             self._insert_rows(bundle, rows)
         capture = update.rows["capture_utc"]
         self.engine.insert("ingests", _arrow({
-            "batch": np.array([batch], np.uint64), "update_id": [update.update_id],
+            "batch": np.array([batch], np.uint32), "update_id": [update.update_id],
             "fingerprint": [update.fingerprint], "bits": np.array([update.bits], np.uint16),
             "file": [Path(name).name], "key_id": [update.key_id], "created": [update.created],
             "stations": [list(stations)],
@@ -431,10 +437,17 @@ class ArchiveView:
         for row in words:
             params = dict(base, k=int(k))
             dist = self._distance(row, params)
+            # Two steps, each reading only the code columns for most rows: the k-th
+            # distance, then the windows at most that far in tie-key order (ordering
+            # every row by the tie key would read all the metadata columns).
+            kth = self.archive._rows(
+                f"SELECT {dist} AS distance FROM {self.table} WHERE {where} "
+                "ORDER BY distance LIMIT 1 OFFSET {kth:UInt64}", dict(params, kth=int(k) - 1))
+            params["limit"] = kth[0]["distance"] if kth else self.bits
             out.append(self.archive._rows(
                 f"SELECT {dist} AS distance, station, toUnixTimestamp64Micro(capture) AS "
                 "capture_us, recording, offset_us, length_s, clock "
-                f"FROM {self.table} WHERE {where} "
+                f"FROM {self.table} WHERE {where} AND {dist} <= {{limit:UInt32}} "
                 "ORDER BY distance, station, capture, recording, offset_us LIMIT {k:UInt64}",
                 params))
         return out
@@ -529,7 +542,7 @@ def _columns(update, batch: int) -> dict[str, Any]:
         "offset_us": np.rint(offset * 1e6).astype(np.int64),
         "length_s": update.rows["length_s"].astype(np.float64),
         "clock_idx": update.rows["clock"], "clock_names": list(update.clocks),
-        "batch": np.full(update.count, batch, np.uint64),
+        "batch": np.full(update.count, batch, np.uint32),
         "words": code_words(update.codes, update.bits),
     }
 
@@ -549,7 +562,7 @@ def _code_rows_arrow(rows: dict[str, Any], bits: int):
         "offset_us": pa.array(rows["offset_us"], pa.int64()),
         "length_s": pa.array(rows["length_s"], pa.float64()),
         "clock": dictionary(rows["clock_idx"], rows["clock_names"]),
-        "batch": pa.array(rows["batch"], pa.uint64()),
+        "batch": pa.array(rows["batch"], pa.uint32()),
     }
     words = rows["words"]
     for i in range(words_for(bits)):
