@@ -8,7 +8,7 @@
  * every kernel returns the same rows by construction and the serial kernel is
  * the reference the others are tested against.
  *
- * Design (FINDINGS.md: a two-pass "write all distances, then select" design
+ * Design (docs/architecture.md, measured facts: a two-pass "write all distances, then select" design
  * was slower than faiss):
  *  - one pass over the database, distances computed a block of BLOCK rows at a
  *    time into a small stack buffer together with the block minimum;

@@ -32,7 +32,7 @@ DEMO_CALLS = ["woodpecker_drumming", "owl_hooting", "tree_frog_croaking", "crick
 
 
 def cli(*args: str) -> int:
-    from ..cli import main
+    from ..cli import main  # lazy: the CLI imports every command
 
     print(f"\n$ cvahash {' '.join(shlex.quote(a) for a in args)}", flush=True)
     return main(list(args))
@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="train and export a new bundle instead of the shipped one")
     ap.add_argument("--bundle", help="use this bundle")
     args = ap.parse_args(argv)
-    from ..query.search import open_store_and_bundle, search_text
-    from .synth.corpus import events_path, queries_for
+    from ..library.library import Library  # lazy: --help stays fast
+    from ..query.search import search_text  # lazy: --help stays fast
+    from .synth.corpus import events_path, queries_for  # lazy: --help stays fast
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     cli("info", "--db", str(store_dir))
 
     print("\n== 4. search by text")
-    store, bundle = open_store_and_bundle(store_dir, bundle_dir)
+    lib = Library.open(store_dir, bundle_dir, graphs=("text",))
+    store, bundle = lib.store, lib.bundle
     n_windows = len(store)
     _, all_windows = store.read(range(n_windows))
     precisions, chances = [], []
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         precisions.append(p10)
         chances.append(holding / max(n_windows, 1))
         print(f"  precision@10 = {p10:.2f}   (chance: {chances[-1]:.2f} of windows hold it)")
-    store.close()
+    lib.close()
     mean_p = sum(precisions) / len(precisions)
     mean_c = sum(chances) / len(chances)
     print(f"\n== mean precision@10 over 5 queries: {mean_p:.2f} (chance {mean_c:.2f}); "

@@ -450,3 +450,61 @@ def test_windows_run_in_parallel_give_the_sequential_codes():
     np.testing.assert_array_equal(parallel.encode_audio(feats[2:3]), want[2:3])
     parallel.close()  # shuts the worker threads down; the next call makes them again
     np.testing.assert_array_equal(parallel.encode_audio(feats[:2]), want[:2])
+
+
+# --- verifying only what is loaded, and the record of verified files ------------------
+
+
+def _flip_middle_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size: only the hash can tell
+    path.write_bytes(bytes(data))
+
+
+def test_a_text_only_open_hashes_the_audio_graph_only_before_loading_it(copy):
+    _flip_middle_byte(copy / "audio.onnx")
+    bundle = ModelBundle.open(copy, graphs=("text",))  # audio.onnx is not read yet
+    assert bundle.encode_text(["owl hoot"]).shape == (1, bundle.nbytes)
+    with pytest.raises(BundleError, match=r"audio[.]onnx: sha256"):
+        bundle.encode_audio(_features(1))
+    with pytest.raises(BundleError, match=r"audio[.]onnx: sha256"):
+        ModelBundle.open(copy)  # a full open still refuses it
+
+
+def test_a_changed_text_graph_is_refused_by_a_text_only_open(copy):
+    _flip_middle_byte(copy / "text.onnx")
+    with pytest.raises(BundleError, match=r"text[.]onnx: sha256"):
+        ModelBundle.open(copy, graphs=("text",))
+
+
+def test_verified_digests_are_reused_until_the_file_changes(built, copy, monkeypatch, tmp_path):
+    from cvahash.model import bundle as bundle_module
+    from cvahash.model import verified
+
+    monkeypatch.setenv(verified.CACHE_ENV, str(tmp_path / "cache"))
+    ModelBundle.open(copy)
+    assert (tmp_path / "cache" / verified.RECORD_FILE).is_file()
+    hashed = []
+    real = bundle_module.sha256_file
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda p: hashed.append(p) or real(p))
+    ModelBundle.open(copy)
+    assert hashed == []  # nothing changed: no file read again
+    _flip_middle_byte(copy / "audio.onnx")
+    with pytest.raises(BundleError, match=r"audio[.]onnx: sha256"):
+        ModelBundle.open(copy)
+    assert [p.name for p in hashed] == ["audio.onnx"]
+    # `check_bundle` (what `cvahash bundle verify` runs) always reads every byte
+    hashed.clear()
+    ModelBundle.open(built[0])
+    hashed.clear()
+    check_bundle(built[0])
+    assert {p.name for p in hashed} >= {"text.onnx", "audio.onnx", "tokenizer.json"}
+
+
+def test_an_unwritable_record_folder_only_costs_the_hashing(copy, monkeypatch, tmp_path):
+    from cvahash.model import verified
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(verified.CACHE_ENV, str(blocker / "cache"))
+    assert ModelBundle.open(copy).fingerprint == ModelBundle.open(copy).fingerprint

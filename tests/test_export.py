@@ -75,7 +75,7 @@ def held_out(corpus):
 def reference(run_dir, held_out):
     """PyTorch logits (merged model, transformers tokenizer) of the held-out clips."""
     from cvahash.export.onnx.convert import torch_audio_logits, torch_text_logits
-    from cvahash.export.train.model import load_run
+    from cvahash.export.train.run import load_run
     from cvahash.export.train.tokenizer import tokenize
 
     model, config, tokenizer = load_run(run_dir)

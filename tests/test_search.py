@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from cvahash.errors import BundleError, CvahashError, InvalidArgument
+from cvahash.library.library import BUNDLE_ENV, resolve_bundle
 from cvahash.model.frontend import FrontendParams, log_mel
 from cvahash.query.png import VIRIDIS_ANCHORS, colorize, encode_png, write_png
 from cvahash.query.report import (
@@ -28,18 +29,16 @@ from cvahash.query.report import (
     write_clips,
     write_spectrograms,
 )
+from cvahash.query.results import SearchResult
 from cvahash.query.search import (
-    BUNDLE_ENV,
     MAX_QUERY_CHARS,
-    Hit,
     QueryError,
-    SearchResult,
     parse_like,
     parse_offset,
     parse_when,
     prepare_query,
-    resolve_bundle,
 )
+from cvahash.store.records import Hit, Recording
 
 # --- an independent PNG reader (spec sections 5, 11, 12; filter type 0 only) ----------
 
@@ -174,10 +173,11 @@ def test_display_paths_are_relative_to_the_common_folder():
 
 
 def _hit(rank, recording, start, distance=3, station="ridge-2", clock="audiomoth"):
-    return Hit(rank=rank, distance=distance, row=rank * 7, recording=str(recording),
-               start_s=start, end_s=start + 10.0,
-               capture_time=datetime(2024, 6, 12, 5, 30, tzinfo=timezone.utc),
-               clock_source=clock, station=station, extra={"sample_rate": 48000})
+    rec = Recording(path=str(recording), station=station or "", sample_rate=48000)
+    return Hit(rank=rank, distance=distance, row=rank * 7, recording=rec, offset_s=start,
+               length_s=10.0,
+               capture_utc=datetime(2024, 6, 12, 5, 30, tzinfo=timezone.utc).timestamp(),
+               clock_source=clock)
 
 
 def test_format_table_has_every_column_aligned():

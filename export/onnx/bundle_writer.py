@@ -41,6 +41,7 @@ from ...model.bundle import (
     fingerprint_of,
     sha256_file,
 )
+from ...model.frontend import FrontendParams
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +119,9 @@ def tokenizer_settings(config, tokenizer) -> dict:
 def check_tokenizer_file(path: Path, settings: dict, tokenizer, texts: list[str]) -> None:
     """Raise ExportError unless ``tokenizers`` alone, configured from ``settings``, gives
     the same ids and mask as the transformers ``tokenizer`` for every text."""
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # lazy: only when checking a tokenizer file
 
-    from ..train.tokenizer import tokenize
+    from ..train.tokenizer import tokenize  # lazy: writing a manifest needs no torch
 
     tok = Tokenizer.from_file(str(path))
     tok.no_padding()
@@ -149,7 +150,7 @@ def _text_feeds(tokenizer, settings, texts):
     """Training-style ids and mask (for PyTorch), and the feeds the device runs: one
     text at a time with its padding trimmed (``ModelBundle.text_logits``), so candidates
     are scored on exactly what the station computes."""
-    from ..train.tokenizer import tokenize
+    from ..train.tokenizer import tokenize  # lazy: writing a manifest needs no torch
 
     ids, mask = tokenize(tokenizer, texts, settings["max_length"], settings["padding"])
     ids, mask = ids.numpy(), mask.numpy()
@@ -174,22 +175,21 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
     calibrates static quantisation; its val/test split scores the candidates. Without it
     a built-in probe of synthetic calls and captions is used (recorded in the manifest).
     """
-    from ...model.frontend import FrontendParams
-    from ..train.model import load_run
-    from .convert import (
+    from ..train.run import load_run  # lazy: writing a manifest needs no torch
+    from .convert import (  # lazy: writing a manifest needs no torch
         export_audio_graph,
         export_text_graph,
         torch_audio_logits,
         torch_text_logits,
     )
-    from .quantize import (
+    from .quantize import (  # lazy: onnxruntime.quantization is slow to import
         DYNAMIC_METHODS,
         STATIC_METHODS,
         agreement,
         choose_quantization,
         run_graph,
     )
-    from .verify import builtin_probe, load_probe
+    from .verify import builtin_probe, load_probe  # lazy: writing a manifest needs no torch
 
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")

@@ -13,7 +13,7 @@ Methods (``METHODS``):
   quantised on the fly (MatMul, Gemm, Gather: the embeddings dominate the text graph).
 - ``...-per-channel``: the same with one scale per output channel.
 - ``static-qdq``: QDQ graph with activation ranges calibrated on real log-mel windows
-  (audio only: FINDINGS.md measured it costing the text graph 20-30 % of its bits).
+  (audio only: it was measured costing the text graph 20-30 % of its bits; docs/architecture.md).
 - ``fp16``: float16 weights and compute, float32 inputs/outputs (for a Jetson GPU).
 
 Conv layers are left in float: ORT's CPU ConvInteger takes uint8 only, and HTSAT's only
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -95,20 +96,20 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, method: str,
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if method == "fp32":
-        import shutil
-
         shutil.copyfile(fp32_path, out_path)
         return out_path
     if method == "fp16":
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        import onnx  # lazy: slow to import
+        from onnxruntime.transformers.float16 import (
+            convert_float_to_float16,  # lazy: slow to import
+        )
 
         model = onnx.load(str(fp32_path))
         # keep_io_types: the device feeds float32 log-mel and reads float32 logits.
         model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
         onnx.save(model, str(out_path))
         return out_path
-    from onnxruntime.quantization import (
+    from onnxruntime.quantization import (  # lazy: slow to import
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -128,7 +129,9 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, method: str,
         with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
             source = fp32_path
             try:  # shape inference + graph optimisation give QDQ better-placed nodes
-                from onnxruntime.quantization.shape_inference import quant_pre_process
+                from onnxruntime.quantization.shape_inference import (
+                    quant_pre_process,  # lazy: slow to import
+                )
 
                 pre = Path(tmp) / "pre.onnx"
                 quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
@@ -146,7 +149,7 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, method: str,
 
 def run_graph(path: str | Path, feeds: Sequence[dict], threads: int = 0) -> np.ndarray:
     """Run an ONNX graph on each feed dict with ONNX Runtime (CPU); concatenated logits."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: slow to import
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

@@ -230,7 +230,7 @@ def verify_bundle(bundle_dir: str | Path, run_dir: str | Path | None = None,
     if run_dir is None:
         return report
 
-    from ..train.model import load_run
+    from ..train.run import load_run
     from ..train.tokenizer import tokenize
     from .convert import torch_audio_logits, torch_text_logits
 

@@ -33,10 +33,10 @@ def plot_call_gallery(path, labels=GALLERY, *, seed: int = 0, sr: int = 32000,
                       seconds: float = 4.0, snr_db: float = 15.0) -> Path:
     """Render each call type over light pink noise and save a 3-column grid of
     spectrograms (0-14 kHz) to `path`."""
-    import matplotlib
+    import matplotlib  # lazy: the plots extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: the plots extra
 
     cols = 3
     rows = -(-len(labels) // cols)
@@ -67,7 +67,7 @@ def plot_call_gallery(path, labels=GALLERY, *, seed: int = 0, sr: int = 32000,
     fig.savefig(out, dpi=80)
     plt.close(fig)
     # a 64-colour palette makes the noisy backgrounds compress: ~4x smaller file
-    from PIL import Image
+    from PIL import Image  # lazy: the plots extra
 
     with Image.open(out) as img:
         small = img.convert("RGB").quantize(64)

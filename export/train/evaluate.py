@@ -25,7 +25,7 @@ import torch
 
 from . import metrics
 from .data import log_mel_features, read_manifest, select_split
-from .loop import encode_all, pick_device, quiet_transformers
+from .device import encode_all, pick_device, quiet_transformers
 from .run import load_run
 from .tokenizer import tokenize
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .data import log_mel_features, read_manifest, select_split
+from .device import encode_all, pick_device, quiet_transformers
 from .losses import make_objective
 from .model import HashingModel, build_tiny_clap, load_clap
 from .progress import Progress
@@ -48,24 +49,6 @@ class TrainOptions:
     embedding_cache: dict | None = None
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """cuda if available, else mps, else cpu (``auto``); a named device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible to torch")
-    if name == "mps" and not (getattr(torch.backends, "mps", None)
-                              and torch.backends.mps.is_available()):
-        raise ValueError("--device mps: Apple MPS is not available")
-    if name not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -86,16 +69,6 @@ def set_rng_state(state: dict) -> None:
     torch.random.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def quiet_transformers() -> None:
-    """No HF progress bars or deprecation chatter in our one-line progress output."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
 def _cosine(frac: float) -> float:
@@ -138,23 +111,6 @@ def make_optimizer(model: HashingModel, config: RunConfig, steps_per_epoch: int,
     opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
     return opt, sched, warm
-
-
-@torch.no_grad()
-def encode_all(model: HashingModel, features, input_ids, attention_mask, device,
-               batch_size: int = 64, progress: bool = False):
-    """Projected (text, audio) embeddings of every item, float32 on ``device``."""
-    model.eval()
-    texts, audios = [], []
-    bar = Progress(len(input_ids), "embed", enabled=progress)
-    for start in range(0, len(input_ids), batch_size):
-        sl = slice(start, start + batch_size)
-        texts.append(model.text_embed(input_ids[sl].to(device), attention_mask[sl].to(device)))
-        feats = torch.from_numpy(np.asarray(features[sl], dtype=np.float32)).to(device)
-        audios.append(model.audio_embed(feats))
-        bar.update(len(feats))
-    bar.close()
-    return torch.cat(texts).float(), torch.cat(audios).float()
 
 
 # ---------------------------------------------------------------- the loop

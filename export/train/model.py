@@ -78,7 +78,7 @@ def reinit_weights(model: nn.Module, seed: int) -> nn.Module:
     """Re-initialise Linear/Conv/Embedding layers with PyTorch defaults, seeded.
 
     HF's CLAP init (std 0.02) makes a random tiny model's outputs nearly independent of
-    its input (FINDINGS.md); PyTorch's default init does not.
+    its input (docs/architecture.md, measured facts); PyTorch's default init does not.
     """
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -272,12 +272,3 @@ class HashingModel(nn.Module):
             p.requires_grad_(False)
         return twin.eval()
 
-
-def __getattr__(name):
-    # save_run/load_run/RunConfig live in run.py (which imports this module); re-export
-    # lazily so `from cvahash.export.train.model import load_run` works without an import cycle.
-    if name in ("save_run", "load_run", "RunConfig"):
-        from . import run
-
-        return getattr(run, name)
-    raise AttributeError(name)

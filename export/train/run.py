@@ -108,7 +108,7 @@ def save_run(run_dir: str | Path, model: HashingModel, config: RunConfig, tokeni
     (run_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     if not (run_dir / "tokenizer" / "tokenizer.json").exists():
         # Calls with padding=/truncation= leave that state in the fast tokenizer; the saved
-        # tokenizer.json should not carry it (run.json holds the settings, FINDINGS.md).
+        # tokenizer.json should not carry it (run.json holds the settings; docs/architecture.md).
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is not None:
             backend.no_padding()

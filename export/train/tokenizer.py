@@ -3,7 +3,7 @@
 CLAP's text side uses RoBERTa's byte-level BPE. Without the hub we train a small one on
 the corpus captions with the ``tokenizers`` package and wrap it as a transformers
 ``RobertaTokenizerFast`` through ``tokenizer_object=`` (passing vocab_file/merges_file is
-silently ignored in transformers 5, FINDINGS.md). After ``save_pretrained(dir)``,
+silently ignored in transformers 5; docs/architecture.md). After ``save_pretrained(dir)``,
 ``AutoTokenizer.from_pretrained(dir)`` and ``tokenizers.Tokenizer.from_file(dir/tokenizer.json)``
 give the same ids (the latter needs padding/truncation enabled from the run's settings).
 """

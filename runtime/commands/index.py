@@ -47,8 +47,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Lazy: indexing loads numpy and onnxruntime; `cvahash --help` stays fast.
     from ..library.index import Progress, find_recordings, index_recordings
-    from ..query.search import open_store_and_bundle
+    from ..library.library import Library
 
     if args.hop is not None and not (math.isfinite(args.hop) and args.hop > 0):
         args._parser.error(f"--hop {args.hop:g}: the seconds between windows must be above 0")
@@ -57,14 +58,11 @@ def run(args: argparse.Namespace) -> int:
     # Find the files and open the bundle before the store is created or opened for
     # writing: a typo in a path or a bad bundle leaves no store behind.
     files = find_recordings(args.paths)
-    store, bundle = open_store_and_bundle(args.db, args.bundle, mode="w", threads=args.threads,
-                                          create=True)
-    try:
+    with Library.open(args.db, args.bundle, mode="w", create=True, threads=args.threads,
+                      graphs=("audio",)) as lib:
         progress = Progress(len(files), enabled=not args.quiet)
-        report = index_recordings(files, store, bundle, station=args.station, hop_s=args.hop,
-                                  progress=progress)
-    finally:
-        store.close()
+        report = index_recordings(files, lib.store, lib.bundle, station=args.station,
+                                  hop_s=args.hop, progress=progress)
     for line in report.summary():
         print(line, file=sys.stderr)
     if os.environ.get("CVAHASH_TIMINGS"):

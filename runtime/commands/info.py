@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..query.search import store_info
+    from ..library.library import store_info
 
     info = store_info(args.db)
     if args.json:

@@ -61,15 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.context <= 60:
         parser.error(f"--context {args.context}: must be between 0 and 60 seconds")
 
+    # Lazy: the query layer loads numpy and onnxruntime; `cvahash --help` stays fast.
+    from ..library.library import Library
     from ..query import report
-    from ..query.search import (
-        open_store_and_bundle,
-        parse_like,
-        parse_when,
-        prepare_query,
-        search_like,
-        search_text,
-    )
+    from ..query.search import parse_like, parse_when, prepare_query, search_like, search_text
 
     # Check what the user typed before loading anything: bad input changes nothing.
     if args.text is not None:
@@ -84,15 +79,16 @@ def run(args: argparse.Namespace) -> int:
     if filters["since"] and filters["until"] and filters["since"] >= filters["until"]:
         parser.error(f"--since {args.since} is not before --until {args.until}")
 
-    store, bundle = open_store_and_bundle(args.db, args.bundle, mode="r", threads=args.threads)
-    try:
+    # Only the graph this search runs is hashed (and not at all when unchanged since).
+    graphs = ("text",) if args.text is not None else ("audio",)
+    with Library.open(args.db, args.bundle, mode="r", threads=args.threads,
+                      graphs=graphs) as lib:
+        store, bundle = lib.store, lib.bundle
         if args.text is not None:
             result = search_text(store, bundle, args.text, args.k, threads=args.threads, **filters)
         else:
             result = search_like(store, bundle, like_path, like_start, args.k,
                                  threads=args.threads, **filters)
-    finally:
-        store.close()
 
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -38,6 +38,10 @@ from typing import TextIO
 import numpy as np
 
 from ..errors import AudioError, CvahashError, InvalidArgument
+from ..model import audio
+from ..model.audio import iter_windows
+from ..model.frontend import log_mel
+from ..store.records import Recording, Segment
 
 __all__ = [
     "BATCH_WINDOWS",
@@ -217,9 +221,6 @@ def _background(gen: Iterator, depth: int = 2) -> Iterator:
 
 def _feature_batches(path: Path, params, hop_s: float, batch: int, timings: dict):
     """(offsets, lengths, features) per batch of windows of one recording."""
-    from ..model.audio import iter_windows
-    from ..model.frontend import log_mel
-
     pending = []
     for w in iter_windows(path, window_s=params.max_length_s, hop_s=hop_s,
                           sample_rate=params.sample_rate):  # fmt: skip
@@ -240,8 +241,6 @@ def _feature_batches(path: Path, params, hop_s: float, batch: int, timings: dict
 def _segments(recording, offsets, lengths, start_utc: float, clock: str, hop_s: float):
     """Store segments for one file's windows: one for the regular run of full windows,
     one more for a shorter last window."""
-    from ..store.code_store import Segment
-
     segs = []
     i = 0
     while i < len(offsets):
@@ -258,8 +257,6 @@ def _segments(recording, offsets, lengths, start_utc: float, clock: str, hop_s: 
 def find_recordings(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """The audio files under ``paths`` (`cvahash.model.audio.find_audio`); AudioError when a
     path does not exist or there are none at all."""
-    from ..model import audio
-
     paths = [Path(p) for p in paths]
     files = audio.find_audio(paths)
     if not files:
@@ -284,9 +281,6 @@ def index_recordings(
     ``bundle``'s fingerprint). ``hop_s`` defaults to the window length (no overlap).
     Missing paths raise AudioError before anything is written; a folder holding no
     audio files raises AudioError too. Returns the `IndexReport`."""
-    from ..model import audio
-    from ..store.code_store import Recording
-
     params = bundle.frontend_params
     hop_s = params.max_length_s if hop_s is None else float(hop_s)
     if not (math.isfinite(hop_s) and hop_s > 0):

@@ -15,7 +15,7 @@ only the audio graph. This module needs numpy, onnxruntime and tokenizers only; 
 imports torch or transformers.
 
 Codes: bit i is 1 where logit i > 0, packed MSB-first per byte (``numpy.packbits``),
-``ceil(bits / 8)`` bytes per row (ARCHITECTURE.md).
+``ceil(bits / 8)`` bytes per row (docs/architecture.md, file contracts).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InvalidArgument
+from . import verified
+from .frontend import FrontendParams
 
 __all__ = [
     "BUNDLE_FILES",
@@ -141,15 +144,49 @@ def _read_manifest(root: Path) -> dict:
     return manifest
 
 
-def check_bundle(root: str | Path) -> dict:
+# The files each graph needs: verified before that graph is loaded.
+GRAPH_FILES = {"text": (TEXT_GRAPH, TOKENIZER_FILE), "audio": (AUDIO_GRAPH,)}
+
+
+def _files_for(graphs) -> set[str] | None:
+    if graphs is None:
+        return None
+    unknown = [g for g in graphs if g not in GRAPH_FILES]
+    if unknown:
+        raise InvalidArgument(f"graphs must be among {sorted(GRAPH_FILES)}, got {unknown}")
+    return {name for g in graphs for name in GRAPH_FILES[g]}
+
+
+def _check_digest(root: Path, name: str, entry: dict, cache: bool) -> None:
+    """Compare a file's sha256 with the manifest's (``cache``: take a digest recorded
+    for the unchanged file instead of reading it; record a fresh match)."""
+    path = root / name
+    digest = verified.known_digest(path) if cache else None
+    fresh = digest is None
+    if fresh:
+        digest = sha256_file(path)
+    if digest != entry["sha256"].lower():
+        raise BundleError(f"{path}: sha256 {digest[:16]}... does not match manifest.json "
+                          f"({entry['sha256'][:16]}...); the file was changed or damaged "
+                          "(re-copy the bundle)")
+    if cache and fresh:
+        verified.remember(path, digest)
+
+
+def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
     """Verify a bundle without loading any model; return its manifest.
 
     Checks, in order: manifest.json readable and of a known format; every required file
     listed and present; every listed file's size and sha256; the fingerprint recomputed
     from the manifest. Raises `BundleError` naming the first file that fails.
+
+    ``graphs`` (e.g. ``("text",)``): hash only the files those graphs need (the others'
+    presence and size are still checked); None hashes every listed file. ``cache``:
+    reuse digests recorded for unchanged files (`cvahash.model.verified`).
     """
     root = Path(root)
     manifest = _read_manifest(root)
+    hashed = _files_for(graphs)
     files = manifest["files"]
     for name in BUNDLE_FILES:
         if name not in files:
@@ -170,11 +207,8 @@ def check_bundle(root: str | Path) -> dict:
         if size is not None and path.stat().st_size != size:
             raise BundleError(f"{path}: is {path.stat().st_size} bytes, manifest.json says "
                               f"{size}; the file is truncated or replaced (re-copy the bundle)")
-        digest = sha256_file(path)
-        if digest != entry["sha256"].lower():
-            raise BundleError(f"{path}: sha256 {digest[:16]}... does not match manifest.json "
-                              f"({entry['sha256'][:16]}...); the file was changed or damaged "
-                              "(re-copy the bundle)")
+        if hashed is None or name in hashed:
+            _check_digest(root, name, entry, cache)
     expected = fingerprint_of(manifest)
     if manifest["fingerprint"] != expected:
         raise BundleError(f"{root / MANIFEST_NAME}: fingerprint {manifest['fingerprint']!r} does "
@@ -202,9 +236,13 @@ class ModelBundle:
     ONNX Runtime sessions may be run from several threads.
     """
 
-    def __init__(self, root: Path, manifest: dict, *, threads: int, providers):
+    def __init__(self, root: Path, manifest: dict, *, threads: int, providers,
+                 hashed: set[str] | None = None):
         self.path = root
         self._manifest = manifest
+        # Files whose sha256 was checked at open (None: all); the rest are checked
+        # before their graph is loaded.
+        self._unverified = set() if hashed is None else set(manifest["files"]) - hashed
         self._threads = threads
         self._providers = list(providers) if providers else None
         self._sessions: dict[str, Any] = {}
@@ -213,7 +251,6 @@ class ModelBundle:
         self._audio_workers = 1  # windows run at once; set when the audio session is made
         self._pool = None
         self.providers_in_use: dict[str, list[str]] = {}
-        from .frontend import FrontendParams
 
         try:
             self._frontend = FrontendParams.from_dict(manifest["frontend"])
@@ -226,8 +263,8 @@ class ModelBundle:
 
     @classmethod
     def open(cls, path: str | Path, *, threads: int = 0,
-             providers: Sequence[str] | None = None) -> ModelBundle:
-        """Verify the bundle at ``path`` (format, sha256 of every file, fingerprint) and
+             providers: Sequence[str] | None = None, graphs=None) -> ModelBundle:
+        """Verify the bundle at ``path`` (format, sha256 of its files, fingerprint) and
         return it; no graph is loaded yet.
 
         ``threads``: ONNX Runtime intra-op threads (0 = its default, one per core).
@@ -235,12 +272,24 @@ class ModelBundle:
         ``["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]``;
         those not available in this onnxruntime build are dropped (CPU is always the
         last resort). None means CPU only.
+        ``graphs``: the graphs the caller will use, e.g. ``("text",)`` for a search: only
+        their files are hashed now, any other file just before its graph is first loaded
+        (None: hash every file now). Digests of unchanged files are reused
+        (`cvahash.model.verified`), so a second cold start reads no graph twice.
         """
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise InvalidArgument(f"threads must be an integer >= 0, got {threads!r}")
         root = Path(path)
-        manifest = check_bundle(root)
-        return cls(root, manifest, threads=threads, providers=providers)
+        manifest = check_bundle(root, graphs=graphs, cache=True)
+        return cls(root, manifest, threads=threads, providers=providers,
+                   hashed=_files_for(graphs))
+
+    def _verify_for(self, branch: str) -> None:
+        """Hash the files ``branch`` needs if `open` did not (under ``self._lock``)."""
+        for name in GRAPH_FILES[branch]:
+            if name in self._unverified:
+                _check_digest(self.path, name, self._manifest["files"][name], cache=True)
+                self._unverified.discard(name)
 
     # -- what the bundle is
     @property
@@ -276,7 +325,7 @@ class ModelBundle:
 
     # -- sessions
     def _choose_providers(self) -> list[str]:
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: `info` and --help stay fast
 
         available = set(ort.get_available_providers())
         wanted = self._providers or ["CPUExecutionProvider"]
@@ -289,8 +338,9 @@ class ModelBundle:
         with self._lock:
             if branch in self._sessions:
                 return self._sessions[branch]
-            import onnxruntime as ort
+            import onnxruntime as ort  # lazy: --help and `info` stay fast
 
+            self._verify_for(branch)
             name = TEXT_GRAPH if branch == "text" else AUDIO_GRAPH
             providers = self._choose_providers()
             options = ort.SessionOptions()
@@ -334,8 +384,6 @@ class ModelBundle:
     def _worker_pool(self):
         with self._lock:
             if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
                 self._pool = ThreadPoolExecutor(self._audio_workers,
                                                 thread_name_prefix="cvahash-audio")
             return self._pool
@@ -352,13 +400,14 @@ class ModelBundle:
     def _load_tokenizer(self):
         with self._lock:
             if self._tokenizer is None:
+                self._verify_for("text")
                 self._tokenizer = self._make_tokenizer()
             return self._tokenizer
 
     def _make_tokenizer(self):
         """tokenizer.json with the manifest's truncation and padding switched on (the saved
-        file carries none; FINDINGS.md)."""
-        from tokenizers import Tokenizer
+        file carries none; docs/architecture.md, measured facts)."""
+        from tokenizers import Tokenizer  # lazy: only text queries need it
 
         settings = self._manifest["tokenizer"]
         path = self.path / TOKENIZER_FILE
@@ -416,7 +465,10 @@ class ModelBundle:
 
     def text_logits(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
         """float32 [n, bits] logits of the text graph."""
-        tokens = self.tokenize(texts)
+        return self.token_logits(self.tokenize(texts), batch_size=batch_size)
+
+    def token_logits(self, tokens: TokenizedText, *, batch_size: int = 32) -> np.ndarray:
+        """float32 [n, bits] logits of the text graph for texts already `tokenize`d."""
         session = self._session("text")
         step = batch_size if self.batch_invariant("text") else 1
         trim = self._manifest["tokenizer"].get("trim_padding") is True
@@ -436,6 +488,11 @@ class ModelBundle:
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Packed codes uint8 [n, ceil(bits/8)] of text queries (empty text: ValueError)."""
         return pack_codes(self.text_logits(texts))
+
+    def encode_tokens(self, tokens: TokenizedText) -> np.ndarray:
+        """Packed codes of texts already `tokenize`d (a caller that needs the tokens, e.g.
+        to tell whether a query was cut, tokenizes once)."""
+        return pack_codes(self.token_logits(tokens))
 
     # -- audio
     def _check_features(self, features) -> np.ndarray:

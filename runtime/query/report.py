@@ -24,13 +24,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+import soundfile as sf
+import soxr
+
+from ..errors import AudioError, CvahashError
+from ..model import audio
+from ..model.frontend import log_mel
+from .png import colorize, write_png
+from .results import Hit, SearchResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model.frontend import FrontendParams
-    from .search import Hit, SearchResult
 
 __all__ = [
     "Saved",
@@ -105,14 +112,14 @@ def display_paths(paths: Sequence[str]) -> list[str]:
 def format_table(hits: Sequence[Hit]) -> str:
     """The hits as a fixed-width text table, one line per hit, with a header line."""
     header = ("rank", "distance", "recording", "start-end", "captured (UTC)", "station")
-    names = display_paths([h.recording for h in hits])
+    names = display_paths([h.path for h in hits])
     rows = [
         (
             str(h.rank),
             str(h.distance),
             name,
             format_span(h.start_s, h.end_s),
-            _iso(h.capture_time) + ("~" if h.clock_source in UNCERTAIN_CLOCKS else ""),
+            _iso(h.known_capture_time) + ("~" if h.clock_source in UNCERTAIN_CLOCKS else ""),
             h.station or "-",
         )
         for h, name in zip(hits, names)
@@ -152,9 +159,6 @@ def clip_name(rank: int, recording: str, start_s: float, suffix: str = ".wav") -
 def _read_span(path: Path, start_s: float, end_s: float):
     """Frames [start_s, end_s) of a recording at its own rate, float32 [n, channels],
     plus the soundfile info; raises the cvahash AudioError for missing/damaged files."""
-    import soundfile as sf
-
-    from ..model import audio
 
     info = audio.probe(path)
     first = max(0, math.floor(start_s * info.sample_rate))
@@ -169,14 +173,12 @@ def _read_span(path: Path, start_s: float, end_s: float):
 
 
 def _gone(path: Path, why: str):
-    from ..errors import AudioError
-
     return AudioError(f"{path}: {why}")
 
 
 def _problem(hit: Hit, exc: Exception) -> str:
-    if not os.path.exists(hit.recording):
-        return f"{hit.recording}: recording no longer exists (deleted by audio retention or moved)"
+    if not os.path.exists(hit.path):
+        return f"{hit.path}: recording no longer exists (deleted by audio retention or moved)"
     return str(exc)
 
 
@@ -185,9 +187,6 @@ def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: floa
     ``context_s`` either side (clipped at the file's ends), cut from the original
     recording at its own sample rate and channels, 16-bit PCM (24-bit or float when the
     source was). Returns one `Saved` per hit, in order."""
-    import soundfile as sf
-
-    from ..errors import CvahashError
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,14 +194,14 @@ def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: floa
     for hit in hits:
         try:
             frames, info, _ = _read_span(
-                Path(hit.recording), hit.start_s - context_s, hit.end_s + context_s
+                Path(hit.path), hit.start_s - context_s, hit.end_s + context_s
             )
             subtype = "PCM_16"
             if info.subtype in ("PCM_24", "PCM_32"):
                 subtype = "PCM_24"
             elif info.subtype in ("FLOAT", "DOUBLE"):
                 subtype = "FLOAT"
-            target = out / clip_name(hit.rank, hit.recording, hit.start_s)
+            target = out / clip_name(hit.rank, hit.path, hit.start_s)
             tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
             sf.write(str(tmp), frames, info.sample_rate, subtype=subtype, format="WAV")
             os.replace(tmp, target)
@@ -214,9 +213,6 @@ def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: floa
 
 def spectrogram_image(samples: np.ndarray, params: FrontendParams) -> np.ndarray:
     """RGB uint8 picture of one window's log-mel: time left to right, frequency upwards."""
-    from ..model.frontend import log_mel
-    from .png import colorize
-
     mel = log_mel(samples, params)[0, 0]  # [frames, mels]
     picture = mel.T[::-1]  # mels as rows, highest band on top
     top = float(picture.max())
@@ -230,23 +226,19 @@ def write_spectrograms(
 ) -> list[Saved]:
     """Write ``rank_XX_<recording>_<start>.png`` per hit into ``out_dir``: the log-mel of
     exactly the hit's window (mono, resampled to the model's rate, as indexed)."""
-    import soxr
-
-    from ..errors import CvahashError
-    from .png import write_png
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     saved = []
     for hit in hits:
         try:
-            frames, info, _ = _read_span(Path(hit.recording), hit.start_s, hit.end_s)
+            frames, info, _ = _read_span(Path(hit.path), hit.start_s, hit.end_s)
             if not np.isfinite(frames).all():
-                raise _gone(Path(hit.recording), "NaN or infinite samples in this window")
+                raise _gone(Path(hit.path), "NaN or infinite samples in this window")
             mono = frames.mean(axis=1, dtype=np.float32)
             if info.sample_rate != params.sample_rate:
                 mono = soxr.resample(mono, info.sample_rate, params.sample_rate, quality="HQ")
-            target = out / clip_name(hit.rank, hit.recording, hit.start_s, suffix=".png")
+            target = out / clip_name(hit.rank, hit.path, hit.start_s, suffix=".png")
             write_png(target, spectrogram_image(mono, params))
             saved.append(Saved(hit.rank, path=target))
         except (CvahashError, OSError, ValueError) as e:
@@ -262,17 +254,6 @@ def saved_summary(kind: str, saved: Sequence[Saved], out_dir: str | os.PathLike)
     return lines
 
 
-def jsonable(value: Any) -> Any:
-    """Datetimes as ISO-8601 UTC strings, paths as strings, numpy scalars as Python."""
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _bytes(n: int) -> str:
     for unit in ("bytes", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -282,7 +263,7 @@ def _bytes(n: int) -> str:
 
 
 def format_info(info: dict) -> str:
-    """``cvahash info`` as aligned "key: value" lines (see `cvahash.query.search.store_info`)."""
+    """``cvahash info`` as aligned "key: value" lines (see `cvahash.library.library.store_info`)."""
     stations = ", ".join(f"{name} ({n} windows)" for name, n in info["stations"].items()) or "-"
     span = (f"{info['first_capture']} .. {info['last_capture_end']}"
             if info["first_capture"] else "- (empty)")

@@ -9,8 +9,9 @@
   zone is given).
 - `search_text(store, bundle, text, k, ...)` and `search_like(store, bundle, path, start_s,
   k, ...)` -> `SearchResult`, whose ``hits`` are `Hit` records sorted by (distance, row).
-- `resolve_bundle(explicit, store_dir)`: where the model bundle is when ``--bundle`` is
-  left out (the path recorded at index time, then ``$CVAHASH_BUNDLE``).
+
+The store and its bundle are opened together as a `cvahash.library.Library`; hits are
+the store's own `cvahash.store.records.Hit` records, ranked.
 
 Text and audio codes live in one code space (Cross-View Alignment trains both views
 into it), so a query by example is an audio code searched against the stored audio codes
@@ -19,34 +20,34 @@ with the same kernel; the store refuses queries from another bundle's fingerprin
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError, InvalidArgument
+from ..errors import InvalidArgument
+from ..model import audio
+from ..model.frontend import log_mel
+from ..store.records import Hit
+from .results import SearchResult
 
 __all__ = [
-    "BUNDLE_ENV",
     "MAX_QUERY_CHARS",
     "Hit",
     "SearchResult",
     "parse_like",
     "parse_when",
     "prepare_query",
-    "resolve_bundle",
     "search_like",
     "search_text",
 ]
 
-BUNDLE_ENV = "CVAHASH_BUNDLE"
 # Far more than the text encoder reads (CLAP's tokenizer keeps 77 tokens, a few hundred
 # characters); longer input is a paste gone wrong, and we say we cut it.
 MAX_QUERY_CHARS = 1000
@@ -55,74 +56,6 @@ EXAMPLE_QUERY = '"woodpecker drumming on dead tree"'
 
 class QueryError(InvalidArgument):
     """A query that cannot be searched for (empty, only spaces, unreadable example)."""
-
-
-@dataclass
-class Hit:
-    """One search result: a stored window and how far its code is from the query's.
-
-    ``start_s``/``end_s`` are seconds into ``recording`` (the path given at index time);
-    ``capture_time`` is when the window's first sample was recorded (UTC), or None, and
-    ``clock_source`` says which clock that came from. ``extra`` holds any further
-    metadata the store keeps (content hash, sample rate...)."""
-
-    rank: int
-    distance: int
-    row: int
-    recording: str
-    start_s: float
-    end_s: float
-    capture_time: datetime | None = None
-    clock_source: str = "unknown"
-    station: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        from .report import jsonable
-
-        d = {
-            "rank": self.rank,
-            "distance": self.distance,
-            "row": self.row,
-            "recording": self.recording,
-            "start_s": self.start_s,
-            "end_s": self.end_s,
-            "capture_time": jsonable(self.capture_time),
-            "clock_source": self.clock_source,
-            "station": self.station,
-        }
-        d.update({k: jsonable(v) for k, v in self.extra.items() if k not in d})
-        return d
-
-
-@dataclass
-class SearchResult:
-    """A query as it was searched and its hits, best first."""
-
-    query: str  # the text searched for, or "FILE@START" for a query by example
-    mode: str  # "text" or "like"
-    bits: int
-    fingerprint: str
-    k: int
-    hits: list[Hit]
-    truncated: bool = False
-    notes: list[str] = field(default_factory=list)
-    filters: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        from .report import jsonable
-
-        return {
-            "query": self.query,
-            "mode": self.mode,
-            "bits": self.bits,
-            "fingerprint": self.fingerprint,
-            "k": self.k,
-            "truncated": self.truncated,
-            "notes": list(self.notes),
-            "filters": {k: jsonable(v) for k, v in self.filters.items() if v is not None},
-            "hits": [h.to_dict() for h in self.hits],
-        }
 
 
 # --- the query ------------------------------------------------------------------------
@@ -211,190 +144,13 @@ def parse_when(text: str, *, end_of_day: bool = False) -> datetime:
     return t.astimezone(timezone.utc)
 
 
-# --- where the bundle is --------------------------------------------------------------
-
-
-def resolve_bundle(explicit: str | os.PathLike | None, recorded: str | None) -> Path:
-    """The bundle folder to use: ``explicit`` (``--bundle``), else the one recorded in
-    the store at index time if it still exists, else ``$CVAHASH_BUNDLE``. Raises
-    `BundleError` saying what to pass when none is usable."""
-    if explicit:
-        return Path(explicit)
-    if recorded and Path(recorded).is_dir():
-        return Path(recorded)
-    env = os.environ.get(BUNDLE_ENV)
-    if env:
-        return Path(env)
-    where = (
-        f"the store was indexed with {recorded}, which no longer exists"
-        if recorded
-        else "the store does not record which bundle made it"
-    )
-    raise BundleError(
-        f"no model bundle given and {where}: pass --bundle DIR (the folder with manifest.json) "
-        f"or set {BUNDLE_ENV}=DIR"
-    )
-
-
-# --- opening a store with its bundle --------------------------------------------------
-
-# A small file beside the store's own files that remembers which bundle folder indexed
-# it, so `search` works without --bundle. The store itself only binds the fingerprint.
-INDEXED_WITH = "indexed-with.json"
-
-
-def recorded_bundle(store_dir: str | os.PathLike) -> str | None:
-    """The bundle folder recorded at index time, or None."""
-    try:
-        data = json.loads((Path(store_dir) / INDEXED_WITH).read_text(encoding="utf-8"))
-        return str(data["bundle"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def record_bundle(store_dir: str | os.PathLike, bundle) -> None:
-    """Remember ``bundle``'s folder (absolute) and fingerprint in the store folder
-    (temp file + rename: a cut leaves the old record or the new one)."""
-    path = Path(store_dir) / INDEXED_WITH
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"bundle": str(Path(bundle.path).resolve()),
-                               "fingerprint": bundle.fingerprint}) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _is_store(store_dir: Path) -> bool:
-    from ..store.code_store import META_FILE
-
-    return (store_dir / META_FILE).is_file()
-
-
-def open_bundle_for(store_dir: str | os.PathLike, explicit, store_fingerprint: str | None,
-                    threads: int = 0):
-    """Open the bundle for a store and refuse one with another fingerprint, showing both."""
-    from ..errors import FingerprintMismatch
-    from ..model.bundle import ModelBundle
-
-    recorded = recorded_bundle(store_dir)
-    path = resolve_bundle(explicit, recorded)
-    bundle = ModelBundle.open(path, threads=threads)
-    if store_fingerprint is not None and bundle.fingerprint != store_fingerprint:
-        hint = f" (it was indexed with {recorded})" if recorded else ""
-        raise FingerprintMismatch(
-            f"the code store {store_dir} was made with bundle fingerprint {store_fingerprint}, "
-            f"but the bundle {path} has fingerprint {bundle.fingerprint}: codes of different "
-            f"bundles cannot be compared; pass the bundle that made the store{hint}, or index "
-            "into a new --db with this one"
-        )
-    return bundle
-
-
-def open_store_and_bundle(store_dir, bundle_dir=None, *, mode: str = "r", threads: int = 0,
-                          create: bool = False):
-    """``(CodeStore, ModelBundle)`` that belong together.
-
-    ``mode="r"``: the store must exist. ``mode="w"``: open for appending, or with
-    ``create`` make a new store bound to the bundle (and remember the bundle's folder).
-    The bundle is opened and checked before a store is created, so a bad bundle or a
-    mismatch leaves no new store behind. Raises StoreError, BundleError or
-    FingerprintMismatch (both fingerprints in the message).
-    """
-    from ..errors import StoreError
-    from ..store.code_store import CodeStore
-
-    store_dir = Path(store_dir)
-    if not _is_store(store_dir):
-        if mode == "w" and create:
-            if store_dir.exists() and (not store_dir.is_dir() or any(store_dir.iterdir())):
-                raise StoreError(
-                    f"{store_dir} exists and is not a code store (nor an empty folder); "
-                    "choose a new --db folder"
-                )
-            bundle = open_bundle_for(store_dir, bundle_dir, None, threads)
-            store = CodeStore.create(store_dir, bundle.bits, bundle.fingerprint)
-            record_bundle(store_dir, bundle)
-            return store, bundle
-        raise StoreError(
-            f"{store_dir} is not a code store (no metadata database there); make one with "
-            f"`cvahash index RECORDINGS --db {store_dir} --bundle BUNDLE`"
-        )
-    probe = CodeStore.open(store_dir, "r")
-    try:
-        fingerprint = probe.fingerprint
-    finally:
-        probe.close()
-    bundle = open_bundle_for(store_dir, bundle_dir, fingerprint, threads)
-    store = CodeStore.open(store_dir, "a" if mode == "w" else "r", fingerprint=fingerprint)
-    if mode == "w" and bundle_dir and recorded_bundle(store_dir) is None:
-        record_bundle(store_dir, bundle)
-    return store, bundle
-
-
-def store_info(store_dir: str | os.PathLike) -> dict[str, Any]:
-    """What ``cvahash info`` shows, as a JSON-ready dict (opens the store read-only)."""
-    from ..errors import StoreError
-    from ..store.code_store import CodeStore
-    from .report import jsonable
-
-    store_dir = Path(store_dir)
-    if not _is_store(store_dir):
-        raise StoreError(f"{store_dir} is not a code store (no metadata database there)")
-    with CodeStore.open(store_dir, "r") as store:
-        stats = store.stats()
-        recordings = store.recordings()
-    first, last = stats["first_capture_utc"], stats["last_capture_end_utc"]
-    audio_s = sum(r.duration_s or 0.0 for r in recordings)
-    return {
-        "store": str(store_dir),
-        "windows": stats["rows"],
-        "recordings": stats["recordings"],
-        "audio_hours": round(audio_s / 3600, 3),
-        "first_capture": None if first is None else jsonable(_utc(first)),
-        "last_capture_end": None if last is None else jsonable(_utc(last)),
-        "stations": {name or "(none)": n for name, n in sorted(stats["stations"].items())},
-        "bits": stats["bits"],
-        "fingerprint": stats["fingerprint"],
-        "bundle": recorded_bundle(store_dir),
-        "code_bytes": stats["code_bytes"],
-        "metadata_bytes": stats["metadata_bytes"],
-        "bytes": stats["code_bytes"] + stats["metadata_bytes"],
-        "forgotten_windows": stats["forgotten_rows"],
-    }
-
-
 # --- searching ------------------------------------------------------------------------
 
 
 def _hits(store, codes: np.ndarray, k: int, filters: dict[str, Any], threads: int) -> list[Hit]:
     found = store.search(codes, k, threads=threads,
                          **{n: v for n, v in filters.items() if v is not None})[0]
-    return [_to_hit(rank, h) for rank, h in enumerate(found, start=1)]
-
-
-def _to_hit(rank: int, h) -> Hit:
-    """A Hit from the store's hit record (`cvahash.store.records.Hit`)."""
-    rec = h.recording
-    known_time = h.clock_source != "unknown"
-    return Hit(
-        rank=rank,
-        distance=int(h.distance),
-        row=int(h.row),
-        recording=rec.path,
-        start_s=float(h.offset_s),
-        end_s=float(h.offset_s + h.length_s),
-        capture_time=h.capture_time if known_time else None,
-        clock_source=h.clock_source,
-        station=rec.station or None,
-        extra={
-            "recording_start": None if rec.start_utc is None else _utc(rec.start_utc),
-            "recording_duration_s": rec.duration_s,
-            "sample_rate": rec.sample_rate,
-            "content_hash": rec.content_hash or None,
-        },
-    )
-
-
-def _utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return [replace(h, rank=rank) for rank, h in enumerate(found, start=1)]
 
 
 def _check_k(k: int) -> int:
@@ -408,20 +164,18 @@ def text_query_code(bundle, text: str) -> tuple[str, np.ndarray, bool, list[str]
     when the user types ``text`` (tidied by `prepare_query`, encoded by the text graph).
     Shared by every searcher of codes (the station store, the network archive)."""
     query, truncated, notes = prepare_query(text)
-    tokens = bundle.tokenize([query])
+    tokens = bundle.tokenize([query])  # once: the codes come from these same tokens
     if bool(tokens.truncated[0]):
         truncated = True
         notes.append(
             f"query truncated: the model reads only its first {tokens.input_ids.shape[1]} "
             "tokens; the rest was ignored (a short description works best)"
         )
-    return query, bundle.encode_text([query]), truncated, notes
+    return query, bundle.encode_tokens(tokens), truncated, notes
 
 
 def like_query_code(bundle, path: str | os.PathLike, start_s: float = 0.0) -> np.ndarray:
     """The code (uint8 [1, nbytes]) ``search --like FILE@START_S`` searches for."""
-    from ..model.frontend import log_mel
-
     samples = example_window(path, start_s, bundle.frontend_params)
     return bundle.encode_audio(log_mel(samples, bundle.frontend_params))
 
@@ -440,8 +194,6 @@ def example_window(path: str | os.PathLike, start_s: float, params) -> np.ndarra
     """The 10 s window (``params.max_length_s``) of a recording starting at ``start_s``,
     mono at the model's rate. Raises AudioError for bad files, QueryError when the
     start lies at or past the end."""
-    from ..model import audio
-
     path = Path(path)
     info = audio.probe(path)
     if start_s < 0 or start_s >= info.duration_s:
@@ -482,5 +234,5 @@ def search_like(store, bundle, path: str | os.PathLike, start_s: float = 0.0, k:
                         filters=dict(filters))  # fmt: skip
 
 
-__all__ += ["QueryError", "example_window", "like_query_code", "text_query_code",
-            "open_store_and_bundle", "parse_offset", "store_info"]
+__all__ += ["QueryError", "example_window", "like_query_code", "parse_offset",
+            "text_query_code"]

@@ -20,8 +20,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from ..errors import AudioError, CvahashError
+from ..model.audio import capture_time, probe
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ class DeviceSource:
     def __init__(self, device: str | int = "default", sample_rate: int = 0, channels: int = 0,
                  blocksize: int = 0, latency: str | float = "high", buffer_s: float = 60.0):
         try:
-            import sounddevice as sd
+            import sounddevice as sd  # optional: the [capture] extra
         except OSError as exc:  # the PortAudio shared library is missing
             raise CaptureError(
                 f"cannot load PortAudio ({exc}); install Debian's libportaudio2") from exc
@@ -218,9 +220,6 @@ class FileSource:
     """
 
     def __init__(self, path: str | Path, realtime: bool = False, block_s: float = 1.0):
-        import soundfile as sf
-
-        from ..model.audio import capture_time, probe
 
         self.path = Path(path)
         self.info = probe(self.path)

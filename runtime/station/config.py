@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..limits import MAX_CODE_BITS
+from ..limits import is_int as _is_int  # TOML true is no 1
 
 try:
     import tomllib
@@ -49,7 +51,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     except ModuleNotFoundError:
         tomllib = None  # type: ignore[assignment]
 
-MAX_BITS = 256  # the widest code a bundle may produce
+MAX_BITS = MAX_CODE_BITS  # the widest code a bundle may produce
 
 # Every provider name onnxruntime knows (onnxruntime.get_all_providers() in 1.32, plus
 # names older releases used): a name outside this list is a typo, not a missing build.
@@ -210,10 +212,6 @@ _REQUIRED = object()
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # TOML true is no 1
 
 
 def _is_number(value: Any) -> bool:

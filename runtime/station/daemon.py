@@ -37,9 +37,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CvahashError, StoreError
+from ..library.index import content_hash
+from ..library.library import Library
 from ..model.audio import Windower, downmix
+from ..model.bundle import ModelBundle
+from ..model.frontend import log_mel
+from ..store.records import Recording, Window
+from ..timeutil import utc_datetime
 from .capture import Block, CaptureError, DeviceSource, FileSource
 from .health import Health, write_status
+from .retention import AudioRetention
+from .watchlist import Watchlist
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +98,7 @@ class Daemon:
         self._last_flush = time.monotonic()
         self._rate_mark = (time.monotonic(), 0)
         self.store = None
+        self.library = None
         self.retention = None
         self.watchlist = None
 
@@ -98,8 +107,6 @@ class Daemon:
         self._stop.set()
 
     def _open_bundle(self):
-        from ..model.bundle import ModelBundle
-
         if self._bundle is None:
             rt = self.cfg.runtime
             self._bundle = ModelBundle.open(rt.bundle, threads=rt.threads,
@@ -107,20 +114,12 @@ class Daemon:
         return self._bundle
 
     def _open_store(self, bundle):
-        from ..store.code_store import CodeStore
-
-        path = Path(self.cfg.store.path)
+        """The configured store with ``bundle``: opened for appending, or made (and the
+        bundle's folder recorded, so `cvahash search --db` finds it by itself)."""
         opts = {"commit_every_windows": self.cfg.store.commit_every_windows,
                 "commit_every_s": self.cfg.store.commit_every_s}
-        if path.exists() and any(path.iterdir()):
-            return CodeStore.open(path, "a", fingerprint=bundle.fingerprint, bits=bundle.bits,
-                                  **opts)
-        from ..query.search import record_bundle
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store = CodeStore.create(path, bundle.bits, bundle.fingerprint, **opts)
-        record_bundle(path, bundle)  # so `cvahash search --db` finds the bundle by itself
-        return store
+        self.library = Library.open(self.cfg.store.path, bundle, mode="w", create=True, **opts)
+        return self.library.store
 
     def _make_source(self):
         kind, _, arg = self.source_spec.partition(":")
@@ -137,14 +136,10 @@ class Daemon:
 
     # ------------------------------------------------------------------ runs
     def _start_run(self, source, block: Block) -> None:
-        from ..store.code_store import Recording
-
         start = block.wall
         clock = getattr(source, "clock_source", None) or station_clock_source()
         path = None
         if isinstance(source, FileSource):
-            from ..library.index import content_hash
-
             rec = Recording(path=str(source.path.resolve()), station=self.station,
                             start_utc=start.timestamp(), sample_rate=source.sample_rate,
                             duration_s=source.info.duration_s,
@@ -185,7 +180,7 @@ class Daemon:
             capture_s = run.start_utc + win.offset_s
             info = {"recording": run.recording.path, "offset_s": round(win.offset_s, 3),
                     "length_s": round(win.length_s, 3), "capture_s": capture_s,
-                    "capture_utc": datetime.fromtimestamp(capture_s, timezone.utc).isoformat(),
+                    "capture_utc": utc_datetime(capture_s).isoformat(),
                     "clock_source": run.clock_source,
                     "monotonic_s": run.start_monotonic + win.offset_s,
                     "_run": run}
@@ -195,8 +190,6 @@ class Daemon:
     def _encode_pending(self) -> None:
         if not self._pending:
             return
-        from ..model.frontend import log_mel
-        from ..store.code_store import Window
 
         bundle = self._bundle
         batch, self._pending = self._pending, []
@@ -236,8 +229,6 @@ class Daemon:
                 f"{bundle.precision!r}; install a bundle exported with --precision "
                 f"{self.cfg.runtime.precision} or change the config")
         if self.cfg.watchlist:
-            from .watchlist import Watchlist
-
             self.cfg.check_bits(bundle.bits)
             self.watchlist = Watchlist.from_entries(self.cfg.watchlist, bundle.encode_text,
                                                     self.alerts_log)
@@ -245,8 +236,6 @@ class Daemon:
         self.store = self._open_store(bundle)
         source = self._make_source()
         if self.cfg.retention.enabled and not isinstance(source, FileSource):
-            from .retention import AudioRetention
-
             self.retention = AudioRetention(self.cfg.retention.path, self.cfg.retention.quota_mb,
                                             sample_rate=bundle.frontend_params.sample_rate)
             self.health.retention = "on"

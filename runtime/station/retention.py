@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ class AudioRetention:
 
     def open(self, start: datetime) -> Path | None:
         """Start a new file for audio beginning at `start`; None when retention is paused."""
-        import soundfile as sf
-
         self.close()
         self._check_space()
         if self.paused_reason:

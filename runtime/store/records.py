@@ -191,8 +191,37 @@ class Window:
 
 @dataclass(frozen=True, kw_only=True)
 class Hit(Window):
-    """A search result: a window and its Hamming distance to the query."""
+    """A search result: a window, its Hamming distance to the query and its rank.
+
+    The one hit type from the store to the printed table and the JSON: the store hands
+    them back nearest first (``rank`` 1, 2, ...), the query layer and the reports read
+    the same objects.
+    """
     distance: int
+    rank: int = 0
+
+    @property
+    def path(self) -> str:
+        """The recording's path as given at index time."""
+        return self.recording.path
+
+    @property
+    def start_s(self) -> float:
+        """Seconds into the recording where the window starts."""
+        return self.offset_s
+
+    @property
+    def end_s(self) -> float:
+        return self.offset_s + self.length_s
+
+    @property
+    def station(self) -> str | None:
+        return self.recording.station or None
+
+    @property
+    def known_capture_time(self) -> datetime | None:
+        """The capture time, or None when no clock was known (clock source "unknown")."""
+        return None if self.clock_source == "unknown" else self.capture_time
 
 
 def _close(a: float, b: float) -> bool:

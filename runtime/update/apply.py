@@ -35,9 +35,11 @@ import numpy as np
 
 from .. import __version__
 from ..errors import CvahashError, FingerprintMismatch, InvalidArgument, StoreError
+from ..limits import META_FILE  # what makes a folder a code store
 from ..store.code_store import CodeStore, Recording, Segment
 from ..store.format import fsync_dir
 from ..store.records import GRID_TOLERANCE_S
+from ..timeutil import utc_datetime
 from .format import (
     ROW_DTYPE,
     UpdatePackage,
@@ -46,12 +48,12 @@ from .format import (
     load_public_key,
     pack_update,
     read_update,
+    trust,
     write_update,
 )
 
 log = logging.getLogger(__name__)
 
-META_FILE = "meta.sqlite"  # what makes a folder a code store (cvahash.store.code_store)
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,7 @@ def build_update(store_dir: str | Path, key_path: str | Path, out: str | Path, *
     source = {"stations": ",".join(stations)[:1024], "store": Path(store_dir).name[:1024],
               "built_by": f"cvahash {__version__}"}
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    since_iso = None if since_s is None else datetime.fromtimestamp(
-        since_s, timezone.utc).isoformat()
+    since_iso = None if since_s is None else utc_datetime(since_s).isoformat()
     data = pack_update(private_key=private_key, fingerprint=fingerprint, bits=bits,
                        codes=codes, rows=rows, recordings=recordings, clocks=clocks,
                        created=created, since=since_iso, source=source)
@@ -145,7 +146,6 @@ def build_update(store_dir: str | Path, key_path: str | Path, out: str | Path, *
 
 
 def _own_trust(private_key):
-    from .format import trust
     return trust(private_key.public_key(), "signing key")
 
 

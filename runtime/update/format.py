@@ -54,8 +54,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import CvahashError, FingerprintMismatch, UpdateRejected
+from ..limits import CLOCK_SOURCE_RE, MAX_CODE_BITS
+from ..limits import is_int as _is_int
 
 MAGIC = b"\x89CVAUP\r\n"
 FORMAT_VERSION = 1
@@ -64,14 +69,14 @@ SIGNATURE_BYTES = 64
 MAX_HEADER_BYTES = 64 * 1024
 MAX_TABLES_BYTES = 256 * 1024 * 1024
 MAX_ROWS = 2**32 - 1
-MAX_BITS = 256
+MAX_BITS = MAX_CODE_BITS
 MAX_PATH_CHARS = 1024
 MAX_RECORDINGS = 10_000_000
 ROW_DTYPE = np.dtype([("recording", "<u4"), ("clock", "<u2"), ("offset_s", "<f8"),
                       ("length_s", "<f8"), ("capture_utc", "<f8")])
 assert ROW_DTYPE.itemsize == 30  # packed: part of the file format
 MAX_CLOCKS = 256
-_CLOCK = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")  # as cvahash.store.records
+_CLOCK = CLOCK_SOURCE_RE
 _CONTENT_HASH = re.compile(r"^[A-Za-z0-9:_.+/=-]{0,128}$")
 _RECORDING_KEYS = {"path", "station", "content_hash", "start_utc", "sample_rate", "duration_s"}
 PUBLIC_KEY_TAG = "cvahash-ed25519"
@@ -111,8 +116,6 @@ def key_id_of(raw_public: bytes) -> bytes:
 
 def trust(public_key, source: str = "") -> TrustedKey:
     """A TrustedKey for a cryptography Ed25519PublicKey already in memory."""
-    from cryptography.hazmat.primitives import serialization
-
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return TrustedKey(key_id_of(raw), public_key, source)
 
@@ -120,9 +123,6 @@ def trust(public_key, source: str = "") -> TrustedKey:
 def generate_keypair(out: str | Path, comment: str = "") -> tuple[Path, Path]:
     """Write a new Ed25519 private key to ``out`` (mode 0600) and its public key to
     ``out.pub``. Refuses to overwrite either: a lost signing key cannot be recovered."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     out = Path(out)
     pub_path = out.with_name(out.name + ".pub")
     for path in (out, pub_path):
@@ -149,9 +149,6 @@ def generate_keypair(out: str | Path, comment: str = "") -> tuple[Path, Path]:
 
 def load_private_key(path: str | Path):
     """The Ed25519 private key in ``path`` (PKCS8 PEM, as `generate_keypair` writes it)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     try:
         data = Path(path).read_bytes()[:16384]
         key = serialization.load_pem_private_key(data, password=None)
@@ -167,8 +164,6 @@ def load_private_key(path: str | Path):
 
 def load_public_key(path: str | Path) -> TrustedKey:
     """Parse a ``KEY.pub`` file. Raises UpdateRejected (reason ``bad-key-file``)."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     try:
         with open(path, "rb") as f:
             data = f.read(4097)
@@ -264,8 +259,6 @@ def pack_update(*, private_key, fingerprint: str, bits: int, codes: np.ndarray,
 def sign_raw(private_key, header_bytes: bytes, body: bytes) -> bytes:
     """Frame and sign ``header_bytes`` + ``body`` as they are, without checking them.
     For `pack_update`, and for tests that need hostile content under a valid signature."""
-    from cryptography.hazmat.primitives import serialization
-
     raw = private_key.public_key().public_bytes(serialization.Encoding.Raw,
                                                 serialization.PublicFormat.Raw)
     signed = PREFIX.pack(MAGIC, FORMAT_VERSION, key_id_of(raw), len(header_bytes)) + header_bytes
@@ -351,7 +344,6 @@ def _read(f: BinaryIO, name: str, trusted: list[TrustedKey]) -> UpdatePackage:
         raise _reject("unknown-key", f"{name}: signed by key {key_id.hex()}, which this "
                       f"station does not trust (trusted: {known}); pass the signer's "
                       "KEY.pub with --trust if you trust it")
-    from cryptography.exceptions import InvalidSignature
     try:
         key.public_key.verify(signature, head + header_bytes)
     except InvalidSignature:
@@ -419,10 +411,6 @@ def _read_hashed(f: BinaryIO, length: int, digest, name: str) -> np.ndarray:
 _HEADER_KEYS = {"update_id", "created", "fingerprint", "bits", "rows", "since", "source",
                 "sections", "body_sha256"}
 _FINGERPRINT = re.compile(r"^[A-Za-z0-9:._+-]{1,128}$")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_header(header: Any, name: str = "update") -> None:
