@@ -290,3 +290,20 @@ def test_activity_counts_per_station_and_day_match_the_kernel(tmp_path, keys, th
         _, idx = knn(query, ref["codes"], 50, allowed=ref["station"] == HOSTILE)
         hours = view.activity(query, by="hour", top=50, station=HOSTILE)
         assert hours == counts(idx[0]) and {s for s, _, _ in hours} == {HOSTILE}
+
+
+@pytest.mark.parametrize("bits", [12, 96, 200, 256])
+def test_every_code_width_gives_the_kernel_distances(tmp_path, keys, bits):
+    store = make_store(tmp_path / "st", "ridge-2", bits=bits, days=1, runs=3)
+    update = build_update(store, keys[0], tmp_path / "u.cvaup").path
+    ref = reference([update], keys[1])
+    queries = np.ascontiguousarray(ref["codes"][[0, 5, 50]] ^ np.uint8(3))
+    if bits % 8:
+        queries[:, -1] &= (0xFF << (8 - bits % 8)) & 0xFF
+    with Archive.open(tmp_path / "archive") as archive:
+        archive.ingest([update], [keys[1]])
+        got = archive.view("bundle-A", bits).search(queries, 15)
+    want_d, want_i = knn(queries, ref["codes"], 15)
+    for q in range(len(queries)):
+        assert [h.distance for h in got[q]] == want_d[q].tolist()
+        assert [identity(h)[3] for h in got[q]] == ref["offset_us"][want_i[q]].tolist()
