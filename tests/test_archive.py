@@ -307,3 +307,26 @@ def test_every_code_width_gives_the_kernel_distances(tmp_path, keys, bits):
     for q in range(len(queries)):
         assert [h.distance for h in got[q]] == want_d[q].tolist()
         assert [identity(h)[3] for h in got[q]] == ref["offset_us"][want_i[q]].tolist()
+
+
+def test_updates_beyond_the_memory_budget_are_read_again(tmp_path, keys, three, monkeypatch):
+    import cvahash.archive.archive as archive_module
+
+    files, _ = three
+    monkeypatch.setattr(archive_module, "KEEP_VERIFIED_BYTES", 0)
+    with Archive.open(tmp_path / "a") as archive:
+        results = archive.ingest(files, [keys[1]])
+        assert [r.rows_added for r in results] == [240, 240, 240]
+        assert archive.info()["windows"] == 720
+
+
+def test_two_new_bundles_in_one_call_need_the_flag(tmp_path, keys):
+    a = build_update(make_store(tmp_path / "a", "s", days=1), keys[0], tmp_path / "a.cvaup")
+    b = build_update(make_store(tmp_path / "b", "s", days=1, fingerprint="bundle-B"), keys[0],
+                     tmp_path / "b.cvaup")
+    with Archive.open(tmp_path / "archive") as archive:
+        with pytest.raises(FingerprintMismatch, match="--new-bundle"):
+            archive.ingest([a.path, b.path], [keys[1]])
+        assert archive.bundles() == {}
+        archive.ingest([a.path, b.path], [keys[1]], new_bundle=True)
+        assert set(archive.bundles()) == {"bundle-A", "bundle-B"}

@@ -53,6 +53,7 @@ from .engine import ArchiveError, Engine, open_engine
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+KEEP_VERIFIED_BYTES = 512 * 1024 * 1024
 CODE_CODEC = "NONE"  # measured in bench/archive_bench.py: LZ4/ZSTD save nothing on codes
 BUCKETS = {"day": "toStartOfDay", "hour": "toStartOfHour"}
 _ROW_ID_MASK = (1 << 53) - 1  # window ids stay exact in JSON readers (JavaScript numbers)
@@ -238,26 +239,43 @@ class Archive:
         if not trusted:
             raise InvalidArgument("no trusted key given: pass the signer's KEY.pub with --trust")
         keys = [load_public_key(p) for p in trusted]
-        updates = [(str(f), read_update(f, keys)) for f in files]  # all verified first
-        bundles = self.bundles()
-        for name, update in updates:
-            held = bundles.get(update.fingerprint)
-            if held is not None and held.bits != update.bits:
+        # Every file is verified before anything is written. Verified updates are kept
+        # in memory up to KEEP_VERIFIED_BYTES; beyond that they are read (and verified)
+        # again when their turn comes, so a season of cards needs no season of memory.
+        updates: list[tuple[str, Any]] = []
+        kept = 0
+        planned = {fp: b.bits for fp, b in self.bundles().items()}
+        for f in files:
+            update = read_update(f, keys)
+            name = str(f)
+            bits = planned.get(update.fingerprint)
+            if bits is not None and bits != update.bits:
                 raise FingerprintMismatch(
                     f"{name}: codes of bundle {update.fingerprint} with {update.bits} bits, "
-                    f"but the archive holds that bundle's codes at {held.bits} bits; the "
+                    f"but the archive holds that bundle's codes at {bits} bits; the "
                     "update is damaged or from a changed bundle: re-export the bundle")
-            if held is None and bundles and not new_bundle:
-                known = ", ".join(bundles)
+            if bits is None and planned and not new_bundle:
                 raise FingerprintMismatch(
                     f"{name}: made with bundle {update.fingerprint}, which this archive does "
-                    f"not hold (it holds {known}); if the stations moved to a new bundle, "
-                    "pass --new-bundle to keep its codes in a table of their own")
+                    f"not hold (it holds {', '.join(planned)}); if the stations moved to a "
+                    "new bundle, pass --new-bundle to keep its codes in a table of their own")
+            planned[update.fingerprint] = update.bits
+            size = update.codes.nbytes + update.rows.nbytes
+            if kept + size <= KEEP_VERIFIED_BYTES:
+                kept += size
+                updates.append((name, update))
+            else:
+                updates.append((name, (update.update_id, update.fingerprint, update.bits)))
         self.recover()
         results = []
-        for name, update in updates:
+        for (name, update), f in zip(updates, files, strict=True):
+            if isinstance(update, tuple):  # read again; it must be the file verified above
+                again = read_update(f, keys)
+                if (again.update_id, again.fingerprint, again.bits) != update:
+                    raise ArchiveError(f"{name} changed while it was being ingested; "
+                                       "copy it again and rerun the ingest")
+                update = again
             results.append(self._ingest_one(name, update))
-            bundles = self.bundles()
         return results
 
     def _register(self, fingerprint: str, bits: int) -> Bundle:
