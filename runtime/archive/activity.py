@@ -73,8 +73,9 @@ def write_png(counts, path: str, by: str, title: str) -> Path:
             # every bucket of the span, zero where the station had no match
             series = dict(pts)
             xs = _span(times, by)
-            ax.plot(xs, [series.get(x, 0) for x in xs], marker="o", markersize=3,
-                    drawstyle="steps-mid", label=station)
+            ys = [series.get(x, 0) for x in xs]
+            ax.plot(xs, ys, marker="o", markersize=3, drawstyle="steps-mid", label=station,
+                    markevery=[i for i, y in enumerate(ys) if y])  # dots where it was heard
         ax.set_ylabel(f"windows per {unit}")
         ax.set_ylim(bottom=0)
         ax.legend(loc="upper left", fontsize=8, frameon=False,
