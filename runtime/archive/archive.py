@@ -438,7 +438,8 @@ class ArchiveView:
         return " + ".join(terms)
 
     def search_rows(self, queries, k: int, *, since=None, until=None, station=None,
-                    fingerprint: str | None = None) -> list[list[dict[str, Any]]]:
+                    fingerprint: str | None = None,
+                    threads: int = 0) -> list[list[dict[str, Any]]]:
         """Per query, the k nearest windows as dicts (distance, station, capture_us,
         recording, offset_us, length_s, clock), ordered by the tie key."""
         if fingerprint is not None and fingerprint != self.fingerprint:
@@ -451,6 +452,10 @@ class ArchiveView:
             raise InvalidCodes(f"query codes must be uint8 packed bits, got {q.dtype}")
         words = code_words(q, self.bits)
         where, base = self._where(since, until, station)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise InvalidArgument(f"threads must be 0 (the engine's default) or more, got "
+                                  f"{threads!r}")
+        settings = f" SETTINGS max_threads = {threads}" if threads else ""
         out = []
         for row in words:
             params = dict(base, k=int(k))
@@ -460,14 +465,15 @@ class ArchiveView:
             # every row by the tie key would read all the metadata columns).
             kth = self.archive._rows(
                 f"SELECT {dist} AS distance FROM {self.table} WHERE {where} "
-                "ORDER BY distance LIMIT 1 OFFSET {kth:UInt64}", dict(params, kth=int(k) - 1))
+                "ORDER BY distance LIMIT 1 OFFSET {kth:UInt64}" + settings,
+                dict(params, kth=int(k) - 1))
             params["limit"] = kth[0]["distance"] if kth else self.bits
             out.append(self.archive._rows(
                 f"SELECT {dist} AS distance, station, toUnixTimestamp64Micro(capture) AS "
                 "capture_us, recording, offset_us, length_s, clock "
                 f"FROM {self.table} WHERE {where} AND {dist} <= {{limit:UInt32}} "
-                "ORDER BY distance, station, capture, recording, offset_us LIMIT {k:UInt64}",
-                params))
+                "ORDER BY distance, station, capture, recording, offset_us LIMIT {k:UInt64}"
+                + settings, params))
         return out
 
     def search(self, queries, k: int, *, since=None, until=None, station=None,
@@ -479,7 +485,7 @@ class ArchiveView:
             raise InvalidArgument("the archive searches by station and time; a recording "
                                   "filter is not supported")
         found = self.search_rows(queries, k, since=since, until=until, station=station,
-                                 fingerprint=fingerprint)
+                                 fingerprint=fingerprint, threads=threads)
         recs = self.recordings({r["recording"] for hits in found for r in hits})
         return [[Hit(recording=recs[r["recording"]], offset_s=r["offset_us"] / 1e6,
                      length_s=r["length_s"], capture_utc=r["capture_us"] / 1e6,

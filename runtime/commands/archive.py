@@ -44,7 +44,8 @@ def _common(p, bundle: bool = False) -> None:
         p.add_argument("--since", metavar="TIME", help="only windows captured at or after TIME")
         p.add_argument("--until", metavar="TIME", help="only windows captured before TIME")
         p.add_argument("--threads", type=int, default=0, metavar="N",
-                       help="ONNX Runtime threads for the query (default 0: one per core)")
+                       help="ONNX Runtime and ClickHouse threads for the query (default 0: "
+                            "one per core)")
 
 
 def register(subparsers) -> None:
@@ -173,9 +174,11 @@ def run_search(args) -> int:
     archive, view, bundle = _open(args)
     with archive:
         if args.text is not None:
-            result = search_text(view, bundle, args.text, args.k, **filters)
+            result = search_text(view, bundle, args.text, args.k, threads=args.threads,
+                                 **filters)
         else:
-            result = search_like(view, bundle, *args._like, args.k, **filters)
+            result = search_like(view, bundle, *args._like, args.k, threads=args.threads,
+                                 **filters)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
