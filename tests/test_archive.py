@@ -141,6 +141,7 @@ def test_search_equals_the_station_kernel_with_documented_ties(tmp_path, keys, t
                 assert [identity(h)[3] for h in got[q]] == ref["offset_us"][want_i[q]].tolist()
                 assert {h.recording.station for h in got[q]} <= set(names)
         assert view.search(queries[:1], 5, station="no such station")[0] == []
+        assert len(view) == len(ref["codes"]) == 720
         # the archive still has all its tables after the hostile name went through
         assert archive.info()["stations"][HOSTILE] == 240
 

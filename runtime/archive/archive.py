@@ -413,6 +413,12 @@ class ArchiveView:
         self.nbytes = (bundle.bits + 7) // 8
         self.table = bundle.table
 
+    def __len__(self) -> int:
+        """Searchable windows of this bundle (whole ingests only), as ``len(store)``."""
+        return int(self.archive._rows(
+            f"SELECT count() AS n FROM {self.table} WHERE batch IN "
+            "(SELECT batch FROM ingests)")[0]["n"])
+
     def _where(self, since, until, station) -> tuple[str, dict[str, Any]]:
         clauses = ["batch IN (SELECT batch FROM ingests)"]
         params: dict[str, Any] = {}
