@@ -331,3 +331,25 @@ def test_two_new_bundles_in_one_call_need_the_flag(tmp_path, keys):
         assert archive.bundles() == {}
         archive.ingest([a.path, b.path], [keys[1]], new_bundle=True)
         assert set(archive.bundles()) == {"bundle-A", "bundle-B"}
+
+
+@pytest.mark.parametrize("margin", [1, 100])
+def test_ties_past_the_margin_are_still_in_key_order(tmp_path, keys, three, monkeypatch,
+                                                     margin):
+    """15 windows at distance 0 (the shared codes): with a margin of 1 the first scan
+    cannot hold them all and the archive asks for the tied windows in SQL."""
+    import cvahash.archive.archive as archive_module
+
+    files, shared = three
+    monkeypatch.setattr(archive_module, "TIE_MARGIN", margin)
+    ref = reference(files, keys[1])
+    with Archive.open(tmp_path / "archive") as archive:
+        archive.ingest(files, [keys[1]])
+        view = archive.view("bundle-A")
+        for k in (2, 7, 15, 16):
+            got = view.search(shared[:1], k)[0]
+            want_d, want_i = knn(shared[:1], ref["codes"], k)
+            assert [h.distance for h in got] == want_d[0].tolist()
+            assert [identity(h) for h in got] == [
+                (ref["station"][i], int(ref["capture_us"][i]), int(ref["recording"][i]),
+                 int(ref["offset_us"][i])) for i in want_i[0]]

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 KEEP_VERIFIED_BYTES = 512 * 1024 * 1024
+TIE_MARGIN = 100  # windows fetched past k, so the k-th's ties are usually all in hand
+LAZY_LIMIT = 100_000
 CODE_CODEC = "NONE"  # measured in bench/archive_bench.py: LZ4/ZSTD save nothing on codes
 BUCKETS = {"day": "toStartOfDay", "hour": "toStartOfHour"}
 _ROW_ID_MASK = (1 << 53) - 1  # window ids stay exact in JSON readers (JavaScript numbers)
@@ -461,25 +463,35 @@ class ArchiveView:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise InvalidArgument(f"threads must be 0 (the engine's default) or more, got "
                                   f"{threads!r}")
-        settings = f" SETTINGS max_threads = {threads}" if threads else ""
+        settings = [f"max_threads = {threads}"] if threads else []
+        # Read the metadata columns only for the rows that make the answer (ClickHouse's
+        # lazy materialization; chDB 4.4 has it, an older server just reads more).
+        lazy = settings + ([f"query_plan_max_limit_for_lazy_materialization = {LAZY_LIMIT}"]
+                           if self.archive.engine.kind == "chdb" else [])
+        extra = max(int(k), TIE_MARGIN)
         out = []
         for row in words:
-            params = dict(base, k=int(k))
+            params = dict(base, k=int(k), wanted=int(k) + extra)
             dist = self._distance(row, params)
-            # Two steps, each reading only the code columns for most rows: the k-th
-            # distance, then the windows at most that far in tie-key order (ordering
-            # every row by the tie key would read all the metadata columns).
-            kth = self.archive._rows(
-                f"SELECT {dist} AS distance FROM {self.table} WHERE {where} "
-                "ORDER BY distance LIMIT 1 OFFSET {kth:UInt64}" + settings,
-                dict(params, kth=int(k) - 1))
-            params["limit"] = kth[0]["distance"] if kth else self.bits
+            columns = (f"{dist} AS distance, station, toUnixTimestamp64Micro(capture) AS "
+                       "capture_us, recording, offset_us, length_s, clock")
+            # One scan ordered by distance only, with a margin past k: when the margin
+            # holds a farther window, every window tied with the k-th is in hand and the
+            # tie order is applied here. Ordering all rows by the full tie key in SQL
+            # would read every metadata column of every row.
+            near = self.archive._rows(
+                f"SELECT {columns} FROM {self.table} WHERE {where} ORDER BY distance "
+                "LIMIT {wanted:UInt64}" + _settings(lazy), params)
+            if len(near) < params["wanted"] or near[-1]["distance"] > near[k - 1]["distance"]:
+                near.sort(key=_tie_key)
+                out.append(near[:k])
+                continue
+            # More windows tie with the k-th than the margin holds: ask for exactly those.
+            params["limit"] = near[k - 1]["distance"]
             out.append(self.archive._rows(
-                f"SELECT {dist} AS distance, station, toUnixTimestamp64Micro(capture) AS "
-                "capture_us, recording, offset_us, length_s, clock "
-                f"FROM {self.table} WHERE {where} AND {dist} <= {{limit:UInt32}} "
-                "ORDER BY distance, station, capture, recording, offset_us LIMIT {k:UInt64}"
-                + settings, params))
+                f"SELECT {columns} FROM {self.table} WHERE {where} AND {dist} <= "
+                "{limit:UInt32} ORDER BY distance, station, capture, recording, offset_us "
+                "LIMIT {k:UInt64}" + _settings(settings), params))
         return out
 
     def search(self, queries, k: int, *, since=None, until=None, station=None,
@@ -543,6 +555,17 @@ class ArchiveView:
             "GROUP BY station, t ORDER BY station, t", params)
         return [(r["station"], datetime.fromtimestamp(r["t"], timezone.utc), int(r["n"]))
                 for r in rows]
+
+
+def _tie_key(row: dict[str, Any]):
+    """The documented order: distance, station, capture time, recording id, offset (as
+    ClickHouse orders them: strings by their UTF-8 bytes, which is code point order)."""
+    return (row["distance"], row["station"], row["capture_us"], row["recording"],
+            row["offset_us"])
+
+
+def _settings(items: list[str]) -> str:
+    return " SETTINGS " + ", ".join(items) if items else ""
 
 
 def _micros(seconds: float) -> int:
