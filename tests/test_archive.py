@@ -353,3 +353,20 @@ def test_ties_past_the_margin_are_still_in_key_order(tmp_path, keys, three, monk
             assert [identity(h) for h in got] == [
                 (ref["station"][i], int(ref["capture_us"][i]), int(ref["recording"][i]),
                  int(ref["offset_us"][i])) for i in want_i[0]]
+
+
+def test_an_update_spanning_many_years_goes_in_whole(tmp_path, keys):
+    """One recording a month for 12 years (and one with its clock reset to 1970): more
+    monthly partitions than ClickHouse takes in one insert by default."""
+    with CodeStore.create(tmp_path / "st", 64, "bundle-A") as store:
+        for m in range(145):
+            start = 1_262_304_000.0 + m * 31 * 86400 if m else 3600.0
+            rec = Recording(path=f"/data/{m}.flac", station="old-ridge", content_hash=f"m{m}")
+            store.append(np.full((4, 8), m % 256, np.uint8), Segment(
+                recording=rec, first_offset_s=0.0, length_s=10.0, capture_start_utc=start,
+                hop_s=5.0, n_rows=4, clock_source="rtc"))
+    update = build_update(tmp_path / "st", keys[0], tmp_path / "u.cvaup").path
+    with Archive.open(tmp_path / "archive") as archive:
+        assert archive.ingest([update], [keys[1]])[0].rows_added == 580
+        info = archive.info()
+        assert info["windows"] == 580 and info["first_capture"].startswith("1970-01-01T01:00")

@@ -334,7 +334,10 @@ class Archive:
         return result(added, False)
 
     def _insert_rows(self, bundle: Bundle, rows: dict[str, np.ndarray]) -> None:
-        self.engine.insert(bundle.table, _code_rows_arrow(rows, bundle.bits))
+        # An update may span years (a station's whole history, a clock reset to 1970):
+        # one partition per month, more than ClickHouse's default 100 per insert.
+        self.engine.insert(bundle.table, _code_rows_arrow(rows, bundle.bits),
+                           settings={"max_partitions_per_insert_block": 0})
 
     def _new_windows(self, bundle: Bundle, columns) -> np.ndarray | None:
         """A mask of the update's windows the archive does not hold yet (also dropping

@@ -51,7 +51,7 @@ class Engine:
     def query(self, sql: str, params: dict[str, Any] | None = None):
         raise NotImplementedError
 
-    def insert(self, table: str, data) -> None:
+    def insert(self, table: str, data, settings: dict[str, int] | None = None) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -159,12 +159,13 @@ class ChdbEngine(Engine):
     def query(self, sql, params=None):
         return self._run(sql, params, "ArrowTable")
 
-    def insert(self, table, data):
+    def insert(self, table, data, settings=None):
         # chDB reads the Arrow table straight from this frame's local variable.
         _cvahash_rows = data  # noqa: F841 - named in the SQL below
         names = ", ".join(data.column_names)
-        self._run(f"INSERT INTO {table} ({names}) SELECT * FROM Python(_cvahash_rows)", None,
-                  "CSV")
+        extra = ", ".join(f"{k} = {int(v)}" for k, v in (settings or {}).items())
+        self._run(f"INSERT INTO {table} ({names}) " + (f"SETTINGS {extra} " if extra else "")
+                  + "SELECT * FROM Python(_cvahash_rows)", None, "CSV")
 
     def close(self):
         if getattr(self, "_session", None) is not None:
@@ -265,9 +266,9 @@ class ServerEngine(Engine):
         except Exception as exc:
             raise ArchiveError(f"archive {self.target}: {_short(exc)}") from None
 
-    def insert(self, table, data):
+    def insert(self, table, data, settings=None):
         try:
-            self._client.insert_arrow(table, data)
+            self._client.insert_arrow(table, data, settings=settings or None)
         except Exception as exc:
             raise ArchiveError(f"archive {self.target}: {_short(exc)}") from None
 
