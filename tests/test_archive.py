@@ -244,8 +244,8 @@ def test_a_reader_during_ingest_sees_only_whole_updates(tmp_path, keys, three, m
         seen = []
         insert = type(archive.engine).insert
 
-        def insert_then_look(engine, table, data):
-            insert(engine, table, data)
+        def insert_then_look(engine, table, data, settings=None):
+            insert(engine, table, data, settings)
             if table.startswith("codes_"):  # rows are in, the ledger row is not yet
                 seen.append(len(view.search(np.zeros(8, np.uint8), 10_000)[0]))
 

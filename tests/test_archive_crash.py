@@ -36,10 +36,10 @@ import sys, time
 from cvahash.archive.engine import ChdbEngine
 from cvahash.archive.archive import Archive
 insert = ChdbEngine.insert
-def announced(self, table, data):
+def announced(self, table, data, settings=None):
     if table.startswith("codes_"):
         print("rows", flush=True)
-    insert(self, table, data)
+    insert(self, table, data, settings)
     if table.startswith("codes_") and "pause" in sys.argv:
         print("inserted", flush=True)  # rows on disk, ledger row not yet written
         time.sleep(30)
