@@ -37,6 +37,7 @@ import numpy as np
 from ..errors import BundleError, InvalidArgument
 from . import verified
 from .frontend import FrontendParams
+from .manifest import check_files, check_graph, check_values, read_manifest_bytes
 
 __all__ = [
     "BUNDLE_FILES",
@@ -120,7 +121,7 @@ def _read_manifest(root: Path) -> dict:
         raise BundleError(f"{path}: missing; {root} is not a complete model bundle "
                           "(re-copy it or export it again)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(read_manifest_bytes(path).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: unreadable or not valid JSON ({exc}); re-copy the bundle") from exc
     if not isinstance(manifest, dict):
@@ -141,6 +142,7 @@ def _read_manifest(root: Path) -> dict:
         raise BundleError(f"{path}: key 'bits' must be a positive integer, got {bits!r}")
     if not isinstance(manifest["files"], dict):
         raise BundleError(f"{path}: key 'files' must be an object of file name -> sha256")
+    check_values(root, manifest)
     return manifest
 
 
@@ -157,9 +159,10 @@ def _files_for(graphs) -> set[str] | None:
     return {name for g in graphs for name in GRAPH_FILES[g]}
 
 
-def _check_digest(root: Path, name: str, entry: dict, cache: bool) -> None:
+def _check_digest(root: Path, name: str, entry: dict, cache: bool) -> bool:
     """Compare a file's sha256 with the manifest's (``cache``: take a digest recorded
-    for the unchanged file instead of reading it; record a fresh match)."""
+    for the unchanged file instead of reading it; record a fresh match). Returns
+    whether the file was read (then its graph checks run too, see model.manifest)."""
     path = root / name
     digest = verified.known_digest(path) if cache else None
     fresh = digest is None
@@ -171,6 +174,7 @@ def _check_digest(root: Path, name: str, entry: dict, cache: bool) -> None:
                           "(re-copy the bundle)")
     if cache and fresh:
         verified.remember(path, digest)
+    return fresh
 
 
 def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
@@ -188,6 +192,7 @@ def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
     manifest = _read_manifest(root)
     hashed = _files_for(graphs)
     files = manifest["files"]
+    read: set[str] = set()
     for name in BUNDLE_FILES:
         if name not in files:
             raise BundleError(f"{root / MANIFEST_NAME}: does not list {name}; the bundle is "
@@ -207,12 +212,13 @@ def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
         if size is not None and path.stat().st_size != size:
             raise BundleError(f"{path}: is {path.stat().st_size} bytes, manifest.json says "
                               f"{size}; the file is truncated or replaced (re-copy the bundle)")
-        if hashed is None or name in hashed:
-            _check_digest(root, name, entry, cache)
+        if (hashed is None or name in hashed) and _check_digest(root, name, entry, cache):
+            read.add(name)
     expected = fingerprint_of(manifest)
     if manifest["fingerprint"] != expected:
         raise BundleError(f"{root / MANIFEST_NAME}: fingerprint {manifest['fingerprint']!r} does "
                           f"not match its contents ({expected}); manifest.json was edited")
+    check_files(root, manifest, graphs=read)
     return manifest
 
 
@@ -288,7 +294,9 @@ class ModelBundle:
         """Hash the files ``branch`` needs if `open` did not (under ``self._lock``)."""
         for name in GRAPH_FILES[branch]:
             if name in self._unverified:
-                _check_digest(self.path, name, self._manifest["files"][name], cache=True)
+                if _check_digest(self.path, name, self._manifest["files"][name], cache=True) \
+                        and name.endswith(".onnx"):
+                    check_graph(self.path / name, self.path.resolve(), self.bits)
                 self._unverified.discard(name)
 
     # -- what the bundle is
@@ -352,6 +360,9 @@ class ModelBundle:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3  # ORT's own warnings are noise on a station
+            level = self._ort_level(branch)
+            if level is not None:
+                options.graph_optimization_level = level
             try:
                 session = ort.InferenceSession(str(self.path / name), sess_options=options,
                                                providers=providers)
@@ -367,6 +378,24 @@ class ModelBundle:
                          used[0], threads or "default")
             self._sessions[branch] = session
             return session
+
+    def _ort_level(self, branch: str):
+        """The ONNX Runtime optimisation level to ask for, or None for its default (all).
+
+        A graph the exporter saved with ONNX Runtime's extended optimisations applied
+        (``graphs.<branch>.ort_optimized == "extended"``) needs only what depends on this
+        CPU: the layout level for the audio graph (NCHWc for its convolution), the basic
+        level for the text graph, which has no convolution (re-running the fusions costs
+        180 ms of cold start on the full-size text graph and changes nothing)."""
+        import onnxruntime as ort
+
+        graphs = self._manifest.get("graphs")
+        entry = graphs.get(branch) if isinstance(graphs, dict) else None
+        if not (isinstance(entry, dict) and entry.get("ort_optimized") == "extended"):
+            return None
+        if branch == "audio":
+            return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
 
     def _parallel_windows(self, providers: list[str]) -> int:
         """How many audio windows run at once, one single-threaded run each (1: windows
