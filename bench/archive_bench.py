@@ -135,7 +135,8 @@ def codec_trial(archive: Archive, codes: np.ndarray, bits: int, threads: int) ->
                 "offset_us": pa.array(np.arange(n, dtype=np.int64) % 720 * 5_000_000),
                 "length_s": pa.array(np.full(n, 10.0)),
                 "clock": pa.array(["gps"] * n).dictionary_encode(),
-                "batch": pa.array(np.ones(n, np.uint64))}
+                "batch": pa.array(np.ones(n, np.uint32)),
+                "seq": pa.array(np.arange(n, dtype=np.uint32))}
         for i in range(words.shape[1]):
             data[f"c{i}"] = pa.array(words[:, i])
         archive.engine.insert(table, pa.table(data))

@@ -11,6 +11,7 @@ bundle fingerprint, so codes of two bundles are never compared::
         length_s  Float64               CODEC(LZ4)
         clock     LowCardinality(String)
         batch     UInt32                CODEC(T64, LZ4)         the ingest that brought it
+        seq       UInt32                CODEC(Delta, LZ4)       its position in that update
         c0 .. cW  UInt64                CODEC(NONE)             the code, 64 bits a column
     ENGINE MergeTree PARTITION BY toYYYYMM(capture)
     ORDER BY (station, capture, recording, offset_us)
@@ -28,10 +29,13 @@ because every read keeps ``batch IN (SELECT batch FROM ingests)``. A process kil
 mid-ingest leaves rows of a batch that has a ``starts`` row and no ledger row: the next
 ingest deletes them first, so a rerun gives exactly the rows of a clean ingest.
 
-Search order: distance, then station, capture time, recording id, offset (the sort key):
-the documented tie key. `ArchiveView.search` takes the station store's arguments
-(queries, k, since, until, station) and returns the store's `Hit` records, so
-`cvahash.query.search.search_text` runs over the archive unchanged.
+Search order: distance, then insertion order (the ingest's number, then the window's
+position in its update), the documented tie key: the archive answers exactly as a
+station store that applied the same updates in the same order. `ArchiveView.search`
+takes the station store's arguments (queries, k, since, until, station) and returns the
+store's `Hit` records, so `cvahash.query.search.search_text` runs over the archive
+unchanged; `cvahash.archive.storage.ArchiveStore` is the archive behind the storage
+interface (`cvahash.store.interface.CodeStorage`).
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ def code_table_ddl(table: str, bits: int, codec: str = CODE_CODEC, engine: str =
             "    length_s Float64 CODEC(LZ4),\n"
             "    clock LowCardinality(String),\n"
             "    batch UInt32 CODEC(T64, LZ4),\n"
+            "    seq UInt32 CODEC(Delta, LZ4),\n"
             f"    {words}\n) ENGINE = {engine}\n"
             + ("PARTITION BY toYYYYMM(capture)\n" if partition else "")
             + "ORDER BY (station, capture, recording, offset_us)")
@@ -452,7 +457,7 @@ class ArchiveView:
                     fingerprint: str | None = None,
                     threads: int = 0) -> list[list[dict[str, Any]]]:
         """Per query, the k nearest windows as dicts (distance, station, capture_us,
-        recording, offset_us, length_s, clock), ordered by the tie key."""
+        recording, offset_us, length_s, clock, batch, seq), ordered by the tie key."""
         if fingerprint is not None and fingerprint != self.fingerprint:
             raise FingerprintMismatch(f"queries of bundle {fingerprint}, archive codes of "
                                       f"bundle {self.fingerprint}: they cannot be compared")
@@ -477,7 +482,7 @@ class ArchiveView:
             params = dict(base, k=int(k), wanted=int(k) + extra)
             dist = self._distance(row, params)
             columns = (f"{dist} AS distance, station, toUnixTimestamp64Micro(capture) AS "
-                       "capture_us, recording, offset_us, length_s, clock")
+                       "capture_us, recording, offset_us, length_s, clock, batch, seq")
             # One scan ordered by distance only, with a margin past k: when the margin
             # holds a farther window, every window tied with the k-th is in hand and the
             # tie order is applied here. Ordering all rows by the full tie key in SQL
@@ -493,7 +498,7 @@ class ArchiveView:
             params["limit"] = near[k - 1]["distance"]
             out.append(self.archive._rows(
                 f"SELECT {columns} FROM {self.table} WHERE {where} AND {dist} <= "
-                "{limit:UInt32} ORDER BY distance, station, capture, recording, offset_us "
+                "{limit:UInt32} ORDER BY distance, batch, seq "
                 "LIMIT {k:UInt64}" + _settings(settings), params))
         return out
 
@@ -552,7 +557,7 @@ class ArchiveView:
                 raise InvalidArgument(f"--top {top!r}: a whole number >= 1")
             params["top"] = int(top)
             inner = (f"SELECT station, capture FROM {self.table} WHERE {where} ORDER BY "
-                     f"{dist}, station, capture, recording, offset_us LIMIT {{top:UInt64}}")
+                     f"{dist}, batch, seq LIMIT {{top:UInt64}}")
         rows = self.archive._rows(
             f"SELECT station, toUnixTimestamp({bucket}) AS t, count() AS n FROM ({inner}) "
             "GROUP BY station, t ORDER BY station, t", params)
@@ -561,10 +566,9 @@ class ArchiveView:
 
 
 def _tie_key(row: dict[str, Any]):
-    """The documented order: distance, station, capture time, recording id, offset (as
-    ClickHouse orders them: strings by their UTF-8 bytes, which is code point order)."""
-    return (row["distance"], row["station"], row["capture_us"], row["recording"],
-            row["offset_us"])
+    """The documented order: distance, then insertion order (ingest number, position in
+    the update), as a station store that applied the same updates in the same order."""
+    return (row["distance"], row["batch"], row["seq"])
 
 
 def _settings(items: list[str]) -> str:
@@ -599,6 +603,7 @@ def _columns(update, batch: int) -> dict[str, Any]:
         "length_s": update.rows["length_s"].astype(np.float64),
         "clock_idx": update.rows["clock"], "clock_names": list(update.clocks),
         "batch": np.full(update.count, batch, np.uint32),
+        "seq": np.arange(update.count, dtype=np.uint32),
         "words": code_words(update.codes, update.bits),
     }
 
@@ -619,6 +624,7 @@ def _code_rows_arrow(rows: dict[str, Any], bits: int):
         "length_s": pa.array(rows["length_s"], pa.float64()),
         "clock": dictionary(rows["clock_idx"], rows["clock_names"]),
         "batch": pa.array(rows["batch"], pa.uint32()),
+        "seq": pa.array(rows["seq"], pa.uint32()),
     }
     words = rows["words"]
     for i in range(words_for(bits)):
