@@ -127,7 +127,9 @@ def codec_trial(archive: Archive, codes: np.ndarray, bits: int, threads: int) ->
     for codec in ("NONE", "LZ4", "ZSTD(1)"):
         table = "codec_trial"
         archive.engine.command(f"DROP TABLE IF EXISTS {table}")
-        archive.engine.command(code_table_ddl(table, bits, codec=codec, partition=False))
+        # wide parts whatever the size, so system.columns reports per-column bytes
+        archive.engine.command(code_table_ddl(table, bits, codec=codec, partition=False)
+                               + " SETTINGS min_bytes_for_wide_part = 0")
         data = {"station": pa.array(["s"] * n).dictionary_encode(),
                 "capture": pa.array(np.arange(n, dtype=np.int64) * 5_000_000,
                                     pa.int64()).cast(pa.timestamp("us", "UTC")),
