@@ -222,7 +222,7 @@ def test_parameters_come_back_as_given(tmp_path, value):
 
 def test_without_the_archive_extra_the_message_names_the_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "chdb", None)
-    with pytest.raises(MissingExtra, match=r"pip install 'cvahash\[archive\]'"):
+    with pytest.raises(MissingExtra, match=r"pip install '\.\[archive\]'"):
         eng.ChdbEngine(tmp_path / "a")
 
 

@@ -55,8 +55,8 @@ def write_png(counts, path: str, by: str, title: str) -> Path:
         import matplotlib.dates as mdates
         import matplotlib.pyplot as plt
     except ImportError:
-        raise MissingExtra("--png needs matplotlib: pip install 'cvahash[plots]' (or "
-                           "pip install '.[plots]' in a checkout)") from None
+        raise MissingExtra("--png needs matplotlib: pip install '.[plots]' in the cvahash "
+                           "checkout") from None
     import numpy as np
 
     stations = sorted({s for s, _, _ in counts})

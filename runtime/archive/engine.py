@@ -32,7 +32,7 @@ PASSWORD_ENV = "CVAHASH_ARCHIVE_PASSWORD"
 PASSWORD_FILE_ENV = "CVAHASH_ARCHIVE_PASSWORD_FILE"
 LOCK_FILE = "archive.lock"
 CHDB_DATA = "chdb"
-EXTRA_HINT = "pip install 'cvahash[archive]' (or pip install '.[archive]' in a checkout)"
+EXTRA_HINT = "pip install '.[archive]' in the cvahash checkout"
 
 
 class ArchiveError(CvahashError):
