@@ -15,8 +15,8 @@ them, holds the lock and checks that the store is open): ``identity.StoreIdentit
 verification), ``sync.StoreSync`` (snapshots; keeping the database and the rows in
 step: roll-forward, recovery, tail), ``append.Appender`` (the commit buffer and
 commits), ``scan.Reader`` (search and reads) and ``upkeep.Upkeep`` (forget, compact,
-check). ``metadata`` holds the schema and checked reads, ``replay.apply_record`` the
-one function that changes the metadata (for commits and for rebuilds).
+check); ``create`` makes a new store's files. ``metadata`` holds the schema and checked
+reads, ``replay.apply_record`` the one function that changes the metadata.
 
 Data model. Row r of the code file is one window of audio. Windows are described by
 *segments* (records.Segment): n consecutive rows from one recording on a regular
@@ -115,14 +115,8 @@ Messages name the store directory and file and say what to do.
 """
 from __future__ import annotations
 
-import errno
-import logging
 import os
-import shutil
-import sqlite3
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,30 +124,18 @@ import numpy as np
 
 from ..errors import InvalidArgument, StoreCorrupt, StoreError
 from .append import Appender, as_segments
-from .format import (
-    LOCK_FILE,
-    MAX_FINGERPRINT,
-    META_FILE,
-    CodeHeader,
-    code_file_name,
-    fsync_dir,
-    write_new_code_file,
-)
+from .create import create_files, remove_strays
+from .format import META_FILE
 from .identity import StoreIdentity, advice, take_writer_lock
 from .interface import CodeStorage
-from .journal import journal_name, write_journal
-from .metadata import MIGRATIONS, SCHEMA_VERSION, read_info, sql_errors, write_transaction
-from .metadb import MetadataDB, connect, sqlite_file_problem
+from .metadb import MetadataDB, migrate_schema, sqlite_file_problem
 from .records import Hit, Recording, Segment, Window
-from .replay import new_database
 from .rows import CodeRows
 from .scan import Reader
 from .sync import JournalAhead, StoreSync
 from .upkeep import Upkeep
 
 __all__ = ["CodeStore", "Hit", "Recording", "Segment", "Window"]
-
-log = logging.getLogger(__name__)
 
 
 class CodeStore(CodeStorage):
@@ -168,43 +150,7 @@ class CodeStore(CodeStorage):
     def create(cls, directory, bits: int, fingerprint: str, **options) -> CodeStore:
         """Make a new, empty store in ``directory`` (which must not exist or be empty)
         and open it for appending. ``options`` are those of ``open``."""
-        directory = Path(directory)
-        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
-                or not 1 <= bits <= 65535:
-            raise InvalidArgument(f"bits must be an integer in 1..65535, got {bits!r}")
-        if not isinstance(fingerprint, str) or not fingerprint or not fingerprint.isascii() \
-                or len(fingerprint) > MAX_FINGERPRINT:
-            raise InvalidArgument(f"fingerprint must be a non-empty ASCII string of at most "
-                                  f"{MAX_FINGERPRINT} characters, got {fingerprint!r}")
-        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-            raise StoreError(f"cannot create a code store in {directory}: it already exists "
-                             "and is not an empty directory; choose another --db folder")
-        # Build it under a temporary name beside it and rename: a cut during create
-        # leaves either nothing or a complete store, never a half-made one. The parent
-        # is taken lexically ("a/x/../b" is "a/b"), so the temporary folder is always
-        # where the rename puts the store.
-        directory = Path(os.path.abspath(directory))
-        parent = directory.parent
-        tmp = parent / f".{directory.name}.creating-{uuid.uuid4().hex[:8]}"
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            tmp.mkdir()
-            _build(tmp, int(bits), fingerprint)
-            if directory.exists():
-                directory.rmdir()
-            os.rename(tmp, directory)
-            fsync_dir(parent)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if directory.is_dir() and (directory / META_FILE).exists():
-                raise StoreError(f"another process created the code store {directory} at the "
-                                 "same time; run the command again to add to it") from None
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreError(f"the disk holding {parent} is full: cannot create the code "
-                                 f"store {directory}; free space and try again") from None
-            raise StoreError(f"cannot create the code store {directory}: {e.strerror or e} "
-                             f"({e.filename or parent}); check the --db path and its "
-                             "permissions") from None
+        directory = create_files(directory, bits, fingerprint)
         return cls.open(directory, "a", **options)
 
     @classmethod
@@ -281,7 +227,7 @@ class CodeStore(CodeStorage):
         self.bits, self.nbytes = self._id.bits, self._id.nbytes
         self.fingerprint, self.store_id = self._id.fingerprint, self._id.store_id
         if writable:
-            _remove_strays(d, int(info["generation"]))
+            remove_strays(d, int(info["generation"]))
         self._rows = CodeRows(self._id, writable)
         self._sync = StoreSync(self._id, self._db, self._rows, writable)
         self._appender = Appender(self._id, self._db, self._rows, self._sync,
@@ -466,28 +412,7 @@ class CodeStore(CodeStorage):
     @classmethod
     def migrate(cls, directory) -> int:
         """Upgrade a store's schema to this cvahash's version; return the old version."""
-        directory = Path(directory)
-        lock_fd = take_writer_lock(directory)
-        try:
-            with sql_errors(directory / META_FILE, "migrate the schema"):
-                conn = connect(directory / META_FILE, read_only=False)
-            try:
-                with write_transaction(conn, directory / META_FILE, "migrate the schema"):
-                    old = read_info(conn).get("schema_version")
-                    version = old
-                    while isinstance(version, int) and version < SCHEMA_VERSION:
-                        if version not in MIGRATIONS:
-                            raise StoreError(f"no migration from schema {version} for "
-                                             f"{directory}")
-                        MIGRATIONS[version](conn)
-                        version += 1
-                        conn.execute("UPDATE store_info SET value = ? WHERE key = "
-                                     "'schema_version'", (version,))
-                return old
-            finally:
-                conn.close()
-        finally:
-            os.close(lock_fd)
+        return migrate_schema(Path(directory))
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
@@ -522,36 +447,3 @@ class CodeStore(CodeStorage):
         return (f"CodeStore({str(self.directory)!r}, mode={self.mode!r}, bits={self.bits}, "
                 f"fingerprint={self.fingerprint!r})")
 
-
-def _build(tmp: Path, bits: int, fingerprint: str) -> None:
-    """The files of a new, empty store in the folder ``tmp``."""
-    store_id = uuid.uuid4()
-    header = CodeHeader(bits=bits, fingerprint=fingerprint, store_id=store_id.bytes,
-                        generation=0)
-    write_new_code_file(tmp / code_file_name(0), header)
-    base = {"kind": "base", "v": 0, "rows": 0, "forgotten": 0, "generation": 0,
-            "max_span_s": 0.0, "bits": bits, "fingerprint": fingerprint,
-            "store_id": store_id.hex, "segs": [], "tags": [], "sums": b""}
-    write_journal(tmp / journal_name(0), [base])
-    conn = sqlite3.connect(tmp / META_FILE, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        new_database(conn, base, store_id.hex, bits, fingerprint, time.time())
-    except sqlite3.Error as e:
-        raise OSError(errno.ENOSPC if "full" in str(e) else errno.EIO, str(e),
-                      str(tmp / META_FILE)) from e
-    finally:
-        conn.close()
-    (tmp / LOCK_FILE).touch()
-    fsync_dir(tmp)
-
-
-def _remove_strays(directory: Path, generation: int) -> None:
-    """Delete code files a cut left behind (an interrupted compact or create)."""
-    keep = {code_file_name(generation), journal_name(generation)}
-    for p in directory.iterdir():
-        if p.name.startswith(("codes-", "journal-")) and p.name not in keep:
-            log.warning("code store %s: removing %s left by an interrupted compact",
-                        directory, p.name)
-            p.unlink()

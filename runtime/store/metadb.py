@@ -18,8 +18,9 @@ from pathlib import Path
 
 from ..errors import StoreCorrupt, StoreError
 from .format import META_FILE
-from .identity import advice
+from .identity import advice, take_writer_lock
 from .metadata import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     MetadataCorrupt,
     RecordingCache,
@@ -298,3 +299,29 @@ class MetadataDB:
         ids = set(self.fetch_recordings())
         if not set(t.rec_id.tolist()) <= ids:
             raise MetadataCorrupt("a segment points at a recording that does not exist")
+
+
+def migrate_schema(directory: Path) -> int:
+    """Upgrade a store's schema to this cvahash's version (under the writer lock);
+    return the old version."""
+    lock_fd = take_writer_lock(directory)
+    try:
+        with sql_errors(directory / META_FILE, "migrate the schema"):
+            conn = connect(directory / META_FILE, read_only=False)
+        try:
+            with write_transaction(conn, directory / META_FILE, "migrate the schema"):
+                old = read_info(conn).get("schema_version")
+                version = old
+                while isinstance(version, int) and version < SCHEMA_VERSION:
+                    if version not in MIGRATIONS:
+                        raise StoreError(f"no migration from schema {version} for "
+                                         f"{directory}")
+                    MIGRATIONS[version](conn)
+                    version += 1
+                    conn.execute("UPDATE store_info SET value = ? WHERE key = "
+                                 "'schema_version'", (version,))
+            return old
+        finally:
+            conn.close()
+    finally:
+        os.close(lock_fd)
