@@ -360,6 +360,9 @@ class ModelBundle:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3  # ORT's own warnings are noise on a station
+            level = self._ort_level(branch)
+            if level is not None:
+                options.graph_optimization_level = level
             try:
                 session = ort.InferenceSession(str(self.path / name), sess_options=options,
                                                providers=providers)
@@ -375,6 +378,24 @@ class ModelBundle:
                          used[0], threads or "default")
             self._sessions[branch] = session
             return session
+
+    def _ort_level(self, branch: str):
+        """The ONNX Runtime optimisation level to ask for, or None for its default (all).
+
+        A graph the exporter saved with ONNX Runtime's extended optimisations applied
+        (``graphs.<branch>.ort_optimized == "extended"``) needs only what depends on this
+        CPU: the layout level for the audio graph (NCHWc for its convolution), the basic
+        level for the text graph, which has no convolution (re-running the fusions costs
+        180 ms of cold start on the full-size text graph and changes nothing)."""
+        import onnxruntime as ort
+
+        graphs = self._manifest.get("graphs")
+        entry = graphs.get(branch) if isinstance(graphs, dict) else None
+        if not (isinstance(entry, dict) and entry.get("ort_optimized") == "extended"):
+            return None
+        if branch == "audio":
+            return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
 
     def _parallel_windows(self, providers: list[str]) -> int:
         """How many audio windows run at once, one single-threaded run each (1: windows
