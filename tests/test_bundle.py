@@ -130,7 +130,8 @@ def copy(built, tmp_path):
 
 def _features(n, seed=1):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((n, 1, PARAMS.n_frames, PARAMS.n_mels)) * 10 - 40).astype(np.float32)
+    shape = (n, 1, PARAMS.n_frames, PARAMS.n_mels)
+    return (rng.standard_normal(shape) * 10 - 40).astype(np.float32)
 
 
 # ---------------------------------------------------------------- codes
@@ -348,7 +349,8 @@ def test_bundle_loads_without_torch(built, tmp_path):
         print(b.encode_text(["owl hoot"]).tolist())
         assert not any(m.split(".")[0] in ("torch", "transformers", "onnx") for m in sys.modules)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=False,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     expected = ModelBundle.open(built[0]).encode_text(["owl hoot"]).tolist()

@@ -219,7 +219,7 @@ def test_text_search_matches_brute_force_over_recomputed_codes(indexed, tiny_bun
     ref_d, ref_i = knn_reference(query, codes, 4)
     got = [(h["recording"], h["start_s"], h["distance"]) for h in doc["hits"]]
     # Ties are ordered by store row; rows follow file order, as `where` does.
-    want = [(*where[i], int(d)) for d, i in zip(ref_d[0], ref_i[0])]
+    want = [(*where[i], int(d)) for d, i in zip(ref_d[0], ref_i[0], strict=True)]
     assert got == want
     assert [h["rank"] for h in doc["hits"]] == [1, 2, 3, 4]
     h = doc["hits"][0]

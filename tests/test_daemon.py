@@ -135,7 +135,7 @@ def stop(proc: subprocess.Popen, timeout=5.0) -> tuple[int, float, str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-        raise AssertionError(f"daemon did not exit within {timeout} s of SIGTERM:\n{out}")
+        raise AssertionError(f"daemon did not exit within {timeout} s of SIGTERM:\n{out}") from None
     return proc.returncode, time.monotonic() - t0, out
 
 
@@ -172,7 +172,8 @@ def test_live_capture_finds_played_events_and_raises_alerts(pulse, bundle, tmp_p
         return datetime.fromisoformat(h["capture_time"].replace("Z", "+00:00")).timestamp()
 
     for k, a, b in events:
-        near = [h for h in hits if overlaps(start_s(h), h["end_s"] - h["start_s"], t_play + a, t_play + b)]
+        near = [h for h in hits
+                if overlaps(start_s(h), h["end_s"] - h["start_s"], t_play + a, t_play + b)]
         if k == 3:
             assert near, f"band-3 event at {a}-{b} s not found among {hits}"
     for h in hits:  # every exact hit holds a band-3 event
@@ -356,7 +357,7 @@ def test_live_blocks_give_the_windows_of_the_file(tmp_path):
     got += sw.ready()
     assert [w.offset_s for w in got] == [w.offset_s for w in ref]
     assert [round(w.length_s, 3) for w in got] == [round(w.length_s, 3) for w in ref]
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a.samples, b.samples, atol=1e-5)
 
 

@@ -37,7 +37,7 @@ sys.meta_path.insert(0, Blocker())
 import cvahash
 failed_imports = {}
 for m in pkgutil.walk_packages(cvahash.__path__, "cvahash."):
-    if m.name == "cvahash.export" or m.name.startswith("cvahash.export.") or m.name == "cvahash.__main__":
+    if m.name in ("cvahash.export", "cvahash.__main__") or m.name.startswith("cvahash.export."):
         continue
     try:
         importlib.import_module(m.name)

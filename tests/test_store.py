@@ -225,7 +225,8 @@ def test_search_matches_brute_force_with_every_filter(tmp_path):
                 for h in qhits:
                     assert (h.recording.path, h.recording.station) == meta[h.row][:2]
                     assert abs(h.capture_utc - caps[h.row]) < 1e-4
-                    assert h.distance == hamming_matrix(queries[q:q + 1], codes[h.row:h.row + 1])[0, 0]
+                    want = hamming_matrix(queries[q:q + 1], codes[h.row:h.row + 1])[0, 0]
+                    assert h.distance == want
     store.close()
 
 

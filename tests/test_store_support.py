@@ -61,7 +61,7 @@ def check_rows(store, rows=None) -> None:
         return
     codes, windows = store.read(rows)
     np.testing.assert_array_equal(codes, row_codes(rows, store.nbytes))
-    for r, w in zip(rows.tolist(), windows):
+    for r, w in zip(rows.tolist(), windows, strict=True):
         assert w.row == r
         assert w.recording == recording_of(r)
         assert abs(w.offset_s - HOP * (r % PER_REC)) < 1e-4

@@ -31,7 +31,8 @@ def register(subparsers) -> None:
         description="Turn every 10 s window of the recordings under PATH into a code and add "
                     "them to the code store DIR. Re-running skips recordings already indexed.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="audio files and/or folders (recursive)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="audio files and/or folders (recursive)")
     p.add_argument("--db", required=True, metavar="DIR", help="code store folder (created if new)")
     p.add_argument("--bundle", metavar="DIR",
                    help="model bundle folder (default: $CVAHASH_BUNDLE, or the one the store "

@@ -19,13 +19,15 @@ import sys
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train hashing heads (+LoRA) on a CLAP model (workstation)",
-        description="Train CVA-Hash heads with LoRA on a CLAP model; see docs/benchmarks/quality.md.")
+        description="Train CVA-Hash heads with LoRA on a CLAP model; "
+                    "see docs/benchmarks/quality.md.")
     p.add_argument("--model", default="tiny",
                    help="hub id, local model folder, clip run folder, or 'tiny' (random tiny "
                         "CLAP; default)")
     p.add_argument("--data", required=True, metavar="MANIFEST",
                    help="JSONL or CSV manifest: audio, caption, labels, split")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (resumes if it exists)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run folder (resumes if it exists)")
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--objective", choices=("crovca", "contrastive", "clip"), default="crovca")
     p.add_argument("--head", choices=("crovca", "seed"), default="crovca",
@@ -43,7 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")
     p.add_argument("--cache-dir", default=None,
                    help="log-mel cache folder (default: .cvahash-cache beside the manifest)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if RUN_DIR has a checkpoint")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even if RUN_DIR has a checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run)
 

@@ -316,7 +316,8 @@ def index_recordings(
                                 path.name)  # fmt: skip
             if not offsets:
                 raise AudioError(
-                    f"{path}: shorter than the 1 s minimum ({info.duration_s:.2f} s); nothing to index"
+                    f"{path}: shorter than the 1 s minimum ({info.duration_s:.2f} s); "
+                    "nothing to index"
                 )
             t = time.perf_counter()
             segs = _segments(recording, offsets, lengths,
@@ -328,7 +329,8 @@ def index_recordings(
             # they would fail every file alike, so the run stops and says why.
             reason = str(e) if isinstance(e, CvahashError) else f"{path}: {e.strerror or e}"
             report.skipped.append(Skipped(path, reason))
-            progress.note(f"skipped {reason}" if str(path) in reason else f"skipped {path}: {reason}")
+            progress.note(f"skipped {reason}" if str(path) in reason
+                          else f"skipped {path}: {reason}")
             continue
         report.indexed.append(path)
         report.windows += len(offsets)

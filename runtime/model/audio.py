@@ -225,7 +225,8 @@ def _check_rate(sample_rate: int) -> int:
         or not (MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE)
     ):
         raise InvalidArgument(
-            f"sample_rate: {sample_rate!r} must be an integer in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}"
+            f"sample_rate: {sample_rate!r} must be an integer in "
+            f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}"
         )
     return int(sample_rate)
 

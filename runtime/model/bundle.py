@@ -122,7 +122,8 @@ def _read_manifest(root: Path) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: unreadable or not valid JSON ({exc}); re-copy the bundle") from exc
+        raise BundleError(f"{path}: unreadable or not valid JSON ({exc}); "
+                          "re-copy the bundle") from exc
     if not isinstance(manifest, dict):
         raise BundleError(f"{path}: expected a JSON object at the top level")
     version = manifest.get("format_version")
@@ -356,7 +357,8 @@ class ModelBundle:
                 session = ort.InferenceSession(str(self.path / name), sess_options=options,
                                                providers=providers)
             except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-                raise BundleError(f"{self.path / name}: onnxruntime cannot load it ({exc})") from exc
+                raise BundleError(
+                    f"{self.path / name}: onnxruntime cannot load it ({exc})") from exc
             used = session.get_providers()
             self.providers_in_use[branch] = used
             if branch == "audio" and self._audio_workers > 1:
@@ -534,7 +536,8 @@ class ModelBundle:
                 out[i:i + 1] = run.result()[0]
             return out
         for start in range(0, len(x), batch_size):
-            out[start:start + batch_size] = session.run(None, {name: x[start:start + batch_size]})[0]
+            part = x[start:start + batch_size]
+            out[start:start + batch_size] = session.run(None, {name: part})[0]
         return out
 
     def encode_audio(self, features, *, batch_size: int = DEFAULT_AUDIO_BATCH) -> np.ndarray:

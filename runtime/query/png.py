@@ -90,7 +90,8 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     return path
 
 
-def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+def colorize(values: np.ndarray, vmin: float | None = None,
+             vmax: float | None = None) -> np.ndarray:
     """Map a 2-D array of numbers to viridis-like RGB, uint8 ``[H, W, 3]``.
 
     ``vmin``/``vmax`` default to the finite minimum and maximum of ``values``; values

@@ -122,14 +122,15 @@ def format_table(hits: Sequence[Hit]) -> str:
             _iso(h.known_capture_time) + ("~" if h.clock_source in UNCERTAIN_CLOCKS else ""),
             h.station or "-",
         )
-        for h, name in zip(hits, names)
+        for h, name in zip(hits, names, strict=True)
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     right = {0, 1}  # numbers right-aligned
 
     def line(cells):
         return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
     return "\n".join([line(header), *(line(r) for r in rows)])
@@ -182,7 +183,8 @@ def _problem(hit: Hit, exc: Exception) -> str:
     return str(exc)
 
 
-def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: float = 1.0) -> list[Saved]:
+def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike,
+                context_s: float = 1.0) -> list[Saved]:
     """Write a WAV snippet per hit into ``out_dir`` (created): the hit's span plus
     ``context_s`` either side (clipped at the file's ends), cut from the original
     recording at its own sample rate and channels, 16-bit PCM (24-bit or float when the

@@ -206,7 +206,7 @@ class Daemon:
             log.error("store append failed, %d windows lost: %s", len(batch), exc)
             return
         infos = []
-        for row, (_, info) in zip(rows, batch):
+        for row, (_, info) in zip(rows, batch, strict=True):
             info = {k: v for k, v in info.items() if k != "_run"}
             info["row"] = row
             infos.append(info)

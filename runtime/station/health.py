@@ -81,7 +81,8 @@ def read_status(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CvahashError(f"{path}: no status file; is the daemon running with this config?")
+        raise CvahashError(
+            f"{path}: no status file; is the daemon running with this config?") from None
     except (OSError, ValueError) as exc:
         raise CvahashError(f"{path}: unreadable status file ({exc})") from exc
 

@@ -70,7 +70,8 @@ class Watchlist:
             return alerts
         for w in self.watches:
             dist, ids = hamming.within(w.code, codes, w.radius)
-            for d, i in sorted(zip(dist.tolist(), ids.tolist()), key=lambda t: windows[t[1]]["capture_s"]):
+            pairs = zip(dist.tolist(), ids.tolist(), strict=True)
+            for d, i in sorted(pairs, key=lambda t: windows[t[1]]["capture_s"]):
                 win = windows[i]
                 if (w.last_alert_capture_s is not None
                         and win["capture_s"] - w.last_alert_capture_s < w.cooldown_s):

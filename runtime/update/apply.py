@@ -301,7 +301,7 @@ def merge_stores(sources: list[str | Path], out: str | Path) -> MergeResult:
         for src in sources:
             opened.append(CodeStore.open(src, "r"))
         first = opened[0]
-        for src, store in zip(sources[1:], opened[1:]):
+        for src, store in zip(sources[1:], opened[1:], strict=True):
             if (store.fingerprint, store.bits) != (first.fingerprint, first.bits):
                 raise FingerprintMismatch(
                     f"{src} holds codes of bundle {store.fingerprint} ({store.bits} bits), "
@@ -332,7 +332,7 @@ def _merge_into(tmp: Path, sources, opened) -> tuple[int, int, dict[str, int]]:
     rows = 0
     with CodeStore.create(tmp, first.bits, first.fingerprint,
                           commit_every_windows=1 << 20) as merged:
-        for i, (src, store) in enumerate(zip(sources, opened)):
+        for i, (src, store) in enumerate(zip(sources, opened, strict=True)):
             label = Path(src).resolve().name or f"source{i}"
             for seg, codes in store.iter_segments():
                 rec = renamed.get((i, seg.recording.key))
