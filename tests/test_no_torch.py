@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from test_cli_runtime import tiny_bundle_dir
 
 BLOCKED = ("torch", "transformers", "peft", "onnx")
 
@@ -61,8 +60,8 @@ print("RESULT " + json.dumps({"rcs": rcs, "loaded": loaded, "failed_imports": fa
 """
 
 
-def test_runtime_runs_without_torch_transformers_peft_onnx(tmp_path_factory, tmp_path):
-    bundle = tiny_bundle_dir(tmp_path_factory)
+def test_runtime_runs_without_torch_transformers_peft_onnx(tiny_bundle, tmp_path):
+    bundle = tiny_bundle
     rec = tmp_path / "rec"
     rec.mkdir()
     rng = np.random.default_rng(0)
