@@ -480,7 +480,7 @@ def test_a_changed_text_graph_is_refused_by_a_text_only_open(copy):
 
 
 def test_verified_digests_are_reused_until_the_file_changes(built, copy, monkeypatch, tmp_path):
-    from cvahash.model import bundle as bundle_module
+    from cvahash.model import manifest as bundle_module
     from cvahash.model import verified
 
     monkeypatch.setenv(verified.CACHE_ENV, str(tmp_path / "cache"))

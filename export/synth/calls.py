@@ -12,6 +12,10 @@ generator also varies note lengths, repeat counts, harmonics and envelopes from 
 Families are deliberately confusable (seven whistle variants, several trills, frogs
 and insects that all pulse), since the corpus is a retrieval benchmark; content stays
 between about 100 Hz and 14 kHz, the model's mel range being 50 Hz-14 kHz.
+
+Why one long module: it is a catalogue, one short generator per call type beside its
+registry entry; reading a call's words next to the code that makes its sound is the
+point, so the catalogue stays in one file.
 """
 
 from __future__ import annotations

@@ -25,6 +25,11 @@ the card goes into the station. docs/configuration.md describes every key.
 The model's code width is not in the config (it lives in the bundle's manifest), so a
 watch radius is checked against the widest code (256 bits) here and against the real
 width by `DeviceConfig.check_bits` once the bundle is known.
+
+Why one long module: the schema (every section and key with its type, range and
+default) is one table that docs/configuration.md mirrors; the checks, the "did you
+mean" suggestions and the frozen dataclasses read it together, and splitting them
+would scatter one contract over several files.
 """
 
 from __future__ import annotations
