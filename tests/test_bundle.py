@@ -293,6 +293,7 @@ def test_newer_format_is_refused(copy):
     ({"bits": BITS + 4}, "fingerprint"),
     ({"format_version": "1"}, "format_version"),
     ({"bits": 0}, "bits"),
+    ({"bits": 512}, "'bits' must be an integer from 1 to 256"),
     ({"files": {"text.onnx": {"sha256": "x"}}}, "does not list audio.onnx"),
     ({"files": {"../escape": {"sha256": "x"}, "text.onnx": {}, "audio.onnx": {},
                 "tokenizer.json": {}}}, "not a plain file name"),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError, InvalidArgument
+from ..limits import MAX_CODE_BITS, is_int
 from . import verified
 
 FORMAT_VERSION = 1
@@ -90,8 +91,9 @@ def _read_manifest(root: Path) -> dict:
     if missing:
         raise BundleError(f"{path}: missing key(s) {', '.join(missing)}")
     bits = manifest["bits"]
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
-        raise BundleError(f"{path}: key 'bits' must be a positive integer, got {bits!r}")
+    if not is_int(bits) or not 1 <= bits <= MAX_CODE_BITS:
+        raise BundleError(f"{path}: key 'bits' must be an integer from 1 to {MAX_CODE_BITS}, "
+                          f"got {bits!r}")
     if not isinstance(manifest["files"], dict):
         raise BundleError(f"{path}: key 'files' must be an object of file name -> sha256")
     return manifest
