@@ -118,6 +118,13 @@ def test_the_runtime_imports_the_toolchain_only_inside_a_command():
                     "its run function (the station never loads torch)")
 
 
+def test_every_export_module_sits_in_a_layer():
+    for path in _sources("export"):
+        parts = _module_name(path).split(".")
+        assert len(parts) == 2 or parts[2] in ("demo", "onnx", "train", "synth"), (
+            f"{path.relative_to(REPO)} is in no layer of export/ (demo, onnx, train, synth)")
+
+
 def test_export_layers():
     """demo over onnx over train; synth beside them; evaluation without the trainer."""
     order = {"demo": 3, "onnx": 2, "train": 1}
