@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except CvahashError as exc:
-        print(f"cvahash {args.command}: error: {exc}", file=sys.stderr)
+        from .commands.wording import in_cli_words
+
+        print(f"cvahash {args.command}: error: {in_cli_words(str(exc))}", file=sys.stderr)
         return 1
     return int(rc or 0)
 

@@ -215,8 +215,9 @@ def test_filters(indexed, capsys):
     rc, out, _ = cli(capsys, "search", "owl", "--db", db, "--json", "--since",
                      "2024-06-12T05:30:10", "--until", "2024-06-12T05:30:30")
     assert sorted(h["start_s"] for h in json.loads(out)["hits"]) == [10.0, 20.0]
+    # A station the store has no window of is a mistake, not an empty result.
     rc, out, err = cli(capsys, "search", "owl", "--db", db, "--station", "elsewhere")
-    assert rc == 0 and out == "" and "no windows match" in err
+    assert rc == 1 and out == "" and "--station 'elsewhere': no such station" in err
     rc, _, err = cli(capsys, "search", "owl", "--db", db, "--since", "yesterday")
     assert rc == 1 and "not a date/time" in err
 

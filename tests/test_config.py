@@ -141,10 +141,10 @@ def test_out_of_range_values_are_refused(section, line, expected):
 
 
 def test_unknown_keys_and_sections_are_errors_with_suggestions():
-    text = MINIMAL.replace("[store]\n", "[store]\ncommit_evry_s = 5\n") + \
+    text = MINIMAL.replace("[store]\n", "[store]\ncommit_intrval_s = 5\n") + \
         "[captur]\nchannels = 1\nthreads = 4\n"
     found = problems_of(text)
-    assert any("[store] unknown key 'commit_evry_s' (did you mean 'commit_every_s'?)" in p
+    assert any("[store] unknown key 'commit_intrval_s' (did you mean 'commit_interval_s'?)" in p
                for p in found)
     assert any("unknown section 'captur' (did you mean 'capture'?)" in p for p in found)
     top = problems_of("threads = 4\n" + MINIMAL)
@@ -228,10 +228,10 @@ def test_config_is_frozen():
 def test_cli_check(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text(MINIMAL + '[capture]\nsample_rate = "fast"\n')
-    assert main(["config", "check", *map(str, SHIPPED)]) == 0
+    assert main(["config", "check", "--file-only", *map(str, SHIPPED)]) == 0
     out = capsys.readouterr().out
     assert out.count("OK ") == len(SHIPPED)
-    assert main(["config", "check", str(SHIPPED[0]), str(bad)]) == 1
+    assert main(["config", "check", "--file-only", str(SHIPPED[0]), str(bad)]) == 1
     captured = capsys.readouterr()
     assert captured.out.startswith(f"OK {SHIPPED[0]}")
     assert re.search(r"bad.toml: \[capture\] sample_rate: expected an integer", captured.err)
@@ -246,3 +246,81 @@ def test_any_text_gives_a_config_or_a_config_error(text):
         loads_config(text)
     except ConfigError as exc:
         assert str(exc)
+
+
+def test_commit_interval_defaults_to_10_s_and_the_old_name_still_reads():
+    assert loads_config(MINIMAL).store.commit_interval_s == 10.0
+    old = MINIMAL.replace("[store]\n", "[store]\ncommit_every_s = 42\n")
+    assert loads_config(old).store.commit_interval_s == 42.0
+    both = MINIMAL.replace("[store]\n", "[store]\ncommit_every_s = 4\ncommit_interval_s = 5\n")
+    assert any("commit_every_s: the old name of commit_interval_s" in p
+               for p in problems_of(both))
+
+
+def test_config_check_finds_what_the_daemon_would_refuse_in_the_same_words(tmp_path):
+    """Radius wider than the bundle, an alert command that cannot run, a path that cannot
+    be written: `config check` lists them all, and the daemon refuses to start with the
+    same lines."""
+    import subprocess
+    import sys
+
+    demo = Path(__file__).parent / "data" / "demo-bundle"  # 64-bit codes, int8
+    (tmp_path / "a-file").write_text("not a folder")
+    script = tmp_path / "notify.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")  # not executable (yet)
+    cfg = tmp_path / "station.toml"
+    body = f"""
+[device]
+name = "ridge-2"
+[runtime]
+bundle = "{demo}"
+[store]
+path = "{tmp_path / 'a-file' / 'store'}"
+[status]
+path = "{tmp_path / 'status.json'}"
+[[watchlist]]
+name = "owl"
+query = "owl hooting"
+radius = 100
+command = ["{script}"]
+[[watchlist]]
+name = "frog"
+query = "frog chorus"
+radius = 3
+command = "no-such-alert-program --loud"
+"""
+    cfg.write_text(body)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "cvahash", *map(str, args)],
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    assert run("config", "check", "--file-only", cfg).returncode == 0
+    res = run("config", "check", cfg)
+    assert res.returncode == 1
+    problems = [ln for ln in res.stderr.splitlines() if ln.startswith(str(cfg))]
+    expected = [
+        "[watchlist #1] radius: expected an integer from 0 to 64 (the bundle's code width), "
+        "got 100",
+        f"[watchlist #1 'owl'] command: '{script}' is not an executable file (make it one: "
+        f"chmod +x {script})",
+        "[watchlist #2 'frog'] command: 'no-such-alert-program' is not a program on PATH",
+        f"[store] path: {tmp_path / 'a-file' / 'store'}: {tmp_path / 'a-file'} is a file, "
+        "not a folder",
+    ]
+    for want in expected:
+        assert sum(want in p for p in problems) == 1, (want, problems)
+    assert len(problems) == 5  # the alerts log beside the store cannot be written either
+
+    daemon = run("daemon", "--config", cfg, "--source", f"file:{cfg}")
+    assert daemon.returncode == 1
+    assert [ln for ln in daemon.stderr.splitlines() if ln.startswith(str(cfg))] == problems[1:]
+    assert problems[0] in daemon.stderr
+
+    script.chmod(0o755)
+    fixed = body.replace("radius = 100", "radius = 10").replace(
+        str(tmp_path / "a-file" / "store"), str(tmp_path / "store")).replace(
+        "no-such-alert-program", "true")
+    cfg.write_text(fixed)
+    res = run("config", "check", cfg)
+    assert res.returncode == 0 and "bundle, commands and paths checked" in res.stdout, res.stderr

@@ -70,7 +70,7 @@ def bundle(tmp_path_factory):
 
 
 def write_config(path: Path, bundle: Path, *, hop=5.0, retention=True, watch=("band3",),
-                 commit_windows=1, interval=1):
+                 commit_windows=1, interval=1, window=10.0, commit_interval="2"):
     d = path.parent
     watches = "".join(
         f'\n[[watchlist]]\nname = "{w}"\nquery = "{w}"\nradius = 0\ncooldown_s = 1\n'
@@ -87,12 +87,12 @@ device = "default"
 sample_rate = 44100
 channels = 1
 [windows]
-window_s = 10.0
+window_s = {window}
 hop_s = {hop}
 [store]
 path = "{d / 'store'}"
 commit_every_windows = {commit_windows}
-commit_every_s = 2
+{f"commit_interval_s = {commit_interval}" if commit_interval else ""}
 [retention]
 enabled = {'true' if retention else 'false'}
 path = "{d / 'audio'}"
@@ -135,7 +135,8 @@ def stop(proc: subprocess.Popen, timeout=5.0) -> tuple[int, float, str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-        raise AssertionError(f"daemon did not exit within {timeout} s of SIGTERM:\n{out}") from None
+        raise AssertionError(
+            f"daemon did not exit within {timeout} s of SIGTERM:\n{out}") from None
     return proc.returncode, time.monotonic() - t0, out
 
 
@@ -195,6 +196,40 @@ def test_live_capture_finds_played_events_and_raises_alerts(pulse, bundle, tmp_p
     with CodeStore.open(tmp_path / "store", "r") as store:
         store.check()  # raises StoreCorrupt on any inconsistency
         assert len(store) == doc["windows_total"]
+
+
+@pytest.mark.slow
+def test_a_live_call_is_searchable_15_s_after_it_was_played(pulse, bundle, tmp_path):
+    """[store] commit_interval_s (default 10 s) bounds how stale a live search can be, even
+    when commit_every_windows is far away: the daemon is still running when we search."""
+    scene = tmp_path / "call.wav"
+    sf.write(scene, tone_scene(2.5, [(5, 0.2, 2.2)]), 48000)
+    cfg = write_config(tmp_path / "station.toml", bundle, window=5.0, hop=2.5, retention=False,
+                       watch=(), commit_windows=1000, commit_interval=None)
+    proc = start_daemon(cfg, pulse)
+    status = tmp_path / "status.json"
+    try:
+        wait_status(status, lambda d: d["state"] == "capturing" and d["last_capture_utc"],
+                    proc=proc)
+        t_play = time.time()
+        subprocess.run(["paplay", str(scene)], env=pulse, check=True, timeout=30)
+        time.sleep(max(0.0, t_play + 2.5 + 15 - time.time()))
+        res = subprocess.run([PY, "-m", "cvahash", "search", "band5", "--db",
+                              str(tmp_path / "store"), "--json", "-k", "5"],
+                             env=pulse, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.poll() is None, proc.stdout.read()
+        assert res.returncode == 0, res.stderr
+        hits = [h for h in json.loads(res.stdout)["hits"] if h["distance"] == 0]
+        start = [datetime.fromisoformat(h["capture_time"].replace("Z", "+00:00")).timestamp()
+                 for h in hits]
+        assert any(overlaps(s, 5.0, t_play + 0.2, t_play + 2.2) for s in start), res.stdout
+        # The status counts committed rows as the store's (what search sees), never more.
+        doc = json.loads(status.read_text())
+        with CodeStore.open(tmp_path / "store", "r") as store:
+            assert doc["store_rows"] <= len(store)
+    finally:
+        rc, _, out = stop(proc)
+    assert rc == 0, out
 
 
 @pytest.mark.slow
@@ -280,8 +315,14 @@ def test_sigterm_on_an_idle_device_free_run_exits_fast(bundle, tmp_path):
     proc = start_daemon(cfg, dict(os.environ), "--source", f"file:{rec}")
     wait_status(tmp_path / "status.json", lambda d: d["windows_total"] >= 1, timeout=40,
                 proc=proc)
+    # The recording's clock says 2024; audio still arrives now, so the replay is capturing.
+    live = subprocess.run([PY, "-m", "cvahash", "status", "--config", str(cfg)],
+                          capture_output=True, text=True, check=False)
+    assert live.returncode == 0 and live.stdout.startswith("OK"), live.stdout + live.stderr
+    assert "2024-06-12" in live.stdout  # the capture time is still shown
     rc, took, out = stop(proc)
     assert rc == 0 and took < 5.0, out
+    assert "INFO cvahash.station.daemon: stopped (SIGTERM received)" in out, out
     doc = json.loads((tmp_path / "status.json").read_text())
     with CodeStore.open(tmp_path / "store") as store:
         # commit_every_windows=1000 was never reached: every window came from the flush.
@@ -303,6 +344,11 @@ def test_status_command_verdicts(tmp_path):
 
     doc = json.loads(path.read_text())
     doc["last_capture_utc"] = "2020-01-01T00:00:00+00:00"
+    assert verdict(doc)[0] == "NOT CAPTURING"  # a status file without last_audio_utc
+    doc["last_audio_utc"] = now.isoformat()  # a replayed file: old capture times, fresh audio
+    assert verdict(doc)[0] == "OK"
+    doc["last_audio_utc"] = "2020-01-01T00:00:00+00:00"
+    doc["last_capture_utc"] = now.isoformat()  # a clock set in the future: no audio arrives
     assert verdict(doc)[0] == "NOT CAPTURING"
     doc = json.loads(path.read_text())
     doc["written_utc"] = "2020-01-01T00:00:00+00:00"
@@ -377,3 +423,28 @@ def test_ring_buffer_wraps_and_reports_drops():
     ring.write(np.ones((3, 1), np.float32), now, 3.0)
     block = ring.read(0.1)
     assert block.gap_before and len(block.frames) == 3 and block.monotonic == 3.0
+
+
+def test_daemon_logs_a_startup_and_a_shutdown_line_at_info(bundle, tmp_path):
+    """Without -v: the config's [logging] level (default info) shows both lines, as journald
+    would, and nothing else needs a Python reader."""
+    rec = tmp_path / "20240612_053000.wav"
+    sf.write(rec, tone_scene(22.0, [(2, 3, 6)]), 48000)
+    cfg = write_config(tmp_path / "station.toml", bundle, retention=False, watch=())
+    res = subprocess.run([PY, "-m", "cvahash", "daemon", "--config", str(cfg), "--source",
+                          f"file:{rec}", "--fast"], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    start = [ln for ln in lines if "INFO cvahash.station.daemon: started:" in ln]
+    assert len(start) == 1, res.stderr
+    for part in (f"bundle {bundle}", f"store {tmp_path / 'store'} (0 windows)",
+                 f"status file {tmp_path / 'status.json'}", "audio retention off",
+                 f"source file:{rec}", f"config {cfg}"):
+        assert part in start[0], (part, start[0])
+    with CodeStore.open(tmp_path / "store") as store:
+        n = len(store)
+    stop_line = [ln for ln in lines if "INFO cvahash.station.daemon: stopped (" in ln]
+    assert len(stop_line) == 1 and lines[-1] == stop_line[0], res.stderr
+    assert f"stopped (end of {rec}): {n} windows written this run" in stop_line[0]
+    assert "last commit 20" in stop_line[0]

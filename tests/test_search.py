@@ -1,5 +1,5 @@
 """Search-side pieces that need no model: query checks, argument parsing, result output
-(table, JSON, WAV snippets, spectrogram PNGs) and the PNG writer itself.
+(table, JSON, WAV snippets, spectrogram PNGs).
 
 End-to-end search against a real tiny bundle lives in test_cli_runtime.py.
 """
@@ -7,8 +7,6 @@ End-to-end search against a real tiny bundle lives in test_cli_runtime.py.
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,8 +16,7 @@ import soundfile as sf
 
 from cvahash.errors import BundleError, CvahashError, InvalidArgument
 from cvahash.library.library import BUNDLE_ENV, resolve_bundle
-from cvahash.model.frontend import FrontendParams, log_mel
-from cvahash.query.png import VIRIDIS_ANCHORS, colorize, encode_png, write_png
+from cvahash.model.frontend import FrontendParams
 from cvahash.query.report import (
     clip_name,
     display_paths,
@@ -39,33 +36,6 @@ from cvahash.query.search import (
     prepare_query,
 )
 from cvahash.store.records import Hit, Recording
-
-# --- an independent PNG reader (spec sections 5, 11, 12; filter type 0 only) ----------
-
-
-def read_png(data: bytes) -> np.ndarray:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + body), f"bad CRC in {kind}"
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    assert kind == b"IEND"
-    width, height, depth, colour, *_ = header
-    assert depth == 8
-    channels = {0: 1, 2: 3}[colour]
-    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(height, 1 + width * channels)
-    assert (raw[:, 0] == 0).all()
-    img = raw[:, 1:].reshape(height, width, channels)
-    return img[:, :, 0] if channels == 1 else img
-
 
 # --- queries --------------------------------------------------------------------------
 
@@ -251,61 +221,92 @@ def test_clips_are_cut_from_the_original_with_context(recording, tmp_path):
 
 
 def test_spectrograms_show_the_hit_window_with_frequency_upwards(recording, tmp_path):
+    from cvahash.query import plots
+
     path, _, _ = recording
     params = FrontendParams()
     hits = [_hit(1, path, 0.0), _hit(2, path, 20.0), _hit(3, tmp_path / "nope.wav", 0.0)]
-    saved = write_spectrograms(hits, tmp_path / "spec", params)
+    saved = write_spectrograms(hits, tmp_path / "spec", params, query="owl hooting")
     assert saved[2].path is None and "no longer exists" in saved[2].problem
-    low = read_png(saved[0].path.read_bytes())
-    high = read_png(saved[1].path.read_bytes())
-    assert low.shape == (3 * params.n_mels, params.n_frames, 3)
-
-    def brightest_row(img):
-        return int(np.argmax(img.astype(float).sum(axis=(1, 2))))
-
-    # 500 Hz sits near the bottom, 6 kHz well above it (row 0 is the top of the picture)
-    assert brightest_row(low) > brightest_row(high)
-    mel = log_mel(np.sin(2 * np.pi * 500 * np.arange(480000) / 48000), params)[0, 0]
-    expected_band = int(np.argmax(mel.mean(axis=0)))
-    assert abs(brightest_row(low) // 3 - (params.n_mels - 1 - expected_band)) <= 1
-
-
-# --- PNG writer -----------------------------------------------------------------------
-
-
-def test_png_round_trips_grey_and_rgb(tmp_path):
-    rng = np.random.default_rng(1)
-    grey = rng.integers(0, 256, (7, 13), dtype=np.uint8)
-    rgb = rng.integers(0, 256, (5, 3, 3), dtype=np.uint8)
-    assert np.array_equal(read_png(encode_png(grey)), grey)
-    assert np.array_equal(read_png(encode_png(rgb)), rgb)
-    out = write_png(tmp_path / "x.png", rgb)
-    assert np.array_equal(read_png(out.read_bytes()), rgb)
-    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]  # no temp file left
-
-
-def test_png_matches_an_independent_decoder_when_available(tmp_path):
     mpimg = pytest.importorskip("matplotlib.image")
-    rgb = colorize(np.random.default_rng(2).random((20, 30)))
-    back = mpimg.imread(write_png(tmp_path / "c.png", rgb))
-    assert np.array_equal(np.rint(back[..., :3] * 255).astype(np.uint8), rgb)
+    for s in saved[:2]:
+        assert mpimg.imread(s.path).shape[1] > 800  # a real picture, axes and all
+    assert sorted(p.name for p in (tmp_path / "spec").iterdir()) == [
+        "rank_01_20240612_053000_00s.png", "rank_02_20240612_053000_20s.png"]
+
+    # The drawn picture: the loudest mel row of the 500 Hz window lies at 0.5 kHz on the
+    # frequency axis, the 6 kHz window's well above it.
+    centres = plots.mel_centres_hz(params)
+
+    def loudest_khz(start):
+        x = sf.read(path, start=int(start * 22050), stop=int((start + 10) * 22050),
+                    dtype="float32")[0].mean(axis=1)
+        import soxr
+        fig = plots.spectrogram_figure(soxr.resample(x, 22050, 48000), params, start_s=start,
+                                       capture_time=None, title="t")
+        mel = fig.axes[0].images[0].get_array()
+        return centres[int(np.argmax(np.asarray(mel).mean(axis=1)))] / 1000
+
+    assert abs(loudest_khz(0.0) - 0.5) < 0.06 and abs(loudest_khz(20.0) - 6.0) < 0.4
 
 
-@pytest.mark.parametrize("bad", [np.zeros((2, 2), np.float32), np.zeros((2, 2, 4), np.uint8),
-                                 np.zeros((0, 3), np.uint8), np.zeros(5, np.uint8)])
-def test_png_refuses_what_it_cannot_write(bad):
-    with pytest.raises(InvalidArgument):
-        encode_png(bad)
+def test_a_spectrogram_says_what_a_person_needs_to_read_it():
+    """Axes in seconds, clock time and kHz, a title with the query, rank, distance,
+    station and capture time, a colour scale; a short window's repeat padding greyed
+    with the end of the recording marked (a 2.3 s call must not read as four calls)."""
+    from cvahash.query import plots
 
-
-def test_colour_map_runs_dark_to_bright_and_handles_odd_values():
-    ramp = colorize(np.linspace(0, 1, 17)[None, :])[0]
-    assert np.array_equal(ramp, VIRIDIS_ANCHORS.astype(np.uint8))
-    luminance = ramp @ np.array([0.299, 0.587, 0.114])
-    assert (np.diff(luminance) > 0).all()
-    odd = colorize(np.array([[np.nan, np.inf, 5.0, 5.0]]))
-    assert (odd[0, :2] == 0).all() and (odd[0, 2] == VIRIDIS_ANCHORS[0]).all()
+    params = FrontendParams()
+    t = np.arange(int(2.3 * 48000)) / 48000
+    call = (0.3 * np.sin(2 * np.pi * 900 * t)).astype(np.float32)
+    hit = Hit(rank=2, distance=7, row=0, recording=Recording(path="/x/owl.wav",
+                                                             station="ridge-2"),
+              offset_s=30.0, length_s=2.3, clock_source="gps",
+              capture_utc=datetime(2024, 6, 12, 5, 30, 30, tzinfo=timezone.utc).timestamp())
+    title, sub = plots.hit_title(hit, "owl hooting")
+    fig = plots.spectrogram_figure(call, params, start_s=30.0,
+                                   capture_time=hit.known_capture_time,
+                                   title=title, subtitle=sub)
+    ax = fig.axes[0]
+    text = ax.get_title(loc="left")
+    for part in ('"owl hooting"', "rank 2", "distance 7 bits", "station ridge-2",
+                 "2024-06-12 05:30:30 UTC"):
+        assert part in text, (part, text)
+    assert ax.get_xlabel() == "seconds into the recording"
+    assert "kHz" in ax.get_ylabel()
+    assert ax.get_xlim() == pytest.approx((30.0, 40.0), abs=0.02)
+    assert any(a.get_label() == "<colorbar>" or "dB" in a.get_ylabel() for a in fig.axes[1:])
+    fig.canvas.draw()
+    clock = [a for a in ax.child_axes]
+    labels = [lb.get_text() for lb in clock[0].get_xticklabels() if lb.get_text()]
+    assert "05:30:30" in labels and "05:30:34" in labels  # 30 s into a file started 05:30:00
+    ticks = [lb.get_text() for lb in ax.get_yticklabels()]
+    assert "1" in ticks and "8" in ticks
+    grey = [p for p in ax.patches if p.get_x() == pytest.approx(32.3, abs=0.02)]
+    assert grey and grey[0].get_width() == pytest.approx(7.7, abs=0.02)
+    assert any("end of recording" in t.get_text() for t in ax.texts)
+    whole = plots.spectrogram_figure(np.tile(call, 5), params, start_s=0.0, capture_time=None,
+                                     title="t")
+    assert not whole.axes[0].patches and not whole.axes[0].texts  # a full window: no mark
     assert isinstance(QueryError("x"), CvahashError)
+
+
+def test_spectrograms_without_matplotlib_name_the_install_command(monkeypatch, tmp_path):
+    import builtins
+
+    from cvahash.errors import MissingExtra
+
+    real = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(MissingExtra, match=r"pip install '\.\[plots\]'"):
+        write_spectrograms([], tmp_path / "spec", FrontendParams())
+    assert not (tmp_path / "spec").exists()
 
 
 # --- query by example: the window that is searched for ----------------------------------

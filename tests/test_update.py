@@ -266,3 +266,91 @@ def test_cli(tmp_path, capsys):
     assert "cut short" in capsys.readouterr().err
     assert main(["merge", str(src), str(tmp_path / "dst"), "--out", str(tmp_path / "m")]) == 0
     assert "merged 2 stores" in capsys.readouterr().out
+
+
+def test_overlapping_updates_apply_as_one(tmp_path, keys):
+    """Two updates of the same windows (same station, content hash and offset) store them
+    once, even when the second names the recordings differently (--root)."""
+    src = make_store(tmp_path / "src", runs=2)
+    first = tmp_path / "first.cvaup"
+    build_update(src, keys[0], first)
+    with CodeStore.open(src, "a") as store:  # the station records on
+        rec = Recording(path="/data/ridge-2/rec9.flac", station="ridge-2", content_hash="h9",
+                        start_utc=T0 + 9 * 3600)
+        store.append(np.full((4, 8), 7, np.uint8), Segment(
+            recording=rec, first_offset_s=0.0, length_s=10.0, capture_start_utc=T0 + 9 * 3600,
+            hop_s=5.0, n_rows=4, clock_source="gps"))
+    second = tmp_path / "second.cvaup"
+    build_update(src, keys[0], second, root="/data")  # other path strings, same windows
+    dst = tmp_path / "dst"
+    a = apply_update(first, dst, [keys[1]], create=True)
+    assert a.rows == 41 and a.already_present == 0
+    b = apply_update(second, dst, [keys[1]])
+    assert b.rows == 4 and b.already_present == 41 and not b.already_applied
+    codes, windows = content(dst)
+    identities = {(st, h or p, off) for p, st, h, off, *_ in windows}
+    assert len(windows) == len(identities) == 45
+    assert apply_update(second, dst, [keys[1]]).already_applied  # and the tag was recorded
+    assert len(content(dst)[1]) == 45
+
+    # The command says how many were already there.
+    again = tmp_path / "again"
+    apply_update(first, again, [keys[1]], create=True)
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["update", "apply", str(second), "--db", str(again), "--trust",
+                     str(keys[1])]) == 0
+    assert "4 windows added" in buf.getvalue() and "41 of its windows were already there" \
+        in buf.getvalue()
+
+
+def test_a_store_made_from_an_update_is_searchable_and_explains_missing_audio(tmp_path, keys):
+    """`update apply --create --bundle` records the bundle, so `search` needs no --bundle;
+    a clip of a hit whose audio stayed at the sending station says where it came from."""
+    import shutil
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    demo = Path(__file__).parent / "data" / "demo-bundle"
+    rec = tmp_path / "sender" / "20240612_053000.wav"
+    rec.parent.mkdir()
+    sf.write(rec, np.random.default_rng(0).standard_normal(48000 * 21).astype(np.float32)
+             * 0.1, 48000)
+    env = {k: v for k, v in os.environ.items() if k != "CVAHASH_BUNDLE"}
+
+    def cli(*args, ok=True):
+        res = subprocess.run([sys.executable, "-m", "cvahash", *map(str, args)], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert (res.returncode == 0) == ok, res.stdout + res.stderr
+        return res
+
+    cli("index", rec, "--db", tmp_path / "src", "--bundle", demo, "--station", "ridge-2",
+        "--quiet")
+    cli("update", "build", "--db", tmp_path / "src", "--key", keys[0], "--out",
+        tmp_path / "u.cvaup")
+    shutil.rmtree(rec.parent)  # the audio stays at the sending station
+    wrong = tmp_path / "other-bundle"
+    shutil.copytree(demo, wrong)
+    manifest = json.loads((wrong / "manifest.json").read_text())
+    manifest["bits"] = 128
+    (wrong / "manifest.json").write_text(json.dumps(manifest))
+    res = cli("update", "apply", tmp_path / "u.cvaup", "--db", tmp_path / "dst", "--trust",
+              keys[1], "--create", "--bundle", wrong, ok=False)
+    assert str(wrong) in res.stderr and not (tmp_path / "dst").exists()
+    res = cli("update", "apply", tmp_path / "u.cvaup", "--db", tmp_path / "dst", "--trust",
+              keys[1], "--create", "--bundle", demo, "--json")
+    applied = json.loads(res.stdout)
+    assert applied["created_store"] and applied["bundle"] == str(demo.resolve())
+    res = cli("search", "birds at dawn", "--db", tmp_path / "dst", "--json", "-k", "2",
+              "--clips", tmp_path / "clips")
+    hits = json.loads(res.stdout)["hits"]
+    assert len(hits) == 2 and hits[0]["station"] == "ridge-2"
+    line = f"audio not on this station: it came in update {applied['update_id']} from " \
+           "station ridge-2"
+    assert res.stderr.count(line) == 2, res.stderr
+    assert "deleted by audio retention" not in res.stderr

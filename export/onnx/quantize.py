@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -87,6 +88,35 @@ class _Feeds:
         pass
 
 
+class _PreProcessAdvice(logging.Filter):
+    """Drops ONNX Runtime's "Please consider (to run) pre-processing before quantization"
+    (logged twice per call on the root logger, with a URL): the static method does run
+    pre-processing, and every method's codes are scored against PyTorch anyway. Its
+    first sighting becomes one INFO line of ours."""
+
+    said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Please consider"):
+            return True
+        if not _PreProcessAdvice.said:
+            _PreProcessAdvice.said = True
+            log.info("ONNX Runtime suggests pre-processing before quantisation; each method "
+                     "is scored by bit agreement with PyTorch instead")
+        return False
+
+
+@contextmanager
+def _ort_advice_muted():
+    root = logging.getLogger()
+    muted = _PreProcessAdvice()
+    root.addFilter(muted)
+    try:
+        yield
+    finally:
+        root.removeFilter(muted)
+
+
 def quantize_graph(fp32_path: str | Path, out_path: str | Path, method: str,
                    calibration: Sequence[dict] | None = None) -> Path:
     """Write ``fp32_path`` quantised with ``method`` to ``out_path``.
@@ -94,6 +124,12 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, method: str,
     ``calibration``: feed dicts (input name -> array) of real inputs; required for
     ``static-qdq``.
     """
+    with _ort_advice_muted():
+        return _quantize_graph(fp32_path, out_path, method, calibration)
+
+
+def _quantize_graph(fp32_path: str | Path, out_path: str | Path, method: str,
+                    calibration: Sequence[dict] | None = None) -> Path:
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if method == "fp32":
         shutil.copyfile(fp32_path, out_path)

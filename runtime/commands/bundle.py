@@ -43,6 +43,9 @@ def register(subparsers) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from .wording import mute_library_future_warnings
+
+    mute_library_future_warnings()
     from ..errors import BundleError, MissingExtra
 
     if args.data and not args.against:
@@ -58,7 +61,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
     if args.against and importlib.util.find_spec("torch") is None:
         raise MissingExtra("--against needs the workstation extra (torch is missing): "
-                           "pip install 'cvahash[export]'")
+                           "pip install '.[export]' in the cvahash checkout")
     try:
         report = verify_bundle(args.bundle, args.against, args.data,
                                min_agreement=args.min_agreement,

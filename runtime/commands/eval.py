@@ -17,28 +17,39 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="retrieval quality of trained runs: mAP@K, P@K (workstation)",
         description="Evaluate runs from `cvahash train` on a manifest split.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--data", required=True, metavar="MANIFEST")
-    p.add_argument("--split", default="test", help="manifest split to evaluate (default test)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="run folders written by `cvahash train`")
+    p.add_argument("--data", required=True, metavar="MANIFEST",
+                   help="corpus manifest (JSONL or CSV) holding the split (required)")
+    p.add_argument("--split", default="test",
+                   help="manifest split to evaluate (default: test)")
     p.add_argument("--json", default=None, metavar="FILE",
                    help="write results here (default: eval.json in the first RUN_DIR)")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="mAP@10 vs bits plot (default: eval.png in the first RUN_DIR)")
-    p.add_argument("--rerank-depth", type=int, default=100)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--rerank-depth", type=int, default=100,
+                   help="Hamming candidates re-ranked by cosine in the two-stage rows "
+                        "(default: 100)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="where to encode; auto picks CUDA, then MPS, then CPU (default: auto)")
+    p.add_argument("--cache-dir", default=None,
+                   help="log-mel cache folder (default: .cvahash-cache beside the manifest)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress line (default: a progress line on stderr)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from .wording import mute_library_future_warnings
+
+    mute_library_future_warnings()
     from ..errors import MissingExtra
 
     try:
         from ..export.train import evaluate
     except ImportError as exc:
         raise MissingExtra(f"cvahash eval needs the workstation extra ({exc.name} is missing): "
-                           "pip install 'cvahash[export]'") from exc
+                           "pip install '.[export]' in the cvahash checkout") from exc
     results = []
     try:
         for run_dir in args.runs:

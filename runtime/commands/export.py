@@ -22,31 +22,38 @@ def register(subparsers) -> None:
         description="Export a training run (LoRA merged, heads included) to a model bundle: "
                     "text.onnx, audio.onnx, tokenizer.json, manifest.json.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `cvahash train`")
-    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to create")
+    p.add_argument("--out", required=True, metavar="BUNDLE",
+                   help="bundle folder to create (required)")
     p.add_argument("--precision", choices=("int8", "fp16", "fp32"), default="int8",
-                   help="int8 for CPU devices (default), fp16 for a Jetson GPU, fp32 reference")
+                   help="int8 for CPU devices, fp16 for a Jetson GPU, fp32 reference "
+                        "(default: int8)")
     p.add_argument("--data", metavar="MANIFEST", default=None,
                    help="corpus manifest (JSONL); its train split calibrates, its val/test "
                         "split picks the quantisation (default: a built-in synthetic probe)")
     p.add_argument("--probe-limit", type=int, default=48,
-                   help="held-out clips used to score quantisation methods (default 48)")
-    p.add_argument("--force", action="store_true", help="replace BUNDLE if it exists")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+                   help="held-out clips used to score quantisation methods (default: 48)")
+    p.add_argument("--force", action="store_true",
+                   help="replace BUNDLE if it exists (default: refuse)")
+    p.add_argument("--json", action="store_true",
+                   help="print the manifest as JSON (default: a short summary)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from .wording import mute_library_future_warnings
+
+    mute_library_future_warnings()
     from ..errors import MissingExtra
 
     # Fail early with the extra's name, not deep inside the exporter.
     if importlib.util.find_spec("torch") is None:
         raise MissingExtra("cvahash export needs the workstation extra (torch is missing): "
-                           "pip install 'cvahash[export]'")
+                           "pip install '.[export]' in the cvahash checkout")
     try:
         from ..export.onnx.bundle_writer import export_run
     except ImportError as exc:
         raise MissingExtra(f"cvahash export needs the workstation extra ({exc.name} is "
-                           "missing): pip install 'cvahash[export]'") from exc
+                           "missing): pip install '.[export]' in the cvahash checkout") from exc
     if args.probe_limit < 1:
         print("cvahash export: error: --probe-limit must be >= 1", file=sys.stderr)
         return 2

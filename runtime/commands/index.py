@@ -37,8 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--bundle", metavar="DIR",
                    help="model bundle folder (default: $CVAHASH_BUNDLE, or the one the store "
                         "was made with)")
-    p.add_argument("--station", default="", metavar="NAME",
-                   help="station name stored with every window (for search --station)")
+    p.add_argument("--station", default=None, metavar="NAME",
+                   help="station name stored with every window (for search --station; "
+                        "default: none)")
     p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
                    help="seconds between window starts (default: the window length, 10 s)")
     p.add_argument("--threads", type=int, default=0, metavar="N",
@@ -47,9 +48,32 @@ def register(subparsers) -> None:
     p.set_defaults(func=run, _parser=p)
 
 
+def _probe_all(files):
+    """(seconds of audio, {file: reason}) over ``files``, reading headers only."""
+    from ..errors import AudioError
+    from ..model import audio
+
+    total, bad = 0.0, {}
+    for path in files:
+        try:
+            total += audio.probe(path).duration_s
+        except (AudioError, OSError) as exc:
+            bad[path] = str(exc)
+    return total, bad
+
+
 def run(args: argparse.Namespace) -> int:
     # Lazy: indexing loads numpy and onnxruntime; `cvahash --help` stays fast.
-    from ..library.index import Progress, find_recordings, index_recordings
+    import signal
+    import threading
+
+    from ..errors import AudioError
+    from ..library.index import (
+        Progress,
+        check_reindex_options,
+        find_recordings,
+        index_recordings,
+    )
     from ..library.library import Library
 
     if args.hop is not None and not (math.isfinite(args.hop) and args.hop > 0):
@@ -59,13 +83,35 @@ def run(args: argparse.Namespace) -> int:
     # Find the files and open the bundle before the store is created or opened for
     # writing: a typo in a path or a bad bundle leaves no store behind.
     files = find_recordings(args.paths)
+    total_s, bad = _probe_all(files)
+    if len(bad) == len(files):
+        # Nothing here is audio: say so per file, and make no store.
+        reasons = "\n".join(f"  {reason}" for reason in bad.values())
+        raise AudioError(f"nothing to index, no file is usable audio:\n{reasons}")
+    # Ctrl-C: finish the batch in hand and stop cleanly (the file in progress is left out
+    # and indexed again next time); a second Ctrl-C stops at once.
+    stop = threading.Event()
+
+    def on_sigint(_signum, _frame):
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
     with Library.open(args.db, args.bundle, mode="w", create=True, threads=args.threads,
                       graphs=("audio",)) as lib:
-        progress = Progress(len(files), enabled=not args.quiet)
-        report = index_recordings(files, lib.store, lib.bundle, station=args.station,
-                                  hop_s=args.hop, progress=progress)
-    for line in report.summary():
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            check_reindex_options(lib.store, files, station=args.station, hop_s=args.hop)
+            progress = Progress(len(files), enabled=not args.quiet, total_audio_s=total_s)
+            report = index_recordings(files, lib.store, lib.bundle, station=args.station or "",
+                                      hop_s=args.hop, progress=progress, stop=stop)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    for line in report.summary(list_skipped=False):
         print(line, file=sys.stderr)
+    if report.interrupted:
+        print("interrupted: everything listed as indexed is stored; run the same command "
+              "again to index the rest", file=sys.stderr)
+        return 130
     if os.environ.get("CVAHASH_TIMINGS"):
         t = report.timings
         print(f"time: front-end {t['frontend']:.1f} s, encode {t['encode']:.1f} s, "

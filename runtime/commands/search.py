@@ -67,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
     from ..query.search import parse_like, parse_when, prepare_query, search_like, search_text
 
     # Check what the user typed before loading anything: bad input changes nothing.
+    if args.spectrograms:
+        from ..query.plots import require
+
+        require()  # names the install command before any searching
     if args.text is not None:
         prepare_query(args.text)
     else:
@@ -84,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     with Library.open(args.db, args.bundle, mode="r", threads=args.threads,
                       graphs=graphs) as lib:
         store, bundle = lib.store, lib.bundle
+        stats = store.stats()
+        if args.station is not None:
+            check_station(args.station, stats["stations"], args.db)
         if args.text is not None:
             result = search_text(store, bundle, args.text, args.k, threads=args.threads, **filters)
         else:
@@ -97,14 +104,60 @@ def run(args: argparse.Namespace) -> int:
     elif result.hits:
         print(report.format_table(result.hits))
     else:
-        print("no windows match (the store is empty or the filters exclude everything)",
-              file=sys.stderr)
+        print(why_nothing(args, stats), file=sys.stderr)
+    origins = None
+    if args.clips or args.spectrograms:
+        from ..update.apply import update_origins
+
+        origins = update_origins(args.db)
     if args.clips:
-        saved = report.write_clips(result.hits, args.clips, context_s=args.context)
+        saved = report.write_clips(result.hits, args.clips, context_s=args.context,
+                                   origins=origins)
         for line in report.saved_summary("WAV snippets", saved, args.clips):
             print(line, file=sys.stderr)
     if args.spectrograms:
-        saved = report.write_spectrograms(result.hits, args.spectrograms, bundle.frontend_params)
+        saved = report.write_spectrograms(result.hits, args.spectrograms, bundle.frontend_params,
+                                          origins=origins,
+                                          query=args.text if args.text is not None
+                                          else f"like {args.like}")
         for line in report.saved_summary("spectrograms", saved, args.spectrograms):
             print(line, file=sys.stderr)
     return 0
+
+
+def _when(seconds) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def check_station(name: str, stations: dict, db) -> None:
+    """Refuse a --station the store has no window of, naming the ones it has."""
+    import difflib
+
+    from ..errors import InvalidArgument
+
+    if name in stations:
+        return
+    named = [s for s in stations if s]
+    if not named:
+        raise InvalidArgument(f"--station {name!r}: the store {db} records no station names "
+                              "(index with --station NAME to set them); leave --station out")
+    close = difflib.get_close_matches(name, named, n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    listed = ", ".join(f"{s} ({n} windows)" for s, n in sorted(stations.items()) if s)
+    raise InvalidArgument(f"--station {name!r}: no such station in {db}{hint}; it has: "
+                          f"{listed}")
+
+
+def why_nothing(args, stats: dict) -> str:
+    """Why a search found nothing: an empty store, or filters that exclude it all."""
+    if not stats["rows"]:
+        return (f"no windows: the code store {args.db} is empty (nothing indexed or committed "
+                "yet; a running daemon commits every [store] commit_interval_s)")
+    span = (f"{_when(stats['first_capture_utc'])} .. {_when(stats['last_capture_end_utc'])}"
+            if stats["first_capture_utc"] is not None else "unknown")
+    used = " ".join(f"--{k} {v}" for k, v in (("since", args.since), ("until", args.until),
+                                                ("station", args.station)) if v)
+    return (f"no windows match {used}: the store holds {stats['rows']} windows captured "
+            f"{span} (UTC); widen or drop the filters")

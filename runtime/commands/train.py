@@ -19,39 +19,57 @@ import sys
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train hashing heads (+LoRA) on a CLAP model (workstation)",
-        description="Train CVA-Hash heads with LoRA on a CLAP model; "
-                    "see docs/benchmarks/quality.md.")
+        description="Train CVA-Hash heads with LoRA on a CLAP model; see "
+                    "docs/benchmarks/quality.md.")
     p.add_argument("--model", default="tiny",
-                   help="hub id, local model folder, clip run folder, or 'tiny' (random tiny "
-                        "CLAP; default)")
+                   help="hub id, local model folder, clip run folder, or 'tiny' (a random "
+                        "tiny CLAP) (default: tiny)")
     p.add_argument("--data", required=True, metavar="MANIFEST",
-                   help="JSONL or CSV manifest: audio, caption, labels, split")
+                   help="JSONL or CSV manifest: audio, caption, labels, split (required)")
     p.add_argument("--out", required=True, metavar="RUN_DIR",
-                   help="run folder (resumes if it exists)")
-    p.add_argument("--bits", type=int, default=64)
-    p.add_argument("--objective", choices=("crovca", "contrastive", "clip"), default="crovca")
+                   help="run folder; resumes from its last checkpoint if it exists (required)")
+    p.add_argument("--bits", type=int, default=64,
+                   help="code width in bits, e.g. 32, 64, 128, 256 (default: 64)")
+    p.add_argument("--objective", choices=("crovca", "contrastive", "clip"), default="crovca",
+                   help="crovca: cross-view alignment hashing; contrastive: InfoNCE on the "
+                        "codes; clip: pretrain a tiny CLAP (default: crovca)")
     p.add_argument("--head", choices=("crovca", "seed"), default="crovca",
-                   help="crovca: Linear-ReLU-Linear-BN (default); seed: Linear-BN-ReLU-Linear")
-    p.add_argument("--lora-rank", type=int, default=8, help="0 trains the heads only")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--warmup-epochs", type=int, default=1, help="head-only epochs before LoRA")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr-head", type=float, default=1e-3)
-    p.add_argument("--lr-lora", type=float, default=1e-4)
-    p.add_argument("--lr-base", type=float, default=5e-4, help="clip objective only")
-    p.add_argument("--max-text-length", type=int, default=77)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")
+                   help="crovca: Linear-ReLU-Linear-BN; seed: Linear-BN-ReLU-Linear "
+                        "(default: crovca)")
+    p.add_argument("--lora-rank", type=int, default=8,
+                   help="LoRA rank on the encoders; 0 trains the heads only (default: 8)")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs (default: 5)")
+    p.add_argument("--warmup-epochs", type=int, default=1,
+                   help="head-only epochs before LoRA starts (default: 1)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="clip-caption pairs per step (default: 32)")
+    p.add_argument("--lr-head", type=float, default=1e-3,
+                   help="learning rate of the hashing heads (default: 0.001)")
+    p.add_argument("--lr-lora", type=float, default=1e-4,
+                   help="learning rate of the LoRA adapters (default: 0.0001)")
+    p.add_argument("--lr-base", type=float, default=5e-4,
+                   help="learning rate of the whole model, clip objective only "
+                        "(default: 0.0005)")
+    p.add_argument("--max-text-length", type=int, default=77,
+                   help="caption tokens kept (default: 77, as CLAP)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="where to train; auto picks CUDA, then MPS, then CPU (default: auto)")
+    p.add_argument("--no-amp", action="store_true",
+                   help="no mixed-precision autocast on CUDA (default: autocast on)")
     p.add_argument("--cache-dir", default=None,
                    help="log-mel cache folder (default: .cvahash-cache beside the manifest)")
     p.add_argument("--no-resume", action="store_true",
-                   help="start over even if RUN_DIR has a checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+                   help="start over even if RUN_DIR has a checkpoint (default: resume)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress line (default: a progress line on stderr)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from .wording import mute_library_future_warnings
+
+    mute_library_future_warnings()
     from ..errors import MissingExtra
 
     try:
@@ -59,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         from ..export.train.run import RunConfig
     except ImportError as exc:
         raise MissingExtra(f"cvahash train needs the workstation extra ({exc.name} is missing): "
-                           "pip install 'cvahash[export]'") from exc
+                           "pip install '.[export]' in the cvahash checkout") from exc
     if args.objective == "clip" and args.lora_rank:
         args.lora_rank = 0  # clip pretraining trains the whole (tiny) model; LoRA is moot
     config = RunConfig(

@@ -3,6 +3,7 @@
   cvahash update build --db /data/store --key ~/.cvahash/signing.key --out /media/sd/june.cvaup \\
       [--since 2026-06-01] [--root /data/recordings]
   cvahash update apply /media/sd/june.cvaup --db /var/lib/cvahash/store --trust /etc/cvahash/lab.pub
+      [--create --bundle /opt/cvahash/bundle]
 
 ``apply`` verifies the whole file before it touches the store and then adds it all at
 once; a refused file leaves the store unchanged and says why. Applying an update twice
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(subparsers) -> None:
@@ -42,6 +44,10 @@ def register(subparsers) -> None:
                        help="public key file (KEY.pub) of a signer to accept; repeatable")
     apply.add_argument("--create", action="store_true",
                        help="make the store if DIR holds none (bound to the update's bundle)")
+    apply.add_argument("--bundle", metavar="DIR",
+                       help="this machine's copy of the update's model bundle: checked against "
+                            "the update and recorded in the store, so `cvahash search --db DIR` "
+                            "needs no --bundle")
     apply.add_argument("--json", action="store_true", help="print the result as JSON")
     apply.set_defaults(func=run_apply)
 
@@ -59,16 +65,26 @@ def run_build(args: argparse.Namespace) -> int:
 def run_apply(args: argparse.Namespace) -> int:
     from ..update.apply import apply_update
 
-    result = apply_update(args.file, args.db, args.trust, create=args.create)
+    result = apply_update(args.file, args.db, args.trust, create=args.create,
+                          bundle_dir=args.bundle)
     if args.json:
         print(json.dumps({"update_id": result.update_id, "rows": result.rows,
+                          "already_present": result.already_present,
                           "already_applied": result.already_applied,
                           "fingerprint": result.fingerprint,
-                          "created_store": result.created_store}))
+                          "created_store": result.created_store,
+                          "bundle": result.bundle}))
     elif result.already_applied:
         print(f"update {result.update_id} was already applied to {args.db}; nothing changed")
     else:
         made = " (new store)" if result.created_store else ""
+        there = (f"; {result.already_present} of its windows were already there (an "
+                 "overlapping update) and were not added again" if result.already_present
+                 else "")
         print(f"applied update {result.update_id}: {result.rows} windows added to "
-              f"{args.db}{made}")
+              f"{args.db}{made}{there}")
+    if result.bundle is None and not result.already_applied and result.created_store:
+        print(f"note: search it with `cvahash search TEXT --db {args.db} --bundle DIR` (a "
+              f"bundle with fingerprint {result.fingerprint}), or pass --bundle DIR to "
+              "`update apply` once to record it", file=sys.stderr)
     return 0

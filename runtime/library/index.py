@@ -80,6 +80,7 @@ class IndexReport:
     elapsed_s: float = 0.0
     timings: dict[str, float] = field(default_factory=lambda: {"frontend": 0.0, "encode": 0.0,
                                                                 "store": 0.0})  # fmt: skip
+    interrupted: bool = False  # stopped by Ctrl-C; the same command resumes
 
     @property
     def exit_code(self) -> int:
@@ -89,8 +90,9 @@ class IndexReport:
     def realtime_factor(self) -> float:
         return self.audio_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def summary(self) -> list[str]:
-        """Human lines: what went in, what was already there, every skipped file and why."""
+    def summary(self, list_skipped: bool = True) -> list[str]:
+        """Human lines: what went in, what was already there, every skipped file and why
+        (``list_skipped=False``: only their number, when each was noted as it happened)."""
         lines = [
             f"indexed {len(self.indexed)} file{'s' * (len(self.indexed) != 1)} "
             f"({self.audio_s / 3600:.2f} h, {self.windows} windows) in {self.elapsed_s:.1f} s"
@@ -98,7 +100,9 @@ class IndexReport:
         ]
         if self.already:
             lines.append(f"already in the store: {len(self.already)} (skipped, unchanged)")
-        if self.skipped:
+        if self.skipped and not list_skipped:
+            lines.append(f"skipped {len(self.skipped)} with problems (each named above)")
+        elif self.skipped:
             lines.append(f"skipped {len(self.skipped)} with problems:")
             lines += [f"  {s.reason}" if str(s.path) in s.reason else f"  {s.path}: {s.reason}"
                       for s in self.skipped]  # fmt: skip
@@ -129,16 +133,45 @@ def content_hash(path: str | os.PathLike) -> str:
 
 class Progress:
     """One status line on stderr, rewritten in place on a terminal (at most 4 times a
-    second); elsewhere (journald, a log file) one line per finished file."""
+    second); elsewhere (journald, a log file) one line per finished file.
 
-    def __init__(self, total_files: int, stream: TextIO | None = None, enabled: bool = True):
+    With ``total_audio_s`` (the seconds of audio the run will read) the line is a bar by
+    audio seconds with the time left, since one long recording can outweigh hundreds of
+    short ones: ``[######------]  52%  1.04 of 2.00 h audio, 41x real time, 2 min 10 s
+    left``."""
+
+    BAR = 20
+
+    def __init__(self, total_files: int, stream: TextIO | None = None, enabled: bool = True,
+                 total_audio_s: float | None = None):
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.total = total_files
+        self.total_audio_s = total_audio_s
         self.t0 = time.monotonic()
         self._last = 0.0
         self._width = 0
+        self._skipped_s = 0.0  # audio of files skipped or already indexed: not to wait for
+
+    def skip(self, audio_s: float) -> None:
+        """Audio the run counted in ``total_audio_s`` but will not read."""
+        self._skipped_s += audio_s
+
+    def _text(self, done_files: int, windows: int, audio_s: float, elapsed: float) -> str:
+        rate = audio_s / elapsed
+        if not self.total_audio_s:
+            pct = 100.0 * done_files / self.total if self.total else 100.0
+            return (f"[{done_files}/{self.total} files {pct:3.0f}%] {windows} windows, "
+                    f"{audio_s / 3600:.2f} h audio, {rate:.0f}x real time")
+        total = max(self.total_audio_s - self._skipped_s, 0.0)
+        frac = min(audio_s / total, 1.0) if total > 0 else 1.0
+        full = int(frac * self.BAR)
+        left = (total - audio_s) / rate if rate > 0 and audio_s > 0 else None
+        eta = "" if left is None or frac >= 1 else f", {_duration(left)} left"
+        return (f"[{'#' * full}{'-' * (self.BAR - full)}] {100 * frac:3.0f}%  "
+                f"{_hours(audio_s)} of {_hours(total)} audio, {done_files}/{self.total} "
+                f"files, {rate:.0f}x real time{eta}")
 
     def update(self, done_files: int, windows: int, audio_s: float, current: str = "",
                *, finished: bool = False, final: bool = False) -> None:  # fmt: skip
@@ -150,9 +183,7 @@ class Progress:
             return
         self._last = now
         elapsed = max(now - self.t0, 1e-9)
-        pct = 100.0 * done_files / self.total if self.total else 100.0
-        text = (f"[{done_files}/{self.total} files {pct:3.0f}%] {windows} windows, "
-                f"{audio_s / 3600:.2f} h audio, {audio_s / elapsed:.0f}x real time")  # fmt: skip
+        text = self._text(done_files, windows, audio_s, elapsed)
         if current:
             text += f"  {current}"
         if self.tty:
@@ -172,6 +203,25 @@ class Progress:
             self._width = 0
         self.stream.write(line + "\n")
         self.stream.flush()
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.0f} s"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _seconds_down(seconds: float) -> str:
+    """Seconds rounded *down* to the millisecond: 0.9999 s reads "0.999 s", never "1.00 s"
+    beside a 1 s minimum."""
+    return f"{math.floor(seconds * 1000) / 1000:.3f} s"
 
 
 _DONE = object()
@@ -254,6 +304,55 @@ def _segments(recording, offsets, lengths, start_utc: float, clock: str, hop_s: 
     return segs
 
 
+def _duration_or_zero(path: Path) -> float:
+    try:
+        return audio.probe(path).duration_s
+    except (AudioError, OSError):
+        return 0.0
+
+
+def check_reindex_options(store, files: list[Path], *, station: str | None,
+                          hop_s: float | None) -> None:
+    """Refuse a --station or --hop that differs from what recordings already in the store
+    were indexed with: re-running `index` skips them, so the new value would silently not
+    apply. Raises InvalidArgument naming the option, the stored value and the files."""
+    if station is None and hop_s is None:
+        return
+    wanted = {str(p.resolve()): p for p in files}
+    held = {r.path: r for r in store.recordings() if r.path in wanted}
+    if not held:
+        return
+    problems = []
+    if station is not None:
+        differ: dict[str, list[Path]] = {}
+        for key, rec in held.items():
+            if rec.station != station:
+                differ.setdefault(rec.station, []).append(wanted[key])
+        for old, paths in differ.items():
+            problems.append(f"--station {station!r}: {_some(paths)} already indexed with "
+                            f"station {old or '(none)'!r}")
+    if hop_s is not None:
+        hops: dict[float, list[Path]] = {}
+        for seg, _codes in store.iter_segments():
+            key = seg.recording.path
+            if key in held and seg.n_rows > 1 and abs(seg.hop_s - hop_s) > 1e-6:
+                hops.setdefault(round(seg.hop_s, 3), []).append(wanted[key])
+        for old, paths in hops.items():
+            problems.append(f"--hop {hop_s:g}: {_some(sorted(set(paths)))} already indexed "
+                            f"with --hop {old:g}")
+    if problems:
+        raise InvalidArgument(
+            "; ".join(problems) + ". Recordings already in the store are skipped, so the new "
+            "value would not apply to them: leave the option out to keep what they have, or "
+            "index them into a new --db with the new value")
+
+
+def _some(paths: list[Path], n: int = 3) -> str:
+    names = ", ".join(p.name for p in paths[:n])
+    more = f" and {len(paths) - n} more" if len(paths) > n else ""
+    return f"{len(paths)} recording{'s' * (len(paths) != 1)} ({names}{more})"
+
+
 def find_recordings(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """The audio files under ``paths`` (`cvahash.model.audio.find_audio`); AudioError when a
     path does not exist or there are none at all."""
@@ -276,11 +375,14 @@ def index_recordings(
     hop_s: float | None = None,
     batch: int = BATCH_WINDOWS,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> IndexReport:
     """Index every recording under ``paths`` into ``store`` (open for writing, bound to
     ``bundle``'s fingerprint). ``hop_s`` defaults to the window length (no overlap).
     Missing paths raise AudioError before anything is written; a folder holding no
-    audio files raises AudioError too. Returns the `IndexReport`."""
+    audio files raises AudioError too. ``stop``: when set (Ctrl-C), the run ends before
+    the next batch; the file in progress is left out (nothing of it is stored) and
+    ``report.interrupted`` is True. Returns the `IndexReport`."""
     params = bundle.frontend_params
     hop_s = params.max_length_s if hop_s is None else float(hop_s)
     if not (math.isfinite(hop_s) and hop_s > 0):
@@ -290,22 +392,33 @@ def index_recordings(
     progress = progress or Progress(len(files), enabled=False)
     t0 = time.monotonic()
     for n, path in enumerate(files):
+        if stop is not None and stop.is_set():
+            report.interrupted = True
+            break
         try:
             info = audio.probe(path)
             key_path = str(path.resolve())
             digest = content_hash(path)
             if store.has_recording(key_path, digest):
                 report.already.append(path)
+                progress.skip(info.duration_s)
                 continue
+            if info.truncated:
+                progress.note(f"note {path}: the file is shorter than its header says (cut "
+                              f"off while recording?); indexing the "
+                              f"{_seconds_down(info.duration_s)} present")
             start, clock = audio.capture_time(path, info)
             recording = Recording(path=key_path, station=station,
                                   start_utc=None if start is None else start.timestamp(),
                                   sample_rate=info.sample_rate, duration_s=info.duration_s,
                                   content_hash=digest)  # fmt: skip
             codes, offsets, lengths = [], [], []
-            for offs, lens, feats in _background(
-                _feature_batches(path, params, hop_s, batch, report.timings)
-            ):
+            batches = _background(_feature_batches(path, params, hop_s, batch, report.timings))
+            for offs, lens, feats in batches:
+                if stop is not None and stop.is_set():
+                    batches.close()  # now, not whenever the generator is collected
+                    report.interrupted = True
+                    break
                 t = time.perf_counter()
                 codes.append(bundle.encode_audio(feats))
                 report.timings["encode"] += time.perf_counter() - t
@@ -314,11 +427,11 @@ def index_recordings(
                 progress.update(n, report.windows + len(offsets),
                                 report.audio_s + min(offsets[-1] + lengths[-1], info.duration_s),
                                 path.name)  # fmt: skip
+            if report.interrupted:
+                break
             if not offsets:
-                raise AudioError(
-                    f"{path}: shorter than the 1 s minimum ({info.duration_s:.2f} s); "
-                    "nothing to index"
-                )
+                raise AudioError(f"{path}: shorter than the 1 s minimum "
+                                 f"({_seconds_down(info.duration_s)}); nothing to index")
             t = time.perf_counter()
             segs = _segments(recording, offsets, lengths,
                              0.0 if start is None else start.timestamp(), clock, hop_s)  # fmt: skip
@@ -331,6 +444,7 @@ def index_recordings(
             report.skipped.append(Skipped(path, reason))
             progress.note(f"skipped {reason}" if str(path) in reason
                           else f"skipped {path}: {reason}")
+            progress.skip(_duration_or_zero(path))
             continue
         report.indexed.append(path)
         report.windows += len(offsets)

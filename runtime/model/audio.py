@@ -158,9 +158,14 @@ def _info_from(path: Path, f: sf.SoundFile) -> AudioInfo:
         comment = f.copy_metadata().get("comment")
     except (RuntimeError, ValueError, OSError):  # a nicety; never fail a readable file over it
         comment = None
-    truncated = bool(_DATA_TOO_SHORT.search(f.extra_info or ""))
+    # A recorder that cannot seek back writes 0 or 0xFFFFFFFF as the data size: a
+    # streamed file, not a cut one.
+    extra = f.extra_info or ""
+    truncated = bool(_DATA_TOO_SHORT.search(extra)) and not re.search(
+        r"^data\s*:\s*(0|4294967295)\s", extra, re.MULTILINE)
     if truncated:
-        log.warning(
+        # INFO, not WARNING: `cvahash index` notes it on its own line; the daemon logs it.
+        log.info(
             "%s: file is shorter than its header says; using the %d frames present", path, f.frames
         )
     return AudioInfo(

@@ -8,7 +8,7 @@
 - `write_clips(hits, out_dir)`: WAV snippets cut from the original recordings, with
   ``context_s`` seconds either side, at the recording's own rate and channels.
 - `write_spectrograms(hits, out_dir, params)`: a PNG per hit, the hit window's log-mel
-  (the picture the model saw), low frequencies at the bottom.
+  (the picture the model saw), drawn with axes and title by `cvahash.query.plots`.
 
 A hit whose recording is gone (audio retention deleted it, the card was swapped) or
 unreadable gets a per-hit note (`Saved.problem`); it never stops the others.
@@ -32,8 +32,7 @@ import soxr
 
 from ..errors import AudioError, CvahashError
 from ..model import audio
-from ..model.frontend import log_mel
-from .png import colorize, write_png
+from . import plots
 from .results import Hit, SearchResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,9 +51,6 @@ __all__ = [
     "write_spectrograms",
 ]
 
-# Spectrogram pictures: each mel band is drawn this many pixels tall, so 64 bands
-# become a 192-pixel-high picture that is easy to read next to its 1001 frames.
-MEL_ROW_PIXELS = 3
 # Capture times from these clocks are guesses (a copy resets a file's mtime); the table
 # marks them with "~".
 UNCERTAIN_CLOCKS = frozenset({"file-mtime", "unknown"})
@@ -177,18 +173,22 @@ def _gone(path: Path, why: str):
     return AudioError(f"{path}: {why}")
 
 
-def _problem(hit: Hit, exc: Exception) -> str:
+def _problem(hit: Hit, exc: Exception, origins: dict[str, str] | None = None) -> str:
     if not os.path.exists(hit.path):
+        came = (origins or {}).get(hit.path)
+        if came is not None:
+            return f"{hit.path}: audio not on this station: it came in {came}"
         return f"{hit.path}: recording no longer exists (deleted by audio retention or moved)"
     return str(exc)
 
 
-def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike,
-                context_s: float = 1.0) -> list[Saved]:
+def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: float = 1.0,
+                origins: dict[str, str] | None = None) -> list[Saved]:
     """Write a WAV snippet per hit into ``out_dir`` (created): the hit's span plus
     ``context_s`` either side (clipped at the file's ends), cut from the original
     recording at its own sample rate and channels, 16-bit PCM (24-bit or float when the
-    source was). Returns one `Saved` per hit, in order."""
+    source was). ``origins``: recording path -> the update it came in, for hits whose
+    audio never reached this machine. Returns one `Saved` per hit, in order."""
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,26 +209,20 @@ def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike,
             os.replace(tmp, target)
             saved.append(Saved(hit.rank, path=target))
         except (CvahashError, OSError) as e:
-            saved.append(Saved(hit.rank, problem=_problem(hit, e)))
+            saved.append(Saved(hit.rank, problem=_problem(hit, e, origins)))
     return saved
 
 
-def spectrogram_image(samples: np.ndarray, params: FrontendParams) -> np.ndarray:
-    """RGB uint8 picture of one window's log-mel: time left to right, frequency upwards."""
-    mel = log_mel(samples, params)[0, 0]  # [frames, mels]
-    picture = mel.T[::-1]  # mels as rows, highest band on top
-    top = float(picture.max())
-    # 80 dB of range below the loudest bin: quieter detail is noise floor anyway.
-    rgb = colorize(picture, vmin=top - 80.0, vmax=top)
-    return np.repeat(rgb, MEL_ROW_PIXELS, axis=0)
-
-
 def write_spectrograms(
-    hits: Sequence[Hit], out_dir: str | os.PathLike, params: FrontendParams
+    hits: Sequence[Hit], out_dir: str | os.PathLike, params: FrontendParams,
+    origins: dict[str, str] | None = None, query: str | None = None,
 ) -> list[Saved]:
     """Write ``rank_XX_<recording>_<start>.png`` per hit into ``out_dir``: the log-mel of
-    exactly the hit's window (mono, resampled to the model's rate, as indexed)."""
+    exactly the hit's window (mono, resampled to the model's rate, as indexed), drawn by
+    `cvahash.query.plots` with axes, a title and a colour scale. Needs matplotlib (the
+    ``[plots]`` extra): raises MissingExtra before writing anything when it is missing."""
 
+    plots.require()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     saved = []
@@ -241,10 +235,13 @@ def write_spectrograms(
             if info.sample_rate != params.sample_rate:
                 mono = soxr.resample(mono, info.sample_rate, params.sample_rate, quality="HQ")
             target = out / clip_name(hit.rank, hit.path, hit.start_s, suffix=".png")
-            write_png(target, spectrogram_image(mono, params))
+            title, subtitle = plots.hit_title(hit, query)
+            plots.spectrogram_png(target, mono, params, start_s=hit.start_s,
+                                  capture_time=hit.known_capture_time, title=title,
+                                  subtitle=subtitle)
             saved.append(Saved(hit.rank, path=target))
         except (CvahashError, OSError, ValueError) as e:
-            saved.append(Saved(hit.rank, problem=_problem(hit, e)))
+            saved.append(Saved(hit.rank, problem=_problem(hit, e, origins)))
     return saved
 
 

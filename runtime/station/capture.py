@@ -126,7 +126,8 @@ class DeviceSource:
                 f"cannot load PortAudio ({exc}); install Debian's libportaudio2") from exc
         except ImportError as exc:
             raise CaptureError(
-                "live capture needs the sounddevice package: pip install 'cvahash[capture]'"
+                "live capture needs the sounddevice package: pip install '.[capture]' in the "
+                "cvahash checkout"
             ) from exc
         self._sd = sd
         self.device = None if device in ("default", "", None) else device

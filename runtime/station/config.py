@@ -116,10 +116,11 @@ class WindowSettings:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """[store]: the code store, committed after N windows or S seconds, whichever first."""
+    """[store]: the code store, committed after N windows or when the oldest uncommitted
+    window's audio ended ``commit_interval_s`` seconds ago, whichever comes first."""
     path: Path
     commit_every_windows: int
-    commit_every_s: float
+    commit_interval_s: float
 
 
 @dataclass(frozen=True)
@@ -192,14 +193,96 @@ class DeviceConfig:
 
     def check_bits(self, bits: int) -> None:
         """Raise ConfigError if a watch radius exceeds the bundle's code width ``bits``."""
+        problems = self._bits_problems(bits)
+        if problems:
+            raise _error(problems)
+
+    def _bits_problems(self, bits: int) -> list[str]:
         where = str(self.source) if self.source else "<config>"
-        problems = [
+        return [
             f"{where}: [watchlist #{i}] radius: expected an integer from 0 to {bits} "
             f"(the bundle's code width), got {entry.radius}"
             for i, entry in enumerate(self.watchlist, 1) if entry.radius > bits
         ]
+
+    def station_problems(self, bundle, alerts_log: Path | None = None) -> list[str]:
+        """What the daemon would refuse at start on this machine, beyond the file itself:
+        a bundle of another precision, a watch radius wider than the bundle's ``bits``, an
+        alert command that is not an executable file, a path the daemon cannot write.
+        ``bundle``: the opened model bundle (``bits``, ``precision``, ``path``);
+        ``alerts_log``: the daemon's --alerts file (default: alerts.jsonl beside the
+        store). The same lines serve `cvahash config check` and the daemon's start."""
+        where = str(self.source) if self.source else "<config>"
+        problems = []
+        if bundle.precision != self.runtime.precision:
+            problems.append(
+                f"{where}: [runtime] precision is {self.runtime.precision!r} but the bundle "
+                f"{bundle.path} is {bundle.precision!r}; install a bundle exported with "
+                f"--precision {self.runtime.precision} or change the config")
+        problems += self._bits_problems(bundle.bits)
+        for i, entry in enumerate(self.watchlist, 1):
+            if entry.command and (why := _not_executable(entry.command[0])):
+                problems.append(f"{where}: [watchlist #{i} {entry.name!r}] command: "
+                                f"{entry.command[0]!r} {why}")
+        folders = [("[store] path", self.store.path, self.store.path),
+                   ("[status] path", self.status.path, self.status.path.parent)]
+        if self.retention.enabled and self.retention.path is not None:
+            folders.append(("[retention] path", self.retention.path, self.retention.path))
+        if self.watchlist and alerts_log is not None:
+            folders.append(("--alerts", Path(alerts_log), Path(alerts_log).parent))
+        elif self.watchlist:
+            folders.append(("[store] path (the alerts log beside the store)",
+                            self.store.path.parent / "alerts.jsonl", self.store.path.parent))
+        for key, shown, folder in folders:
+            if why := _not_writable(folder):
+                problems.append(f"{where}: {key}: {shown}: {why}")
+        return problems
+
+    def check_station(self, bundle, alerts_log: Path | None = None) -> None:
+        """Raise ConfigError with every `station_problems` line, if any."""
+        problems = self.station_problems(bundle, alerts_log)
         if problems:
             raise _error(problems)
+
+
+def _not_executable(program: str) -> str | None:
+    """Why ``program`` (an alert command's argv[0]) cannot be run, or None."""
+    import shutil
+
+    if "/" not in program:
+        if shutil.which(program) is None:
+            return ("is not a program on PATH; give the full path of an executable file "
+                    "(e.g. /usr/local/bin/notify.sh)")
+        return None
+    path = Path(program)
+    if not path.is_file():
+        return "does not exist" if not path.exists() else "is not a file"
+    if not os.access(path, os.X_OK):
+        return f"is not an executable file (make it one: chmod +x {program})"
+    return None
+
+
+def _not_writable(folder: Path) -> str | None:
+    """Why the daemon could not create files in ``folder`` (made if missing), or None.
+    Tries for real in the nearest existing folder: permission bits say nothing about a
+    read-only card or a root-owned mount."""
+    import getpass
+    import tempfile
+
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder; choose another path"
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".cvahash-check-"):
+            pass
+    except OSError as exc:
+        user = getpass.getuser()
+        return (f"cannot write in {existing} as user {user} ({exc.strerror or exc}); "
+                f"fix its owner or permissions (sudo chown {user} {existing}) or choose "
+                "another path")
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -349,7 +432,7 @@ SCHEMA: dict[str, list[tuple[str, Any, Any]]] = {
     "store": [
         ("path", PATH, _REQUIRED),
         ("commit_every_windows", integer(1, 100_000), 60),
-        ("commit_every_s", number(0, 86400, above=True), 300.0),
+        ("commit_interval_s", number(0, 86400, above=True), 10.0),
     ],
     "retention": [
         ("enabled", boolean, False),
@@ -380,6 +463,9 @@ SECTIONS = {
     "status": StatusSettings, "logging": LoggingSettings,
 }
 REQUIRED_SECTIONS = ("device", "runtime", "store")
+# Keys renamed since configs were first written: (section, old) -> new. The old name is
+# still read, so a station's config keeps working after an update.
+RENAMED = {("store", "commit_every_s"): "commit_interval_s"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -482,6 +568,7 @@ def loads_config(source_text: str, *, name: str = "<config>",
             reader.problem(f"[{section}]", f"expected a table [{section}], got {_show(table)}",
                            reader.line_of("", section))
             table = {}
+        table = _renamed(reader, section, table)
         sections[section] = reader.read_table(table, schema, section, f"[{section}]")
 
     watchlist = _read_watchlist(reader, data.get("watchlist", []))
@@ -491,6 +578,21 @@ def loads_config(source_text: str, *, name: str = "<config>",
         raise _error(reader.problems)
     built = {name_: cls(**sections[name_]) for name_, cls in SECTIONS.items()}
     return DeviceConfig(watchlist=tuple(watchlist), **built)
+
+
+def _renamed(reader: _Reader, section: str, table: dict) -> dict:
+    """``table`` with old key names (RENAMED) read as their new names."""
+    out = dict(table)
+    for (where, old), new in RENAMED.items():
+        if where != section or old not in out:
+            continue
+        if new in out:
+            reader.problem(f"[{section}]", f"{old}: the old name of {new}; give only {new}",
+                           reader.line_of(section, old))
+            del out[old]
+        else:
+            out[new] = out.pop(old)
+    return out
 
 
 def load_config(path: str | Path, *, base_dir: str | Path | None = None) -> DeviceConfig:

@@ -86,16 +86,21 @@ class Daemon:
         self.chunk_s = chunk_s
         self.station = config.device.name
         self.status_path = Path(config.status.path)
+        self._alerts_given = Path(alerts_log) if alerts_log else None  # --alerts
         self.alerts_log = Path(alerts_log) if alerts_log else (
             Path(config.store.path).parent / "alerts.jsonl")
         self._bundle = bundle
         self._stop = threading.Event()
+        self._stop_reason = ""
         self.health = Health(source=self.source_spec)
         self._run: _Run | None = None
         self._pending: list[tuple[np.ndarray, dict]] = []  # (samples, window info)
         self._last_encode = time.monotonic()
         self._last_status = 0.0
-        self._last_flush = time.monotonic()
+        # Monotonic time the audio of the oldest appended-but-uncommitted window ended:
+        # `_tick` commits once that is commit_interval_s ago, so a window is searchable at
+        # most that long after its audio was heard.
+        self._uncommitted_since: float | None = None
         self._rate_mark = (time.monotonic(), 0)
         self.store = None
         self.library = None
@@ -103,7 +108,10 @@ class Daemon:
         self.watchlist = None
 
     # ------------------------------------------------------------------ setup
-    def request_stop(self, *_args) -> None:
+    def request_stop(self, signum=None, _frame=None) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = (f"{signal.Signals(signum).name} received" if signum
+                                 else "stop requested")
         self._stop.set()
 
     def _open_bundle(self):
@@ -117,7 +125,7 @@ class Daemon:
         """The configured store with ``bundle``: opened for appending, or made (and the
         bundle's folder recorded, so `cvahash search --db` finds it by itself)."""
         opts = {"commit_every_windows": self.cfg.store.commit_every_windows,
-                "commit_every_s": self.cfg.store.commit_every_s}
+                "commit_every_s": self.cfg.store.commit_interval_s}
         self.library = Library.open(self.cfg.store.path, bundle, mode="w", create=True, **opts)
         return self.library.store
 
@@ -213,7 +221,13 @@ class Daemon:
         if self.watchlist is not None:
             self.health.alerts_total += len(self.watchlist.check(codes, infos))
         self.health.windows_total += len(batch)
-        self.health.store_rows = len(self.store) + self.store.pending_rows
+        if self.store.pending_rows and self._uncommitted_since is None:
+            first = batch[0][1]
+            self._uncommitted_since = min(time.monotonic(),
+                                          first["monotonic_s"] + first["length_s"])
+        elif not self.store.pending_rows:
+            self._uncommitted_since = None
+        self._count_rows()
         last = batch[-1][1]
         # Monotonic, not wall time: a replayed file or a clock step must not fake a lag.
         self.health.lag_s = max(0.0, time.monotonic() - (last["monotonic_s"] + last["length_s"]))
@@ -222,14 +236,9 @@ class Daemon:
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         bundle = self._open_bundle()
-        if bundle.precision != self.cfg.runtime.precision:
-            raise CvahashError(
-                f"{self.cfg.source or 'config'}: [runtime] precision is "
-                f"{self.cfg.runtime.precision!r} but the bundle {bundle.path} is "
-                f"{bundle.precision!r}; install a bundle exported with --precision "
-                f"{self.cfg.runtime.precision} or change the config")
+        # What `cvahash config check` reports, refused here in the same words.
+        self.cfg.check_station(bundle, self._alerts_given)
         if self.cfg.watchlist:
-            self.cfg.check_bits(bundle.bits)
             self.watchlist = Watchlist.from_entries(self.cfg.watchlist, bundle.encode_text,
                                                     self.alerts_log)
             log.info("watchlist: %d standing queries", len(self.watchlist.watches))
@@ -240,6 +249,12 @@ class Daemon:
                                             sample_rate=bundle.frontend_params.sample_rate)
             self.health.retention = "on"
         self.health.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        retention = (f"on ({self.cfg.retention.path}, quota {self.cfg.retention.quota_mb} MB)"
+                     if self.retention is not None else "off")
+        log.info("started: bundle %s (%d bits, %s), store %s (%d windows), status file %s, "
+                 "audio retention %s, source %s, config %s", bundle.path, bundle.bits,
+                 bundle.precision, self.cfg.store.path, len(self.store), self.status_path,
+                 retention, self.source_spec, self.cfg.source or "(not from a file)")
         backoff = 1.0
         retry_at = 0.0
         started = False
@@ -288,6 +303,7 @@ class Daemon:
                     continue
                 if block is None:
                     if isinstance(source, FileSource) and source.finished:
+                        self._stop_reason = f"end of {source.path}"
                         break
                 else:
                     if gap_from is not None or block.gap_before:
@@ -297,25 +313,37 @@ class Daemon:
                         if block.gap_before:
                             self._end_run()
                     self._consume(source, block)
-                if len(self._pending) >= 8 or (
-                        self._pending and time.monotonic() - self._last_encode > ENCODE_EVERY_S):
+                # Live audio: encode each window as soon as it is complete (windows come
+                # seconds apart); a fast file replay batches them.
+                if len(self._pending) >= 8 or (self._pending and (
+                        self.realtime or time.monotonic() - self._last_encode > ENCODE_EVERY_S)):
                     self._encode_pending()
                 self._tick(source)
+        except BaseException as exc:
+            self._stop_reason = (f"error: {exc}" if isinstance(exc, Exception)
+                                 else type(exc).__name__)
+            raise
         finally:
             self.health.state = "stopping"
+            last_commit = None
             try:
                 self._end_run()
                 if self.store is not None:
                     self.store.flush()
+                    last_commit = datetime.now(timezone.utc).isoformat(timespec="seconds")
             finally:
                 source.stop()
                 if self.watchlist is not None:
                     self.watchlist.close()
                 if self.store is not None:
-                    self.health.store_rows = len(self.store)
+                    self._count_rows()
                     self.store.close()
                 self.health.state = "stopped"
                 self._write_status(source)
+                log.info("stopped (%s): %d windows written this run, store %s holds %d, "
+                         "last commit %s", self._stop_reason or "stopped",
+                         self.health.windows_total, self.cfg.store.path,
+                         self.health.store_rows, last_commit or "failed (see the error above)")
         return 0
 
     def _consume(self, source, block: Block) -> None:
@@ -334,15 +362,24 @@ class Daemon:
         end = block.wall + timedelta(seconds=len(block.frames) / source.sample_rate)
         self.health.last_capture_utc = end.isoformat()
         self.health.last_capture_monotonic = time.monotonic()
+        self.health.last_audio_utc = datetime.now(timezone.utc).isoformat()
+
+    def _count_rows(self) -> None:
+        # Committed rows are what `search` and `info` see; rows still buffered are shown
+        # apart, so the status never promises windows a search cannot find yet.
+        self.health.store_rows = len(self.store)
+        self.health.pending_rows = self.store.pending_rows
 
     def _tick(self, source) -> None:
         now = time.monotonic()
         if self.store is not None and self.store.pending_rows \
-                and now - self._last_flush >= self.cfg.store.commit_every_s:
-            # The store checks commit_every_s when appending; a quiet source appends
+                and self._uncommitted_since is not None \
+                and now - self._uncommitted_since >= self.cfg.store.commit_interval_s:
+            # The store checks its own timer only when appending; a quiet source appends
             # nothing, so the timer lives here too.
             self.store.flush()
-            self._last_flush = now
+            self._uncommitted_since = None
+            self._count_rows()
         if now - self._last_status >= self.cfg.status.interval_s:
             # Windows per second over at least the last 30 s: with a 5 s hop an
             # instantaneous rate would flicker between 0 and 1/s.

@@ -32,8 +32,11 @@ class Health:
     source: str = ""
     state: str = "starting"  # starting | capturing | reconnecting | stopping | stopped
     started_at: str = ""
-    last_capture_utc: str | None = None
+    last_capture_utc: str | None = None  # capture time of the last audio (source's clock)
     last_capture_monotonic: float | None = None
+    # Wall-clock time the last audio block arrived: what "is it capturing?" is judged by.
+    # A replayed file's capture times lie in the past, a station's clock may be wrong.
+    last_audio_utc: str | None = None
     windows_total: int = 0
     windows_per_s: float = 0.0
     lag_s: float = 0.0
@@ -42,7 +45,8 @@ class Health:
     reconnects: int = 0
     gaps: list = field(default_factory=list)
     alerts_total: int = 0
-    store_rows: int = 0
+    store_rows: int = 0  # committed: what a search sees
+    pending_rows: int = 0  # encoded, committed within [store] commit_interval_s
     retention: str = "off"  # off | on | paused (disk full or quota)
     last_error: str | None = None
 
@@ -81,8 +85,8 @@ def read_status(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CvahashError(
-            f"{path}: no status file; is the daemon running with this config?") from None
+        raise CvahashError(f"{path}: no status file; is the daemon running with this "
+                           "config?") from None
     except (OSError, ValueError) as exc:
         raise CvahashError(f"{path}: unreadable status file ({exc})") from exc
 
@@ -98,7 +102,8 @@ def verdict(doc: dict, now: datetime | None = None) -> tuple[str, list[str]]:
         return "STALE", [f"status not refreshed for {age:.0f} s (daemon stopped or hung)"]
     if doc.get("state") in ("stopped", "stopping"):
         return "STOPPED", ["the daemon has stopped"]
-    last = doc.get("last_capture_utc")
+    # Status files from before last_audio_utc existed only have the capture time.
+    last = doc.get("last_audio_utc") or doc.get("last_capture_utc")
     if last is None:
         if doc.get("state") != "starting":
             reasons.append("no audio captured yet")
@@ -124,9 +129,12 @@ def format_status(doc: dict) -> str:
     lines += [f"  ! {r}" for r in reasons]
     rows = [
         ("last capture (UTC)", doc.get("last_capture_utc") or "never"),
+        ("audio last arrived (UTC)", doc.get("last_audio_utc") or "never"),
         ("lag behind real time", f"{doc.get('lag_s', 0):.1f} s"),
         ("windows", f"{doc.get('windows_total', 0)} ({doc.get('windows_per_s', 0):.2f}/s)"),
-        ("store rows", doc.get("store_rows", 0)),
+        ("store rows", f"{doc.get('store_rows', 0)} searchable"
+                       + (f", {doc['pending_rows']} waiting for the next commit"
+                          if doc.get("pending_rows") else "")),
         ("input overflows", doc.get("input_overflows", 0)),
         ("dropped frames", doc.get("dropped_frames", 0)),
         ("reconnects", doc.get("reconnects", 0)),

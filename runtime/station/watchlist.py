@@ -70,8 +70,8 @@ class Watchlist:
             return alerts
         for w in self.watches:
             dist, ids = hamming.within(w.code, codes, w.radius)
-            pairs = zip(dist.tolist(), ids.tolist(), strict=True)
-            for d, i in sorted(pairs, key=lambda t: windows[t[1]]["capture_s"]):
+            found = zip(dist.tolist(), ids.tolist(), strict=True)
+            for d, i in sorted(found, key=lambda t: windows[t[1]]["capture_s"]):
                 win = windows[i]
                 if (w.last_alert_capture_s is not None
                         and win["capture_s"] - w.last_alert_capture_s < w.cooldown_s):

@@ -7,7 +7,12 @@
   for writing, then appends everything in one tagged commit of the store: after a power
   cut at any instant the store holds all of the update or none of it, and applying the
   same update again changes nothing (the tag is ``update:<update id>``, recorded in the
-  same transaction as the rows).
+  same transaction as the rows). Windows the store already holds (same station,
+  recording content hash and offset: two overlapping updates, or an update of windows
+  that came before by another route) are left out and counted, never stored twice.
+  Each applied update is noted in ``updates-applied.jsonl`` in the store folder, so a
+  hit whose audio never reached this machine can say which update and station it
+  came from (`update_origins`).
 - `merge_stores(sources, out)` copies several stations' stores of one bundle into a new
   store, built under a temporary name and renamed when complete. Every recording keeps
   its station; a recording of a source with no station name gets the source folder's
@@ -23,6 +28,7 @@ bit width is refused with a message that says how to re-index or keep a store pe
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -35,7 +41,9 @@ import numpy as np
 
 from .. import __version__
 from ..errors import CvahashError, FingerprintMismatch, InvalidArgument, StoreError
+from ..library.library import record_bundle
 from ..limits import META_FILE  # what makes a folder a code store
+from ..model.bundle import ModelBundle
 from ..store.code_store import CodeStore, Recording, Segment
 from ..store.format import fsync_dir
 from ..store.records import GRID_TOLERANCE_S
@@ -54,6 +62,8 @@ from .format import (
 
 log = logging.getLogger(__name__)
 
+# One JSON line per update applied to a store: its id, stations and recordings.
+ORIGINS_FILE = "updates-applied.jsonl"
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,8 @@ class ApplyResult:
     already_applied: bool
     fingerprint: str
     created_store: bool
+    already_present: int = 0  # the update's windows the store held already (not added)
+    bundle: str | None = None  # the bundle folder recorded for `search` (--bundle)
 
 
 @dataclass(frozen=True)
@@ -189,10 +201,12 @@ def _collect(store: CodeStore, since_s: float | None, root):
 
 
 def apply_update(update_file: str | Path, store_dir: str | Path, trusted: list[str | Path], *,
-                 create: bool = False) -> ApplyResult:
+                 create: bool = False, bundle_dir: str | Path | None = None) -> ApplyResult:
     """Verify ``update_file`` against the ``trusted`` public key files, then add it to the
     store in ``store_dir`` all at once (or not at all). ``create``: make the store, bound
-    to the update's bundle, when ``store_dir`` holds none.
+    to the update's bundle, when ``store_dir`` holds none. ``bundle_dir``: the bundle
+    folder on this machine; it must have the update's fingerprint and is recorded in the
+    store, so `cvahash search --db` finds it without --bundle.
 
     Raises UpdateRejected (the file), UpdateForOtherBundle (another bundle or width), or
     StoreError; in every case the store is left as it was."""
@@ -200,7 +214,8 @@ def apply_update(update_file: str | Path, store_dir: str | Path, trusted: list[s
         raise InvalidArgument("no trusted key given: pass the signer's KEY.pub with --trust")
     keys = [load_public_key(p) for p in trusted]
     update = read_update(update_file, keys)
-    segments = segments_of(update)  # also before the store is touched
+    segments_of(update)  # check the rows before the store is touched
+    bundle = _bundle_for(update, bundle_dir) if bundle_dir is not None else None
     tag = f"update:{update.update_id}"
 
     store_dir = Path(store_dir)
@@ -208,7 +223,10 @@ def apply_update(update_file: str | Path, store_dir: str | Path, trusted: list[s
         with CodeStore.open(store_dir, "r") as store:  # read-only: refusals change nothing
             update.check_target(store.fingerprint, store.bits)
             if store.has_tag(tag):
-                return ApplyResult(update.update_id, 0, True, update.fingerprint, False)
+                _record(store_dir, update, bundle)
+                return ApplyResult(update.update_id, 0, True, update.fingerprint, False,
+                                   bundle=_bundle_path(bundle))
+            keep = _new_windows(store, update)
         store = CodeStore.open(store_dir, "a", fingerprint=update.fingerprint,
                                bits=update.bits)
     elif create:
@@ -220,7 +238,8 @@ def apply_update(update_file: str | Path, store_dir: str | Path, trusted: list[s
         tmp = store_dir.parent / f".{store_dir.name}.applying-{uuid.uuid4().hex[:8]}"
         try:
             with CodeStore.create(tmp, update.bits, update.fingerprint) as store:
-                added = store.append(update.codes, segments, tag=tag)
+                added = store.append(update.codes, segments_of(update), tag=tag)
+            _record(tmp, update, bundle)
             if store_dir.exists():
                 store_dir.rmdir()
             os.rename(tmp, store_dir)
@@ -228,31 +247,129 @@ def apply_update(update_file: str | Path, store_dir: str | Path, trusted: list[s
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return ApplyResult(update.update_id, len(added), False, update.fingerprint, True)
+        return ApplyResult(update.update_id, len(added), False, update.fingerprint, True,
+                           bundle=_bundle_path(bundle))
     else:
         raise StoreError(f"{store_dir} is not a code store; pass --create to make a new store "
                          f"for bundle {update.fingerprint} there, or check the --db path")
     try:
         # One tagged append is one commit: the rows, their metadata and the tag land in
-        # the same SQLite transaction, after the codes are fdatasync()ed.
-        added = store.append(update.codes, segments, tag=tag)
+        # the same SQLite transaction, after the codes are fdatasync()ed. Windows already
+        # in the store are left out; the tag is recorded even when none is new.
+        if store.has_tag(tag):  # applied by another process since we looked
+            added = range(0)
+        else:
+            added = store.append(update.codes[keep], segments_of(update, keep), tag=tag)
     finally:
         store.close()
-    return ApplyResult(update.update_id, len(added), len(added) == 0 and update.count > 0,
-                       update.fingerprint, False)
+    _record(store_dir, update, bundle)
+    already = int(update.count - keep.sum())
+    return ApplyResult(update.update_id, len(added),
+                       len(added) == 0 and update.count > 0 and already == 0,
+                       update.fingerprint, False, already_present=already,
+                       bundle=_bundle_path(bundle))
 
 
-def segments_of(update: UpdatePackage) -> list[Segment]:
-    """The update's rows as store segments: consecutive rows of one recording and clock on
-    a regular hop become one segment, with the store's grid tolerance."""
+def window_identity(station: str, content_hash: str, path: str, offset_s: float) -> tuple:
+    """What makes two windows the same window, whichever way they reached a store: the
+    station, the recording's content (its hash; the path when it has none, as for live
+    capture without retained audio) and the offset in it, to the millisecond."""
+    return (station, content_hash or f"path:{path}", round(float(offset_s), 3))
+
+
+def _new_windows(store: CodeStore, update: UpdatePackage) -> np.ndarray:
+    """Boolean mask over the update's rows: True for windows the store does not hold."""
+    recs = [window_identity(r["station"], r["content_hash"], r["path"], 0)[:2]
+            for r in update.recordings]
+    wanted = set(recs)
+    held: set[tuple] = set()
+    for seg, _codes in store.iter_segments():
+        rec = seg.recording
+        who = window_identity(rec.station, rec.content_hash, rec.path, 0)[:2]
+        if who not in wanted:
+            continue
+        for j in range(seg.n_rows):
+            held.add((*who, round(seg.first_offset_s + j * seg.hop_s, 3)))
+    if not held:
+        return np.ones(update.count, bool)
+    rec_ids = update.rows["recording"].tolist()
+    offsets = update.rows["offset_s"].tolist()
+    return np.array([(*recs[r], round(o, 3)) not in held for r, o in zip(rec_ids, offsets,
+                                                                            strict=True)],
+                    dtype=bool)
+
+
+def _bundle_for(update: UpdatePackage, bundle_dir: str | Path):
+    """Open ``bundle_dir`` and refuse it unless it made the update's codes."""
+    bundle = ModelBundle.open(bundle_dir)
+    if (bundle.fingerprint, bundle.bits) != (update.fingerprint, update.bits):
+        raise FingerprintMismatch(
+            f"--bundle {bundle_dir} has fingerprint {bundle.fingerprint} ({bundle.bits} bits) "
+            f"but update {update.update_id} holds codes of bundle {update.fingerprint} "
+            f"({update.bits} bits); pass the bundle the sending station uses")
+    return bundle
+
+
+def _bundle_path(bundle) -> str | None:
+    return None if bundle is None else str(Path(bundle.path).resolve())
+
+
+def _record(store_dir: Path, update: UpdatePackage, bundle) -> None:
+    """Note the update in the store folder (ORIGINS_FILE), and the bundle if given."""
+    if bundle is not None:
+        record_bundle(store_dir, bundle)
+    if any(o.get("update_id") == update.update_id for o in _read_origins(store_dir)):
+        return
+    line = {"update_id": update.update_id,
+            "stations": sorted({r["station"] for r in update.recordings if r["station"]}),
+            "created": update.created,
+            "recordings": [[r["path"], r["content_hash"], r["station"]]
+                           for r in update.recordings]}
+    try:
+        with open(Path(store_dir) / ORIGINS_FILE, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+    except OSError as exc:  # the windows are in; only the explanation of missing audio is
+        log.warning("cannot note update %s in %s: %s", update.update_id, store_dir, exc)
+
+
+def _read_origins(store_dir: Path) -> list[dict]:
+    try:
+        text = (Path(store_dir) / ORIGINS_FILE).read_text(encoding="utf-8")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a power failure
+    return out
+
+
+def update_origins(store_dir: str | Path) -> dict[str, str]:
+    """Recording path -> "update U from station S" for every recording that reached the
+    store in an update (`cvahash search` explains hits whose audio is not here)."""
+    out = {}
+    for o in _read_origins(Path(store_dir)):
+        for path, _hash, station in o.get("recordings", []):
+            out.setdefault(path, f"update {o.get('update_id')} from station "
+                                 f"{station or '(unnamed)'}")
+    return out
+
+
+def segments_of(update: UpdatePackage, keep: np.ndarray | None = None) -> list[Segment]:
+    """The update's rows (those where ``keep`` is True, if given) as store segments:
+    consecutive rows of one recording and clock on a regular hop become one segment,
+    with the store's grid tolerance."""
     recordings = [Recording(path=r["path"], station=r["station"], start_utc=r["start_utc"],
                             sample_rate=r["sample_rate"], duration_s=r["duration_s"],
                             content_hash=r["content_hash"]) for r in update.recordings]
-    rec = update.rows["recording"].tolist()
-    clock = update.rows["clock"].tolist()
-    offset = update.rows["offset_s"].tolist()
-    length = update.rows["length_s"].tolist()
-    capture = update.rows["capture_utc"].tolist()
+    rows = update.rows if keep is None else update.rows[keep]
+    rec = rows["recording"].tolist()
+    clock = rows["clock"].tolist()
+    offset = rows["offset_s"].tolist()
+    length = rows["length_s"].tolist()
+    capture = rows["capture_utc"].tolist()
     tol = GRID_TOLERANCE_S
     segments: list[Segment] = []
     start, n, hop = 0, 0, 0.0
