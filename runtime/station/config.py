@@ -35,10 +35,13 @@ would scatter one contract over several files.
 from __future__ import annotations
 
 import difflib
+import getpass
 import math
 import os
 import re
 import shlex
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -247,8 +250,6 @@ class DeviceConfig:
 
 def _not_executable(program: str) -> str | None:
     """Why ``program`` (an alert command's argv[0]) cannot be run, or None."""
-    import shutil
-
     if "/" not in program:
         if shutil.which(program) is None:
             return ("is not a program on PATH; give the full path of an executable file "
@@ -266,9 +267,6 @@ def _not_writable(folder: Path) -> str | None:
     """Why the daemon could not create files in ``folder`` (made if missing), or None.
     Tries for real in the nearest existing folder: permission bits say nothing about a
     read-only card or a root-owned mount."""
-    import getpass
-    import tempfile
-
     existing = Path(folder)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
