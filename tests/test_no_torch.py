@@ -82,3 +82,33 @@ def test_runtime_runs_without_torch_transformers_peft_onnx(tiny_bundle, tmp_path
     assert len(list((tmp_path / "out" / "clips").iterdir())) == 2
     assert len(list((tmp_path / "out" / "spec").iterdir())) == 2
     assert Path(tmp_path / "db" / "indexed-with.json").is_file()
+
+
+WORKSTATION_SCRIPT = r"""
+import importlib.util, sys
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "peft", "onnx"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)",
+                                      name=name)
+        return None
+
+sys.meta_path.insert(0, Blocker())
+_real = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name == "torch" else _real(name, *a)
+from cvahash.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_workstation_commands_name_the_extra_without_torch(tmp_path):
+    """train, eval and export without torch: exit 1 and the install command, no traceback."""
+    for argv in (["train", "--data", "m.jsonl", "--out", "run"],
+                 ["eval", "run", "--data", "m.jsonl"], ["export", "run", "--out", "bundle"]):
+        proc = subprocess.run([sys.executable, "-c", WORKSTATION_SCRIPT, *argv],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                              check=False)
+        assert proc.returncode == 1, (argv, proc.stderr)
+        assert f"cvahash {argv[0]} needs the workstation extra (torch is missing)" in proc.stderr
+        assert "pip install '.[export]'" in proc.stderr and "Traceback" not in proc.stderr

@@ -67,17 +67,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .wording import mute_library_future_warnings
+    from .workstation import workstation_extra
 
-    mute_library_future_warnings()
-    from ..errors import MissingExtra
-
-    try:
+    with workstation_extra("train"):
         from ..export.train.loop import TrainOptions, train
         from ..export.train.run import RunConfig
-    except ImportError as exc:
-        raise MissingExtra(f"cvahash train needs the workstation extra ({exc.name} is missing): "
-                           "pip install '.[export]' in the cvahash checkout") from exc
     if args.objective == "clip" and args.lora_rank:
         args.lora_rank = 0  # clip pretraining trains the whole (tiny) model; LoRA is moot
     config = RunConfig(
