@@ -61,6 +61,15 @@
 typedef unsigned (*dist_block_fn)(const uint8_t *q, const uint8_t *rows, size_t nrows,
                                   size_t nbytes, uint16_t *out);
 
+/* Marks the rows of a span (nrows <= SPAN) whose distance to `q` is below `limit`
+ * (see the marking kernels in hamming_simd.h). An ISA may have one for some widths;
+ * a one-query scan then needs no distance store for the rows that cannot enter. */
+typedef size_t (*mark_block_fn)(const uint8_t *q, const uint8_t *rows, size_t nrows,
+                                unsigned limit, uint16_t *d, uint64_t *bits);
+
+/* Rows per span of a marking kernel. */
+#define SPAN 1024
+
 static inline uint64_t load64(const uint8_t *p) {
     uint64_t v;
     memcpy(&v, p, 8); /* unaligned-safe; byte order is irrelevant to popcount */
@@ -214,9 +223,9 @@ static inline void topk_push(topk_t *t, uint32_t d, int64_t id) {
     }
 }
 
-/* Scans rows [lo, hi) for one query. */
-static void scan_rows(topk_t *t, dist_block_fn dist, const uint8_t *q, const uint8_t *codes,
-                      size_t nbytes, const uint8_t *mask, size_t lo, size_t hi) {
+/* Scans rows [lo, hi) of one block-aligned stretch for one query. */
+static void scan_blocks(topk_t *t, dist_block_fn dist, const uint8_t *q, const uint8_t *codes,
+                        size_t nbytes, const uint8_t *mask, size_t lo, size_t hi) {
     uint16_t d[BLOCK];
     for (size_t b = lo; b < hi; b += BLOCK) {
         size_t m = hi - b < BLOCK ? hi - b : BLOCK;
@@ -224,6 +233,30 @@ static void scan_rows(topk_t *t, dist_block_fn dist, const uint8_t *q, const uin
         if (mn >= t->limit) continue; /* block skip: nothing here can enter */
         for (size_t i = 0; i < m; i++) {
             if (d[i] < t->limit && (!mask || mask[b + i])) topk_push(t, d[i], (int64_t)(b + i));
+        }
+    }
+}
+
+/* Scans rows [lo, hi) for one query: with a marking kernel, only the rows whose
+ * distance is below the current threshold are looked at (the threshold may drop
+ * while a span's marked rows are pushed, so each is tested again). */
+static void scan_rows(topk_t *t, dist_block_fn dist, mark_block_fn mark, const uint8_t *q,
+                      const uint8_t *codes, size_t nbytes, const uint8_t *mask, size_t lo,
+                      size_t hi) {
+    if (!mark) {
+        scan_blocks(t, dist, q, codes, nbytes, mask, lo, hi);
+        return;
+    }
+    uint16_t d[SPAN];
+    uint64_t bits[SPAN / 64];
+    for (size_t b = lo; b < hi; b += SPAN) {
+        size_t m = hi - b < SPAN ? hi - b : SPAN;
+        if (!mark(q, codes + b * nbytes, m, t->limit, d, bits)) continue;
+        for (size_t w = 0; w * 64 < m; w++) {
+            for (uint64_t x = bits[w]; x; x &= x - 1) {
+                size_t i = 64 * w + (size_t)__builtin_ctzll(x);
+                if (d[i] < t->limit && (!mask || mask[b + i])) topk_push(t, d[i], (int64_t)(b + i));
+            }
         }
     }
 }
@@ -246,6 +279,7 @@ typedef struct {
 typedef struct {
     /* set up before any helper starts, read-only afterwards */
     dist_block_fn dist;
+    mark_block_fn mark; /* one query only; NULL: none for this ISA and width */
     const uint8_t *queries; /* first query of the group, group * nbytes bytes */
     size_t group;           /* queries in this pass */
     const uint8_t *codes;
@@ -282,8 +316,8 @@ static void pass_work(pass_t *p, int slot) {
         size_t c = __atomic_fetch_add(&p->next_chunk, 1, __ATOMIC_SEQ_CST);
         if (c >= p->nchunks) break;
         for (size_t qi = 0; qi < p->group; qi++)
-            scan_rows(&st[qi], p->dist, p->queries + qi * p->nbytes, p->codes, p->nbytes, p->mask,
-                      p->chunks[c].start, p->chunks[c].end);
+            scan_rows(&st[qi], p->dist, p->mark, p->queries + qi * p->nbytes, p->codes,
+                      p->nbytes, p->mask, p->chunks[c].start, p->chunks[c].end);
     }
     __atomic_sub_fetch(&p->busy, 1, __ATOMIC_SEQ_CST);
 }
@@ -493,6 +527,7 @@ static int search(int isa, const uint8_t *queries, size_t nq, const uint8_t *cod
             break;
         }
         p->dist = dist;
+        p->mark = nq == 1 ? simd_mark_kernel(isa, nbytes) : NULL;
         p->queries = queries + g0 * nbytes;
         p->codes = codes;
         p->nbytes = nbytes;

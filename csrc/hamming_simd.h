@@ -279,6 +279,99 @@ T_AVX512 static unsigned avx512_rows32(const uint8_t *q, const uint8_t *rows, si
     return mn;
 }
 
+/* Marking kernels, for the one-query scan (scan_rows): rows whose distance is below
+ * `limit` get their bit set in bits[] (row r of the span: bit r % 64 of word r / 64)
+ * and their distance stored in d[r]; other rows are not stored at all. Returns the
+ * number of marked rows. Once the top-k threshold has settled almost no row is
+ * marked, so one pass of load, xor, VPOPCNTQ and compare is the whole search. */
+T_AVX512 static size_t avx512_mark8(const uint8_t *q, const uint8_t *rows, size_t nrows,
+                                    unsigned limit, uint16_t *d, uint64_t *bits) {
+    const __m512i qv = _mm512_set1_epi64((long long)load64(q));
+    const __m512i lim = _mm512_set1_epi64((long long)limit);
+    size_t marked = 0;
+    for (size_t w = 0; w * 64 < nrows; w++) bits[w] = 0;
+    size_t r = 0;
+    for (; r + 32 <= nrows; r += 32) {
+        const uint8_t *p = rows + r * 8;
+        __m512i a = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p), qv));
+        __m512i b = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 64), qv));
+        __m512i c = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 128), qv));
+        __m512i e = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 192), qv));
+        uint32_t m = (uint32_t)_mm512_cmplt_epu64_mask(a, lim) |
+                     (uint32_t)_mm512_cmplt_epu64_mask(b, lim) << 8 |
+                     (uint32_t)_mm512_cmplt_epu64_mask(c, lim) << 16 |
+                     (uint32_t)_mm512_cmplt_epu64_mask(e, lim) << 24;
+        if (m) {
+            _mm_storeu_si128((__m128i *)(d + r), _mm512_cvtepi64_epi16(a));
+            _mm_storeu_si128((__m128i *)(d + r + 8), _mm512_cvtepi64_epi16(b));
+            _mm_storeu_si128((__m128i *)(d + r + 16), _mm512_cvtepi64_epi16(c));
+            _mm_storeu_si128((__m128i *)(d + r + 24), _mm512_cvtepi64_epi16(e));
+            bits[r / 64] |= (uint64_t)m << (r % 64);
+            marked += (size_t)__builtin_popcount(m);
+        }
+    }
+    for (; r < nrows; r += 8) {
+        /* masked load: never reads past the last row */
+        size_t left = nrows - r < 8 ? nrows - r : 8;
+        __mmask8 valid = (__mmask8)((1u << left) - 1);
+        __m512i a = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_maskz_loadu_epi64(valid, rows + r * 8), qv));
+        __mmask8 m = _mm512_mask_cmplt_epu64_mask(valid, a, lim);
+        if (m) {
+            _mm512_mask_cvtepi64_storeu_epi16(d + r, m, a);
+            bits[r / 64] |= (uint64_t)m << (r % 64);
+            marked += (size_t)__builtin_popcount(m);
+        }
+    }
+    return marked;
+}
+
+/* 16-byte codes: low and high halves of 8 rows gathered into two vectors. */
+T_AVX512 static size_t avx512_mark16(const uint8_t *q, const uint8_t *rows, size_t nrows,
+                                     unsigned limit, uint16_t *d, uint64_t *bits) {
+    const __m512i qlo = _mm512_set1_epi64((long long)load64(q));
+    const __m512i qhi = _mm512_set1_epi64((long long)load64(q + 8));
+    const __m512i lim = _mm512_set1_epi64((long long)limit);
+    const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+    const __m512i odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+    size_t marked = 0;
+    for (size_t w = 0; w * 64 < nrows; w++) bits[w] = 0;
+    size_t r = 0;
+    for (; r + 8 <= nrows; r += 8) {
+        const uint8_t *p = rows + r * 16;
+        __m512i x = _mm512_loadu_si512(p), y = _mm512_loadu_si512(p + 64);
+        __m512i lo = _mm512_xor_si512(_mm512_permutex2var_epi64(x, even, y), qlo);
+        __m512i hi = _mm512_xor_si512(_mm512_permutex2var_epi64(x, odd, y), qhi);
+        __m512i s = _mm512_add_epi64(_mm512_popcnt_epi64(lo), _mm512_popcnt_epi64(hi));
+        __mmask8 m = _mm512_cmplt_epu64_mask(s, lim);
+        if (m) {
+            _mm_storeu_si128((__m128i *)(d + r), _mm512_cvtepi64_epi16(s));
+            bits[r / 64] |= (uint64_t)m << (r % 64);
+            marked += (size_t)__builtin_popcount(m);
+        }
+    }
+    if (r < nrows) {
+        uint16_t tmp[8];
+        avx512_rows_any(q, rows + r * 16, nrows - r, 16, tmp);
+        for (size_t i = 0; r + i < nrows; i++) {
+            if (tmp[i] < limit) {
+                d[r + i] = tmp[i];
+                bits[(r + i) / 64] |= (uint64_t)1 << ((r + i) % 64);
+                marked++;
+            }
+        }
+    }
+    return marked;
+}
+
+/* The marking kernel of `isa` for `nbytes`-byte codes, or NULL (then scan_rows
+ * uses the distance kernel and its block minimum alone). */
+static mark_block_fn simd_mark_kernel(int isa, size_t nbytes) {
+    if (isa != CVH_ISA_AVX512) return NULL;
+    if (nbytes == 8) return avx512_mark8;
+    if (nbytes == 16) return avx512_mark16;
+    return NULL;
+}
+
 T_AVX512 static unsigned dist_block_avx512(const uint8_t *q, const uint8_t *rows, size_t nrows,
                                            size_t nbytes, uint16_t *out) {
     switch (nbytes) {
@@ -413,6 +506,12 @@ static unsigned dist_block_neon(const uint8_t *q, const uint8_t *rows, size_t nr
     }
 }
 
+static mark_block_fn simd_mark_kernel(int isa, size_t nbytes) {
+    (void)isa;
+    (void)nbytes;
+    return NULL;
+}
+
 static void simd_register(dist_block_fn *table, int *ok) {
     table[CVH_ISA_NEON] = dist_block_neon;
 #if defined(__linux__) && defined(HWCAP_ASIMD)
@@ -424,6 +523,12 @@ static void simd_register(dist_block_fn *table, int *ok) {
 
 /* ========================================================== elsewhere */
 #else
+static mark_block_fn simd_mark_kernel(int isa, size_t nbytes) {
+    (void)isa;
+    (void)nbytes;
+    return NULL;
+}
+
 static void simd_register(dist_block_fn *table, int *ok) {
     (void)table;
     (void)ok;

@@ -293,7 +293,7 @@ def test_newer_format_is_refused(copy):
     ({"bits": BITS + 4}, "fingerprint"),
     ({"format_version": "1"}, "format_version"),
     ({"bits": 0}, "bits"),
-    ({"bits": 512}, "'bits' must be an integer from 1 to 256"),
+    ({"bits": 512}, "bits 512 is outside 1..256"),
     ({"files": {"text.onnx": {"sha256": "x"}}}, "does not list audio.onnx"),
     ({"files": {"../escape": {"sha256": "x"}, "text.onnx": {}, "audio.onnx": {},
                 "tokenizer.json": {}}}, "not a plain file name"),
@@ -481,7 +481,7 @@ def test_a_changed_text_graph_is_refused_by_a_text_only_open(copy):
 
 
 def test_verified_digests_are_reused_until_the_file_changes(built, copy, monkeypatch, tmp_path):
-    from cvahash.model import manifest as bundle_module
+    from cvahash.model import integrity as bundle_module
     from cvahash.model import verified
 
     monkeypatch.setenv(verified.CACHE_ENV, str(tmp_path / "cache"))

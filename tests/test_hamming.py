@@ -172,6 +172,34 @@ def test_empty_and_small_inputs():
     assert d.shape == (0, 2)
 
 
+@pytest.mark.parametrize("nbytes", [8, 16])
+@pytest.mark.parametrize("allowed_kind", [None, "mask", "ranges"])
+def test_one_query_marking_path_matches_reference(nbytes, allowed_kind):
+    """One query at 8/16 bytes takes the marking scan (AVX-512): a row count that is
+    not a multiple of the span or of a vector, ranges cutting spans, and radii that
+    mark almost nothing or almost everything."""
+    rng = np.random.default_rng(300 + nbytes)
+    n = 70_003
+    q = rng.integers(0, 256, size=(1, nbytes), dtype=np.uint8)
+    codes = make_codes(rng, n, nbytes, q, dup_every=997)
+    allowed, mask = make_allowed(allowed_kind, rng, n)
+    dist = hamming_matrix(q, codes)[0]
+    rows = np.arange(n) if mask is None else np.flatnonzero(mask)
+    for k in (1, 10, 100, 5000):
+        want = knn_reference(q, codes, k, allowed=mask)
+        for isa in ISAS:
+            for threads in (1, 2):
+                got = hamming._knn_with(isa, q, codes, k, threads=threads, allowed=allowed)
+                assert_same(got, want)
+    for radius in (3, 8 * nbytes // 2, 8 * nbytes):
+        sel = rows[dist[rows] <= radius]
+        order = np.lexsort((sel, dist[sel]))
+        want = (dist[sel][order].astype(np.int32), sel[order].astype(np.int64))
+        for isa in ISAS:
+            got = hamming._within_with(isa, q, codes, radius, threads=2, allowed=allowed)
+            assert_same(got, want)
+
+
 @pytest.mark.parametrize("nbytes", [1, 8, 9, 32, 100])
 def test_within_every_isa_matches_reference(nbytes):
     rng = np.random.default_rng(200 + nbytes)

@@ -182,6 +182,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
         torch_audio_logits,
         torch_text_logits,
     )
+    from .graph_passes import (  # lazy: onnx loads only for an export
+        SAVED_ORT_LEVEL,
+        replace_cubic_resize,
+        save_ort_optimized,
+    )
     from .quantize import (  # lazy: onnxruntime.quantization is slow to import
         DYNAMIC_METHODS,
         STATIC_METHODS,
@@ -220,6 +225,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
                                       max_length=settings["max_length"], opset=opset)
         audio_fp32 = export_audio_graph(merged, work / AUDIO_GRAPH, n_frames=frontend.n_frames,
                                         n_mels=frontend.n_mels, opset=opset)
+        # HTSAT's bicubic frame stretch as a fixed 4-tap filter (checked against the
+        # graph's own Resize here and against PyTorch by the fp32 check below).
+        resize_taps = replace_cubic_resize(audio_fp32, probe.features[:2])
 
         ids, mask, text_feeds = _text_feeds(tokenizer, settings, probe.captions)
         text_ref = torch_text_logits(merged, ids, mask)
@@ -247,6 +255,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
                                           text_feeds, text_ref)
         audio_choice = choose_quantization(audio_fp32, tmp_dir / AUDIO_GRAPH, audio_methods,
                                            audio_feeds, audio_ref, calibration=calib_feeds)
+        # ONNX Runtime's CPU fusions saved into int8 graphs (checked bit-identical on the
+        # probe feeds). Only for int8, which runs on the CPU provider: fp16/fp32 bundles
+        # may run on a GPU provider, for which CPU fusions and casts would be wrong.
+        ort_saved = {"text": False, "audio": False}
+        if precision == "int8":
+            ort_saved = {"text": save_ort_optimized(tmp_dir / TEXT_GRAPH, text_feeds),
+                         "audio": save_ort_optimized(tmp_dir / AUDIO_GRAPH, audio_feeds)}
         shutil.rmtree(work)
 
         tok_src = run_dir / "tokenizer" / TOKENIZER_FILE
@@ -266,14 +281,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
             "precision": precision,
             "quantization": {"text": text_choice.to_dict(), "audio": audio_choice.to_dict(),
                              "fp32_check": fp32_check, "probe": probe_source,
+                             "graph_passes": {"audio": {"cubic_resize_as_taps": resize_taps}},
                              "probe_texts": len(probe.captions),
                              "probe_windows": len(probe.features)},
             "graphs": {"text": {"file": TEXT_GRAPH, "inputs": ["input_ids", "attention_mask"],
                                 "output": "logits",
-                                "batch_invariant": batch_invariant(text_choice.method)},
+                                "batch_invariant": batch_invariant(text_choice.method),
+                                **({"ort_optimized": SAVED_ORT_LEVEL} if ort_saved["text"]
+                                   else {})},
                        "audio": {"file": AUDIO_GRAPH, "inputs": ["input_features"],
                                  "output": "logits",
-                                 "batch_invariant": batch_invariant(audio_choice.method)},
+                                 "batch_invariant": batch_invariant(audio_choice.method),
+                                 **({"ort_optimized": SAVED_ORT_LEVEL} if ort_saved["audio"]
+                                    else {})},
                        "opset": opset},
             "run": {"objective": config.objective, "head": config.head,
                     "lora_rank": config.lora_rank, "seed": config.seed},

@@ -23,10 +23,12 @@ The capture time of window j is the recording's start + its offset in the file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
 import queue
+import stat
 import sys
 import threading
 import time
@@ -318,7 +320,7 @@ def check_reindex_options(store, files: list[Path], *, station: str | None,
     apply. Raises InvalidArgument naming the option, the stored value and the files."""
     if station is None and hop_s is None:
         return
-    wanted = {str(p.resolve()): p for p in files}
+    wanted = {str(p.resolve()): p for p in files if entry_problem(p) is None}
     held = {r.path: r for r in store.recordings() if r.path in wanted}
     if not held:
         return
@@ -353,11 +355,65 @@ def _some(paths: list[Path], n: int = 3) -> str:
     return f"{len(paths)} recording{'s' * (len(paths) != 1)} ({names}{more})"
 
 
+def entry_problem(path: Path) -> str | None:
+    """Why a folder entry found while indexing is not a recording to read, or None.
+
+    Each kind gets its own reason, and none stops the run: a dangling symbolic link, a
+    link loop, a FIFO (reading one would block), a device or socket, anything else that
+    is not a regular file, an unreadable file, and a folder that cannot be listed (its
+    recordings are not indexed; the rest are).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ("a dangling symbolic link (its target does not exist)" if os.path.islink(path)
+                else "it no longer exists")
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"it cannot be read ({e.strerror or e})"
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        try:
+            os.listdir(path)
+        except OSError as e:
+            return (f"a folder that cannot be read ({e.strerror or e}); the recordings in it "
+                    "were not indexed")
+        return "a folder named as a file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a recording file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a recording file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a recording file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "it cannot be read (permission denied)"
+    return None
+
+
+def _unreadable_folders(paths: list[Path]) -> list[Path]:
+    """Subfolders under ``paths`` that cannot be listed (os.walk skips them silently)."""
+    bad: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            for _root, dirs, _files in os.walk(p, onerror=lambda e: bad.append(Path(e.filename))):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+    return bad
+
+
 def find_recordings(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """The audio files under ``paths`` (`cvahash.model.audio.find_audio`); AudioError when a
-    path does not exist or there are none at all."""
+    """The audio files under ``paths`` (`cvahash.model.audio.find_audio`), plus entries
+    that are not readable recordings (broken links, FIFOs, unreadable folders, ...) so
+    that indexing can name each with its reason (`entry_problem`); AudioError when a
+    path does not exist or there are no audio files at all."""
     paths = [Path(p) for p in paths]
-    files = audio.find_audio(paths)
+    # a named path that is a broken link exists as an entry: skipped later, with a reason
+    broken = [p for p in paths if os.path.lexists(p) and not p.exists()]
+    rest = [p for p in paths if p not in broken]
+    files = audio.find_audio(rest) if rest else []
+    files = sorted({*files, *broken, *_unreadable_folders(rest)}, key=str)
     if not files:
         raise AudioError(
             f"no audio files under {', '.join(map(str, paths))} (looked for "
@@ -395,6 +451,11 @@ def index_recordings(
         if stop is not None and stop.is_set():
             report.interrupted = True
             break
+        problem = entry_problem(path)
+        if problem:
+            report.skipped.append(Skipped(path, f"{path}: {problem}"))
+            progress.note(f"skipped {path}: {problem}")
+            continue
         try:
             info = audio.probe(path)
             key_path = str(path.resolve())

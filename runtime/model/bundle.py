@@ -9,8 +9,9 @@ A bundle is a directory written by ``cvahash export`` (docs/bundle.md):
     tokenizer.json  a ``tokenizers`` file; padding and truncation come from the manifest
 
 `ModelBundle.open` checks the format version, the files and the fingerprint
-(`cvahash.model.manifest`) *before* anything is loaded, and raises `BundleError` naming
-the file otherwise; a graph's file is hashed before that graph is first loaded.
+(`cvahash.model.integrity`) and the manifest's bounds (`cvahash.model.manifest`) *before*
+anything is loaded, and raises `BundleError` naming the file otherwise; a graph's file
+is hashed before that graph is first loaded.
 ONNX Runtime sessions are created lazily: a search only loads the text graph, indexing
 only the audio graph. This module needs numpy, onnxruntime and tokenizers only; it never
 imports torch or transformers.
@@ -36,7 +37,7 @@ import numpy as np
 
 from ..errors import BundleError, InvalidArgument
 from .frontend import FrontendParams
-from .manifest import (
+from .integrity import (
     AUDIO_GRAPH,
     BUNDLE_FILES,
     FORMAT_VERSION,
@@ -50,6 +51,7 @@ from .manifest import (
     fingerprint_of,
     sha256_file,
 )
+from .manifest import check_graph
 
 __all__ = [
     "BUNDLE_FILES",
@@ -154,7 +156,9 @@ class ModelBundle:
         """Hash the files ``branch`` needs if `open` did not (under ``self._lock``)."""
         for name in GRAPH_FILES[branch]:
             if name in self._unverified:
-                check_digest(self.path, name, self._manifest["files"][name], cache=True)
+                if check_digest(self.path, name, self._manifest["files"][name], cache=True) \
+                        and name.endswith(".onnx"):
+                    check_graph(self.path / name, self.path.resolve(), self.bits)
                 self._unverified.discard(name)
 
     # -- what the bundle is
@@ -218,6 +222,9 @@ class ModelBundle:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3  # ORT's own warnings are noise on a station
+            level = self._ort_level(branch)
+            if level is not None:
+                options.graph_optimization_level = level
             try:
                 session = ort.InferenceSession(str(self.path / name), sess_options=options,
                                                providers=providers)
@@ -234,6 +241,24 @@ class ModelBundle:
                          used[0], threads or "default")
             self._sessions[branch] = session
             return session
+
+    def _ort_level(self, branch: str):
+        """The ONNX Runtime optimisation level to ask for, or None for its default (all).
+
+        A graph the exporter saved with ONNX Runtime's extended optimisations applied
+        (``graphs.<branch>.ort_optimized == "extended"``) needs only what depends on this
+        CPU: the layout level for the audio graph (NCHWc for its convolution), the basic
+        level for the text graph, which has no convolution (re-running the fusions costs
+        180 ms of cold start on the full-size text graph and changes nothing)."""
+        import onnxruntime as ort  # lazy: `info` and --help stay fast
+
+        graphs = self._manifest.get("graphs")
+        entry = graphs.get(branch) if isinstance(graphs, dict) else None
+        if not (isinstance(entry, dict) and entry.get("ort_optimized") == "extended"):
+            return None
+        if branch == "audio":
+            return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
 
     def _parallel_windows(self, providers: list[str]) -> int:
         """How many audio windows run at once, one single-threaded run each (1: windows

@@ -1,171 +1,213 @@
-"""The bundle's manifest and files: read it, check every file, compute the fingerprint.
+"""Bounds on what a bundle's manifest and graphs may ask of a station.
 
-`check_bundle` verifies a bundle folder without loading any model (what `cvahash bundle
-verify` starts with and `ModelBundle.open` relies on); `fingerprint_of` is the identity
-code stores and update files bind to. The file layout is in docs/bundle.md.
+A bundle that passes its checksums can still be hostile or broken: a tokenizer
+``max_length`` of 1e9 (gigabytes per query), ``bits`` that differ from what the graph
+outputs, absurd front-end sizes, a graph that is a symlink to another file, or ONNX
+external data pointing outside the bundle (``/etc/passwd``). ``check_bounds`` refuses
+all of these before anything is loaded; ``bundle verify`` and ``ModelBundle.open`` run
+it. The ONNX files are read with a small protobuf walker (no ``onnx`` package on a
+station): only the graph outputs' shapes and the tensors' external-data entries.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from ..errors import BundleError, InvalidArgument
-from ..limits import MAX_CODE_BITS, is_int
-from . import verified
+from ..errors import BundleError
+from ..limits import MAX_CODE_BITS
 
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-TEXT_GRAPH = "text.onnx"
-AUDIO_GRAPH = "audio.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-BUNDLE_FILES = (TEXT_GRAPH, AUDIO_GRAPH, TOKENIZER_FILE)
-# Manifest keys every reader of format 1 relies on.
-REQUIRED_KEYS = ("format_version", "bits", "frontend", "tokenizer", "precision", "files",
-                 "fingerprint")
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_BITS = MAX_CODE_BITS
+MAX_TOKENS = 4096
+MAX_N_MELS = 512
+MAX_N_FFT = 1 << 16
+MIN_HOP = 16
+MAX_SAMPLE_RATE = 384_000
+MAX_WINDOW_S = 600.0
+MAX_FEATURE_VALUES = 64 << 20       # frames x mels of one window
 
 
-# ---------------------------------------------------------------- hashing and fingerprint
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (graphs are hundreds of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fingerprint_of(manifest: Mapping[str, Any]) -> str:
-    """The bundle's fingerprint: 16 hex chars of sha256 over a canonical JSON of what
-    decides the codes: bits, front-end parameters, tokenizer settings and the sha256 of
-    text.onnx, audio.onnx and tokenizer.json.
-
-    Two bundles with the same fingerprint turn the same input into the same codes; code
-    stores and update packages bind to it. Descriptive fields (source model, precision
-    label, quantisation report, creation time) are left out on purpose: they are covered
-    by the graph hashes where they matter.
-    """
-    files = manifest.get("files") or {}
-    semantic = {
-        "bits": manifest.get("bits"),
-        "frontend": manifest.get("frontend"),
-        "tokenizer": manifest.get("tokenizer"),
-        "sha256": {name: (files.get(name) or {}).get("sha256") for name in BUNDLE_FILES},
-    }
-    canonical = json.dumps(semantic, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------- manifest checks
-
-
-def _read_manifest(root: Path) -> dict:
-    path = root / MANIFEST_NAME
-    if not root.is_dir():
-        raise BundleError(f"{root}: not a model bundle directory (it does not exist or is a "
-                          "file); make one with `cvahash export RUN_DIR --out DIR`")
-    if not path.is_file():
-        raise BundleError(f"{path}: missing; {root} is not a complete model bundle "
-                          "(re-copy it or export it again)")
+def read_manifest_bytes(path: Path) -> bytes:
+    """manifest.json, refusing anything but a regular file of at most 1 MiB."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: unreadable or not valid JSON ({exc}); "
-                          "re-copy the bundle") from exc
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path}: expected a JSON object at the top level")
-    version = manifest.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise BundleError(f"{path}: key 'format_version' is missing or not an integer")
-    if version > FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format {version} is newer than this cvahash reads "
-                          f"(format {FORMAT_VERSION}); upgrade cvahash on this device")
-    if version < 1:
-        raise BundleError(f"{path}: bundle format {version} is not valid")
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise BundleError(f"{path}: missing key(s) {', '.join(missing)}")
-    bits = manifest["bits"]
-    if not is_int(bits) or not 1 <= bits <= MAX_CODE_BITS:
-        raise BundleError(f"{path}: key 'bits' must be an integer from 1 to {MAX_CODE_BITS}, "
-                          f"got {bits!r}")
-    if not isinstance(manifest["files"], dict):
-        raise BundleError(f"{path}: key 'files' must be an object of file name -> sha256")
-    return manifest
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except OSError as e:
+        raise BundleError(f"{path}: cannot be read as a regular file ({e.strerror or e}); "
+                          "re-copy the bundle") from None
+    try:
+        st = os.fstat(fd)
+        import stat
+
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{path}: is not a regular file; re-copy the bundle")
+        data = os.read(fd, MAX_MANIFEST_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes; not a manifest")
+    return data
 
 
-# The files each graph needs: verified before that graph is loaded.
-GRAPH_FILES = {"text": (TEXT_GRAPH, TOKENIZER_FILE), "audio": (AUDIO_GRAPH,)}
+def _int_in(value, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
 
-def files_for(graphs) -> set[str] | None:
-    if graphs is None:
-        return None
-    unknown = [g for g in graphs if g not in GRAPH_FILES]
-    if unknown:
-        raise InvalidArgument(f"graphs must be among {sorted(GRAPH_FILES)}, got {unknown}")
-    return {name for g in graphs for name in GRAPH_FILES[g]}
+def check_bounds(root: Path, manifest: dict) -> None:
+    """Refuse (BundleError) a manifest whose values or graphs a station cannot safely
+    load. ``manifest`` has passed the format checks of bundle._read_manifest."""
+    check_values(root, manifest)
+    check_files(root, manifest)
 
 
-def check_digest(root: Path, name: str, entry: dict, cache: bool) -> None:
-    """Compare a file's sha256 with the manifest's (``cache``: take a digest recorded
-    for the unchanged file instead of reading it; record a fresh match)."""
-    path = root / name
-    digest = verified.known_digest(path) if cache else None
-    fresh = digest is None
-    if fresh:
-        digest = sha256_file(path)
-    if digest != entry["sha256"].lower():
-        raise BundleError(f"{path}: sha256 {digest[:16]}... does not match manifest.json "
-                          f"({entry['sha256'][:16]}...); the file was changed or damaged "
-                          "(re-copy the bundle)")
-    if cache and fresh:
-        verified.remember(path, digest)
-
-
-def check_bundle(root: str | Path, *, graphs=None, cache: bool = False) -> dict:
-    """Verify a bundle without loading any model; return its manifest.
-
-    Checks, in order: manifest.json readable and of a known format; every required file
-    listed and present; every listed file's size and sha256; the fingerprint recomputed
-    from the manifest. Raises `BundleError` naming the first file that fails.
-
-    ``graphs`` (e.g. ``("text",)``): hash only the files those graphs need (the others'
-    presence and size are still checked); None hashes every listed file. ``cache``:
-    reuse digests recorded for unchanged files (`cvahash.model.verified`).
-    """
+def check_values(root: Path, manifest: dict) -> None:
+    """The manifest's numbers are in ranges a station can hold (cheap: no file read)."""
     root = Path(root)
-    manifest = _read_manifest(root)
-    hashed = files_for(graphs)
-    files = manifest["files"]
-    for name in BUNDLE_FILES:
-        if name not in files:
-            raise BundleError(f"{root / MANIFEST_NAME}: does not list {name}; the bundle is "
-                              "incomplete (export it again)")
-    for name, entry in files.items():
+    where = root / "manifest.json"
+    bits = manifest["bits"]
+    if not _int_in(bits, 1, MAX_BITS):
+        raise BundleError(f"{where}: bits {bits!r} is outside 1..{MAX_BITS}")
+    tok = manifest.get("tokenizer")
+    if isinstance(tok, dict) and not _int_in(tok.get("max_length"), 1, MAX_TOKENS):
+        raise BundleError(f"{where}: tokenizer.max_length {tok.get('max_length')!r} is outside "
+                          f"1..{MAX_TOKENS} tokens")
+    fe = manifest.get("frontend")
+    if isinstance(fe, dict):
+        checks = (("n_mels", 1, MAX_N_MELS), ("n_fft", 2, MAX_N_FFT),
+                  ("hop_length", MIN_HOP, MAX_N_FFT), ("sample_rate", 1000, MAX_SAMPLE_RATE))
+        for key, lo, hi in checks:
+            if key in fe and not _int_in(fe[key], lo, hi):
+                raise BundleError(f"{where}: frontend.{key} {fe[key]!r} is outside {lo}..{hi}")
+        length = fe.get("max_length_s", 10.0)
+        if isinstance(length, bool) or not isinstance(length, (int, float)) \
+                or not 0 < length <= MAX_WINDOW_S:
+            raise BundleError(f"{where}: frontend.max_length_s {length!r} is outside "
+                              f"0..{MAX_WINDOW_S} s")
+        rate, hop = fe.get("sample_rate", 48000), fe.get("hop_length", 480)
+        frames = int(length * rate) // hop + 1
+        if frames * fe.get("n_mels", 64) > MAX_FEATURE_VALUES:
+            raise BundleError(f"{where}: one window would be {frames} frames x "
+                              f"{fe.get('n_mels', 64)} mels; too large for a station")
+
+
+def check_files(root: Path, manifest: dict, graphs=None) -> None:
+    """Every listed file is a regular file inside the bundle; the graphs named in
+    ``graphs`` (None: every .onnx file) keep their external data inside it and output
+    ``bits`` values (this reads them: callers pass the graphs they just hashed)."""
+    root = Path(root)
+    bits = manifest["bits"]
+    real_root = root.resolve()
+    for name in manifest.get("files", {}):
         path = root / name
-        # Names come from the manifest: refuse anything that would leave the directory.
-        if Path(name).name != name or name in ("", ".", ".."):
-            raise BundleError(f"{root / MANIFEST_NAME}: file name {name!r} is not a plain "
-                              "file name inside the bundle")
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise BundleError(f"{root / MANIFEST_NAME}: files.{name} needs a 'sha256' string")
-        if not path.is_file():
-            raise BundleError(f"{path}: missing from the bundle (listed in manifest.json); "
-                              "re-copy the bundle")
-        size = entry.get("bytes")
-        if size is not None and path.stat().st_size != size:
-            raise BundleError(f"{path}: is {path.stat().st_size} bytes, manifest.json says "
-                              f"{size}; the file is truncated or replaced (re-copy the bundle)")
-        if hashed is None or name in hashed:
-            check_digest(root, name, entry, cache)
-    expected = fingerprint_of(manifest)
-    if manifest["fingerprint"] != expected:
-        raise BundleError(f"{root / MANIFEST_NAME}: fingerprint {manifest['fingerprint']!r} does "
-                          f"not match its contents ({expected}); manifest.json was edited")
-    return manifest
+        if path.is_symlink() or not path.is_file():
+            raise BundleError(f"{path}: must be a regular file inside the bundle, not a "
+                              "link or anything else; re-copy the bundle")
+        if path.resolve().parent != real_root:
+            raise BundleError(f"{path}: lies outside the bundle folder")
+        if name.endswith(".onnx") and (graphs is None or name in graphs):
+            check_graph(path, real_root, bits)
+
+
+# ------------------------------------------------------------------ ONNX, minimally
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: bytes) -> Iterator[tuple[int, int, object]]:
+    """(field number, wire type, value) of one protobuf message; bytes for type 2."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 1:
+            value, pos = data[pos:pos + 8], pos + 8
+        elif wire == 2:
+            n, pos = _varint(data, pos)
+            if pos + n > len(data):
+                raise ValueError("truncated field")
+            value, pos = data[pos:pos + n], pos + n
+        elif wire == 5:
+            value, pos = data[pos:pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        yield field, wire, value
+
+
+def _tensor_locations(tensor: bytes) -> list[str]:
+    out = []
+    for f, w, v in _fields(tensor):
+        if f == 13 and w == 2:                  # external_data: StringStringEntryProto
+            entry = {ff: vv for ff, ww, vv in _fields(v) if ww == 2}
+            if entry.get(1) == b"location":
+                out.append(entry.get(2, b"").decode("utf-8", "replace"))
+    return out
+
+
+def _graph(graph: bytes, depth: int = 0) -> tuple[list[str], list[list]]:
+    """External data locations and output shapes ([dim or None]) of a GraphProto."""
+    if depth > 16:
+        raise ValueError("graphs nested too deeply")
+    locations, outputs = [], []
+    for f, w, v in _fields(graph):
+        if w != 2:
+            continue
+        if f in (5, 15):                        # initializer, sparse_initializer
+            locations += _tensor_locations(v)
+        elif f == 1:                            # node -> attribute
+            for af, aw, av in _fields(v):
+                if af == 5 and aw == 2:
+                    for tf, tw, tv in _fields(av):
+                        if tw == 2 and tf in (5, 10):       # t, tensors
+                            locations += _tensor_locations(tv)
+                        elif tw == 2 and tf in (6, 11):     # g, graphs
+                            locations += _graph(tv, depth + 1)[0]
+        elif f == 12:                           # output: ValueInfoProto
+            dims = []
+            for vf, vw, vv in _fields(v):
+                if vf == 2 and vw == 2:         # type -> tensor_type -> shape -> dim
+                    for tf, tw, tv in _fields(vv):
+                        if tf == 1 and tw == 2:
+                            for sf, sw, sv in _fields(tv):
+                                if sf == 2 and sw == 2:
+                                    for df, dw, dv in _fields(sv):
+                                        if df == 1 and dw == 2:
+                                            d = {ff: vv2 for ff, ww, vv2 in _fields(dv)}
+                                            dims.append(d.get(1) if isinstance(d.get(1), int)
+                                                        else None)
+            outputs.append(dims)
+    return locations, outputs
+
+
+def check_graph(path: Path, real_root: Path, bits: int) -> None:
+    """External data only inside the bundle; output width ``bits`` (BundleError)."""
+    try:
+        data = path.read_bytes()
+        graph = next((v for f, w, v in _fields(data) if f == 7 and w == 2), None)
+        if graph is None:
+            raise ValueError("no graph")
+        locations, outputs = _graph(graph)
+    except (ValueError, IndexError):
+        return      # not ONNX at all: loading it fails, naming the file
+
+    for loc in locations:
+        target = (path.parent / loc).resolve()
+        if os.path.isabs(loc) or target.parent != real_root or not target.is_file() \
+                or (path.parent / loc).is_symlink():
+            raise BundleError(f"{path}: its external data {loc!r} is not a regular file inside "
+                              "the bundle; refusing to load it")
+    if outputs and outputs[0] and isinstance(outputs[0][-1], int) and outputs[0][-1] != bits:
+        raise BundleError(f"{path}: the graph outputs {outputs[0][-1]} values per input but "
+                          f"manifest.json says bits = {bits}; the bundle does not hold together "
+                          "(export it again)")

@@ -7,8 +7,6 @@ described in that module's docstring. Only the writer (mode "a") runs these.
 from __future__ import annotations
 
 import errno
-import os
-import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,19 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FingerprintMismatch, InvalidArgument, InvalidCodes, StoreError
-from .format import HEADER_SIZE, code_file_name, write_all
-from .metadata import (
-    SEG_COLUMNS,
-    checked_segment_row,
-    db_failure,
-    recording_crc,
-    recording_fields,
-    segment_hashes,
-    sql_errors,
-)
-from .records import Recording, Segment, Window, try_extend
+from .journal import block_sums, rows_crc, segment_entry
+from .records import Recording, Segment, Window
+from .replay import apply_record
 
-META_FILE = "meta.sqlite"
+# Copy the WAL into the database at least this often while committing.
+CHECKPOINT_EVERY_S = 60.0
 
 
 class StoreAppending:
@@ -88,10 +79,7 @@ class StoreAppending:
         See the module docstring for when rows become durable.
         """
         with self._lock:
-            self._live(refresh=False)
-            if self.mode != "a":
-                raise StoreError(f'the code store {self.directory} is open read-only; open it '
-                                 'with mode="a" to append')
+            self._writable("append")
             self.require(fingerprint)
             arr = self._check_codes(codes, "codes")
             segs = self._as_segments(windows, len(arr))
@@ -105,16 +93,9 @@ class StoreAppending:
                       self._pending_since)
             row = first
             for seg in segs:
-                seg = replace(seg, first_row=row)
+                # kept as given; the commit joins segments that continue one grid
+                self._pending_segs.append(replace(seg, first_row=row))
                 row += seg.n_rows
-                last = self._pending_segs[-1] if self._pending_segs else self._committed_tail()
-                grown = None if last is None else try_extend(last, seg)
-                if grown is None:
-                    self._pending_segs.append(seg)
-                elif self._pending_segs:
-                    self._pending_segs[-1] = grown
-                else:       # grows the committed tail: its row is replaced at commit
-                    self._pending_segs.append(grown)
             if len(arr):
                 self._pending_codes.append(np.array(arr, dtype=np.uint8, order="C", copy=True))
             self._pending_rows += len(arr)
@@ -134,19 +115,6 @@ class StoreAppending:
                     raise
             return range(first, first + len(arr))
 
-    def _committed_tail(self) -> Segment | None:
-        """The last committed segment if it ends at the last committed row."""
-        with sql_errors(self.directory / META_FILE, "read the last segment"):
-            row = self._conn.execute(f"SELECT {SEG_COLUMNS} FROM segments ORDER BY "
-                                     "first_row DESC LIMIT 1").fetchone()
-            if row is None or checked_segment_row(row)[0] + row[1] != self._committed:
-                return None
-            first, n, rec_id, off0, hop, length, cap0, clock, _ = row
-            return Segment(recording=self._recordings.get(self._conn, rec_id),
-                           first_offset_s=float(off0), length_s=float(length),
-                           capture_start_utc=float(cap0), hop_s=float(hop), n_rows=n,
-                           clock_source=clock, first_row=first)
-
     def flush(self) -> int:
         """Commit everything appended so far; return ``durable_rows``."""
         with self._lock:
@@ -156,97 +124,55 @@ class StoreAppending:
             return self._committed
 
     def _commit(self, tag: str | None, tag_first: int | None) -> None:
+        """Rows to the code file, the change to the journal (both fdatasync()ed), then
+        the same change to SQLite in one transaction (see the code_store docstring)."""
         n = self._pending_rows
         rows = (np.concatenate(self._pending_codes) if len(self._pending_codes) > 1
                 else self._pending_codes[0] if self._pending_codes
                 else np.zeros((0, self.nbytes), np.uint8))
-        path = self.directory / code_file_name(self._generation)
+        first = self._committed
+        record = {"kind": "append", "v": self._version + 1, "rows": first + n,
+                  "forgotten": self._forgotten, "first": first, "n": n,
+                  "sums": block_sums(rows, first), "crc": rows_crc(rows),
+                  "segs": [segment_entry(g) for g in self._pending_segs],
+                  "tag": None if tag is None else [tag, time.time(), tag_first]}
         try:
             if n:
-                write_all(self._fd, rows, HEADER_SIZE + self._committed * self.nbytes)
-                os.fdatasync(self._fd)
+                self._file.write_rows(first, rows)
+            size = self._journal_commit(record)
         except OSError as e:
-            self._raise_write_error(e, path)
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rec_ids = self._recording_ids(conn)
-                segs = self._pending_segs
-                if segs:
-                    cols = list(zip(*[
-                        (g.first_row, g.n_rows,
-                         rec_ids[g.recording.key],
-                         g.first_offset_s, g.hop_s, g.length_s, g.capture_start_utc,
-                         g.clock_source) for g in segs]))
-                    cols.append(segment_hashes(*cols).tolist())
-                    # OR REPLACE: the first one may grow the committed tail segment
-                    conn.executemany("INSERT OR REPLACE INTO segments VALUES "
-                                     "(?,?,?,?,?,?,?,?,?)", zip(*cols))
-                    span = max((g.n_rows - 1) * g.hop_s for g in segs)
-                    if span > self._max_span:
-                        conn.execute("UPDATE store_info SET value = ? WHERE key = 'max_span_s'",
-                                     (span,))
-                if tag is not None:
-                    conn.execute("INSERT INTO tags VALUES (?, ?, ?, ?)",
-                                 (tag, time.time(), tag_first,
-                                  self._committed + n - tag_first))
-                self._bump(conn, committed_rows=self._committed + n)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except (sqlite3.Error, UnicodeDecodeError) as e:
-            raise db_failure(e, self.directory / META_FILE, "commit appended rows",
-                             f"; {n} appended rows are still buffered, flush() retries") from e
+            self._raise_write_error(e, self._file.path)
+        with self._write_transaction("commit appended rows",
+                                     f"; {n} appended windows are kept in memory and written at "
+                                     "the next commit"
+                                     ) as conn:
+            apply_record(conn, record)
+        self._journal.advance(size)
         self._pending_codes, self._pending_segs = [], []
         self._pending_rows, self._pending_since = 0, None
         self._sync(force=True)
-
-    def _recording_ids(self, conn) -> dict[tuple[str, str], int]:
-        """Ids of the pending segments' recordings, inserting the new ones (inside the
-        commit's transaction; a few statements per commit, not per recording)."""
-        recs = {}
-        for seg in self._pending_segs:
-            recs.setdefault(seg.recording.key, seg.recording)
-        ids: dict[tuple[str, str], int] = {}
-        paths = sorted({path for path, _ in recs})
-        for i in range(0, len(paths), 500):
-            chunk = paths[i:i + 500]
-            for rid, path, content_hash in conn.execute(
-                    "SELECT id, path, content_hash FROM recordings WHERE path IN "
-                    f"({','.join('?' * len(chunk))})", chunk):
-                if (path, content_hash) in recs:
-                    ids[(path, content_hash)] = rid
-        new = [rec for key, rec in recs.items() if key not in ids]
-        if new:
-            (top,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM recordings").fetchone()
-            rows = []
-            for rid, rec in enumerate(new, start=top + 1):
-                fields = recording_fields(rec)
-                rows.append((rid, *fields, recording_crc(rid, *fields)))
-                ids[rec.key] = rid
-            conn.executemany("INSERT INTO recordings (id, path, content_hash, station, "
-                             "start_utc, sample_rate, duration_s, crc) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        return ids
+        if time.monotonic() - self._checkpointed > CHECKPOINT_EVERY_S:
+            self._checkpoint()
 
     def _raise_write_error(self, e: OSError, path: Path):
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreError(f"the disk holding {path} is full: {self._pending_rows} appended "
-                             "rows are not stored yet (still buffered; flush() retries). Free "
-                             "space, e.g. forget old recordings and compact()") from e
-        raise StoreError(f"could not write {path}: {e}; the appended rows are still "
-                         "buffered, flush() retries") from e
+                             "windows are not stored yet (kept in memory and written at the "
+                             "next commit). Free space on it, e.g. lower the daemon's "
+                             "retention quota or move old recordings off the card") from e
+        raise StoreError(f"could not write {path}: {e.strerror or e}; the appended windows "
+                         "are kept in memory and written at the next commit") from e
 
     def has_tag(self, tag: str) -> bool:
         """Whether a tagged append with this tag was committed."""
         with self._lock:
             self._live(refresh=False)
             with self._snapshot():
-                return self._conn.execute("SELECT 1 FROM tags WHERE tag = ?",
-                                          (tag,)).fetchone() is not None
+                found = self._conn.execute("SELECT 1 FROM tags WHERE tag = ?",
+                                           (tag,)).fetchone() is not None
+                if not found:
+                    self._check_tags()
+                return found
 
     def has_recording(self, path: str, content_hash: str = "") -> bool:
         """Whether committed windows of this recording (same path and content hash) exist."""

@@ -2,33 +2,51 @@
 
 A store is a directory::
 
-    codes-000000.bin   128-byte header + fixed-size code rows (see store_format), mmapped
-    meta.sqlite        metadata in SQLite (WAL): recordings, segments, tags (see store_meta)
+    codes-000000.bin   128-byte header + fixed-size code rows (see store.format), mmapped
+    journal-000000.bin every commit again, checksummed, with code-row check values
+    meta.sqlite        metadata in SQLite (WAL): recordings, segments, tags (store.metadata)
     writer.lock        flock()ed by the one process that may write
 
+The parts: ``codefile.CodeFile`` (the open code file), ``journal.Journal``,
+``metadata`` (schema, checked reads, ``write_transaction``), ``replay.apply_record``
+(the one function that changes the metadata, for commits and for rebuilds); this class
+binds them, and its methods are grouped in ``append`` (writing), ``scan`` (reading),
+``upkeep`` (retention, check) and ``integrity`` (journal checks on open and on read).
+
 Data model. Row r of the code file is one window of audio. Windows are described by
-*segments* (store_types.Segment): n consecutive rows from one recording on a regular
+*segments* (records.Segment): n consecutive rows from one recording on a regular
 hop, so a recording or a capture run costs one metadata row; irregular windows are
-one-row segments. ``append`` extends the last segment when new windows continue its
+one-row segments. A commit extends the last segment when new windows continue its
 grid, so a daemon appending a few windows at a time still writes one segment per run.
-Every API hands out per-window metadata (store_types.Window / Hit). Times are UTC
-epoch seconds (float); aware datetimes are accepted as input.
+Every API hands out per-window metadata (records.Window / Hit). Times are UTC
+epoch seconds (float); aware datetimes are accepted as input; times a store keeps
+(capture and start times) must lie in 1970..2200.
 
 Commit protocol (why a power cut at any instant is safe):
-  1. the new code rows are written after the last committed row and fdatasync()ed;
-  2. one SQLite transaction (synchronous=FULL) records recordings, segments, tags and
-     the new ``committed_rows``.
-SQLite's committed_rows is the truth. A cut before 2 leaves an uncommitted tail in the
-code file that readers never look at and the next writer truncates. A code file
-*shorter* than committed_rows (a card that lost data) is repaired when opened in "a"
-mode: segments and tags beyond the rows the file holds are dropped, with a logged
-warning; mode "r" refuses it (StoreCorrupt) and says to open it for appending once.
-A damaged header or a database SQLite cannot read is refused on open with
-StoreCorrupt. Every metadata row carries a check value that is verified whenever the
-row is read (filters, hits, iter_segments), so a flipped byte is refused at that moment
-rather than returned; ``check()`` verifies everything at once (SQLite's integrity check,
-every row, and that segments plus forgotten rows account for every committed row).
-Opening reads only store_info and the header, so it costs the same for any size.
+  1. the new code rows are written after the last committed row, and the commit's
+     journal record (rows, block check values, segments, tag) after the journal's last
+     record; both are fdatasync()ed;
+  2. one SQLite transaction (synchronous=FULL) applies the same record: recordings,
+     segments, tags and the new ``committed_rows`` (and store_info's check value).
+The committed row count is kept twice (SQLite and the last journal record) and
+cross-checked on every open. A cut before 2 leaves a journal record the metadata
+lacks: the next open (a writer, or a reader when no writer runs) takes it after its
+code rows pass their check values, or drops it if they never fully reached the card; the
+same happens to several records when the metadata lost its WAL. Bytes past the
+committed rows are an uncommitted tail that readers never look at and the next writer
+truncates. A code file *shorter* than committed_rows (a card that lost data) is
+recovered when opened in "a" mode (segments and tags beyond the rows the file holds
+are dropped, with a logged warning); mode "r" refuses it and names ``cvahash check``
+and ``cvahash repair`` (which also retires the cut recording so that ``index`` re-does
+it). A damaged header, a cut SQLite file or one SQLite cannot read is refused on open
+with StoreCorrupt. Every metadata row carries a check value that is verified whenever
+the row is read (filters, hits, iter_segments), so a flipped byte is refused at that
+moment rather than returned; code rows are verified against their journal check values the
+first time a process reads them (then only new rows); ``check()`` verifies everything
+at once (SQLite's integrity check, every row, the journal replayed and compared with
+the metadata, every code row). Opening reads store_info, the header and the journal's
+last record, so it costs the same for any size. The WAL is checkpointed at least
+every minute while committing and on close.
 
 Durability promise. ``append`` buffers in memory and commits when the buffer holds
 ``commit_every_windows`` windows, when the oldest buffered window is
@@ -55,7 +73,9 @@ tag in the same transaction as the rows; ``has_tag`` says whether it was applied
 second append with the same tag changes nothing.
 
 Schema upgrades are explicit: a store with an older schema is refused with a message
-naming ``CodeStore.migrate(dir)``; a newer one asks for a newer cvahash.
+naming ``CodeStore.migrate(dir)``; a newer one asks for a newer cvahash. A store made
+before journals gets one the first time a writer opens it (its current state as a base
+record; nothing else changes).
 
 API at a glance (types in cvahash.store.records, re-exported here)::
 
@@ -91,10 +111,12 @@ Messages name the store directory and file and say what to do.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
-import mmap
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -106,26 +128,32 @@ import numpy as np
 
 from ..errors import FingerprintMismatch, InvalidArgument, StoreCorrupt, StoreError
 from .append import StoreAppending
+from .codefile import CodeFile, CodeFileMissing
 from .format import (
     HEADER_SIZE,
+    LOCK_FILE,
     MAX_FINGERPRINT,
+    META_FILE,
     CodeHeader,
-    HeaderError,
     code_file_name,
     fsync_dir,
     write_new_code_file,
 )
+from .integrity import JournalAhead, StoreIntegrity, advice
+from .interface import CodeStorage
+from .journal import block_sums, journal_name, rows_crc, write_journal
 from .metadata import (
     MIGRATIONS,
-    SCHEMA,
     SCHEMA_VERSION,
     MetadataCorrupt,
     RecordingCache,
+    info_problem,
     read_info,
-    segment_crc,
     sql_errors,
+    write_transaction,
 )
 from .records import Hit, Recording, Segment, Window
+from .replay import apply_record, new_database
 from .scan import StoreReading
 from .upkeep import StoreUpkeep
 
@@ -133,12 +161,25 @@ __all__ = ["CodeStore", "Hit", "Recording", "Segment", "Window"]
 
 log = logging.getLogger(__name__)
 
-META_FILE = "meta.sqlite"
-LOCK_FILE = "writer.lock"
 
 
-class CodeFileMissing(StoreCorrupt):
-    """The code file the metadata names does not exist."""
+def sqlite_file_problem(path: Path) -> str | None:
+    """What is wrong with a SQLite file's size by its own header (a cut file whose lost
+    pages SQLite would read as empty tables), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        return f"cannot be read ({e})"
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+        return "is not a SQLite database (damaged header)"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big")
+    if head[24:28] == head[92:96] and pages and size < pages * page:
+        return f"is {size} bytes, shorter than the {pages} pages of {page} bytes it holds (cut)"
+    return None
 
 
 def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
@@ -151,7 +192,7 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     return conn
 
 
-class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
+class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeStorage):
     """Codes of one bundle fingerprint plus their metadata, in one directory.
 
     Open with ``CodeStore.create`` or ``CodeStore.open``; use as a context manager or
@@ -173,49 +214,70 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
                                   f"{MAX_FINGERPRINT} characters, got {fingerprint!r}")
         if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise StoreError(f"cannot create a code store in {directory}: it already exists "
-                             "and is not an empty directory; open it with CodeStore.open or "
-                             "choose another path")
-        # Build it under a temporary name and rename: a cut during create leaves either
-        # nothing or a complete store, never a half-made one.
-        parent = directory.parent.resolve()
-        parent.mkdir(parents=True, exist_ok=True)
+                             "and is not an empty directory; choose another --db folder")
+        # Build it under a temporary name beside it and rename: a cut during create
+        # leaves either nothing or a complete store, never a half-made one. The parent
+        # is taken lexically ("a/x/../b" is "a/b"), so the temporary folder is always
+        # where the rename puts the store.
+        directory = Path(os.path.abspath(directory))
+        parent = directory.parent
         tmp = parent / f".{directory.name}.creating-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+            cls._build(tmp, int(bits), fingerprint)
+            if directory.exists():
+                directory.rmdir()
+            os.rename(tmp, directory)
+            fsync_dir(parent)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if directory.is_dir() and (directory / META_FILE).exists():
+                raise StoreError(f"another process created the code store {directory} at the "
+                                 "same time; run the command again to add to it") from None
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreError(f"the disk holding {parent} is full: cannot create the code "
+                                 f"store {directory}; free space and try again") from None
+            raise StoreError(f"cannot create the code store {directory}: {e.strerror or e} "
+                             f"({e.filename or parent}); check the --db path and its "
+                             "permissions") from None
+        return cls.open(directory, "a", **options)
+
+    @staticmethod
+    def _build(tmp: Path, bits: int, fingerprint: str) -> None:
+        """The files of a new, empty store in the folder ``tmp``."""
         store_id = uuid.uuid4()
-        header = CodeHeader(bits=int(bits), fingerprint=fingerprint, store_id=store_id.bytes,
+        header = CodeHeader(bits=bits, fingerprint=fingerprint, store_id=store_id.bytes,
                             generation=0)
         write_new_code_file(tmp / code_file_name(0), header)
+        base = {"kind": "base", "v": 0, "rows": 0, "forgotten": 0, "generation": 0,
+                "max_span_s": 0.0, "bits": bits, "fingerprint": fingerprint,
+                "store_id": store_id.hex, "segs": [], "tags": [], "sums": b""}
+        write_journal(tmp / journal_name(0), [base])
         conn = sqlite3.connect(tmp / META_FILE, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            conn.executescript(SCHEMA)
-            conn.execute("BEGIN")
-            conn.executemany("INSERT INTO store_info VALUES (?, ?)", [
-                ("schema_version", SCHEMA_VERSION), ("store_id", store_id.hex),
-                ("bits", int(bits)), ("fingerprint", fingerprint), ("generation", 0),
-                ("committed_rows", 0), ("forgotten_rows", 0), ("max_span_s", 0.0),
-                ("version", 0), ("layout", 0),
-                ("created_utc", time.time())])
-            conn.execute("COMMIT")
+            new_database(conn, base, store_id.hex, bits, fingerprint, time.time())
+        except sqlite3.Error as e:
+            raise OSError(errno.ENOSPC if "full" in str(e) else errno.EIO, str(e),
+                          str(tmp / META_FILE)) from e
         finally:
             conn.close()
         (tmp / LOCK_FILE).touch()
         fsync_dir(tmp)
-        if directory.exists():
-            directory.rmdir()
-        os.rename(tmp, directory)
-        fsync_dir(parent)
-        return cls.open(directory, "a", **options)
 
     @classmethod
     def open(cls, directory, mode: str = "r", *, fingerprint: str | None = None,
              bits: int | None = None, commit_every_windows: int = 1,
-             commit_every_s: float = 300.0) -> CodeStore:
+             commit_every_s: float = 300.0, finish_commits: bool = True) -> CodeStore:
         """Open a store for reading (``"r"``) or appending (``"a"``, one writer at a time).
 
         ``fingerprint`` / ``bits``: refuse (FingerprintMismatch) a store made with another
         bundle. ``commit_every_windows`` / ``commit_every_s``: append batching (mode "a").
+        ``finish_commits``: when no writer is running and the journal holds commits the
+        metadata lacks (a writer cut mid-commit, a lost WAL), a reader first takes them
+        (as a writer would on open); False refuses instead (``cvahash check``).
         """
         if mode not in ("r", "a"):
             raise InvalidArgument(f'mode must be "r" or "a", got {mode!r}')
@@ -229,6 +291,24 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
         try:
             store._open()
             store.require(fingerprint, bits)
+        except OSError as e:
+            store._release()
+            raise StoreError(f"cannot open the code store {directory} for "
+                             f"{'writing' if mode == 'a' else 'reading'}: "
+                             f"{e.strerror or e} ({e.filename or directory}); check the folder's "
+                             "permissions (a store on a read-only card can only be searched)"
+                             ) from None
+        except JournalAhead:
+            store._release()
+            if mode != "r" or not finish_commits:
+                raise
+            try:
+                cls.open(directory, "a").close()
+            except StoreError as e:
+                raise StoreCorrupt(f"{e} (while taking the commits the journal of "
+                                   f"{directory} holds beyond its metadata)") from e
+            return cls.open(directory, mode, fingerprint=fingerprint, bits=bits,
+                            finish_commits=False)
         except BaseException:
             store._release()
             raise
@@ -242,9 +322,11 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
-        self._fd: int | None = None
-        self._mm: mmap.mmap | None = None
-        self._mm_rows = 0
+        self._file: CodeFile | None = None
+        self._journal = None
+        self._verified_rows = 0
+        self._verify_pos = 0
+        self._checkpointed = time.monotonic()
         self._recordings = RecordingCache()
         self._checked_segments: dict[tuple, None] = {}
         self._pending_codes: list[np.ndarray] = []
@@ -262,8 +344,14 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
     def _open(self) -> None:
         d = self.directory
         if not (d / META_FILE).is_file():
-            raise StoreError(f"{d} is not a code store (no {META_FILE}); create one with "
-                             "CodeStore.create or check the [store] path")
+            if d.is_dir() and any(d.glob("journal-*.bin")):
+                raise StoreCorrupt(f"the metadata file {d / META_FILE} of the code store {d} "
+                                   f"is missing; {advice(d)}")
+            raise StoreError(f"{d} is not a code store (no {META_FILE}); `cvahash index "
+                             "--db DIR` creates one, or check the [store] path")
+        problem = sqlite_file_problem(d / META_FILE)
+        if problem:
+            raise StoreCorrupt(f"the metadata file {d / META_FILE} {problem}; {advice(d)}")
         if self.mode == "a":
             self._take_writer_lock()
         with sql_errors(d / META_FILE, "open the store"):
@@ -300,7 +388,7 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
         missing = [k for k in needed if k not in info]
         if missing:
             raise StoreCorrupt(f"{where} lacks store_info keys {missing}; it is not a complete "
-                               "code store")
+                               f"code store; {advice(self.directory)}")
         schema = info["schema_version"]
         if not isinstance(schema, int) or schema > SCHEMA_VERSION:
             raise StoreError(f"{where} has schema version {schema!r}; this cvahash reads up "
@@ -309,10 +397,14 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
             raise StoreError(f"{where} has schema version {schema}, this cvahash uses "
                              f"{SCHEMA_VERSION}; upgrade it once with "
                              f"CodeStore.migrate({str(self.directory)!r}) (back it up first)")
+        problem = info_problem(info)
+        if problem:
+            raise StoreCorrupt(f"{where}: {problem}; {advice(self.directory)}")
         for key in ("bits", "generation", "committed_rows", "forgotten_rows", "version",
                     "layout"):
             if not isinstance(info[key], int) or info[key] < 0:
-                raise StoreCorrupt(f"{where}: store_info {key} is {info[key]!r}")
+                raise StoreCorrupt(f"{where}: store_info {key} is {info[key]!r}; "
+                                   f"{advice(self.directory)}")
         span = info["max_span_s"]
         if not isinstance(span, (int, float)) or not 0 <= span < float("inf"):
             raise StoreCorrupt(f"{where}: store_info max_span_s is {span!r}")
@@ -320,8 +412,9 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
     def _remove_strays(self, generation: int) -> None:
         """Delete code files a cut left behind (an interrupted compact or create)."""
         current = code_file_name(generation)
+        keep = {current, journal_name(generation)}
         for p in self.directory.iterdir():
-            if p.name.startswith("codes-") and p.name != current:
+            if p.name.startswith(("codes-", "journal-")) and p.name not in keep:
                 log.warning("code store %s: removing %s left by an interrupted compact",
                             self.directory, p.name)
                 p.unlink()
@@ -357,7 +450,14 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
                 yield
         finally:
             if conn.in_transaction:
-                conn.execute("COMMIT")
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error:
+                    # ending a read transaction on a damaged file may fail too; the
+                    # error being raised (if any) is the one that says what happened
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
 
     def _sync(self, force: bool = False, opening: bool = False) -> None:
         """Bring the cached committed state up to date with SQLite (cheap when unchanged).
@@ -392,6 +492,8 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
         self._max_span = float(info["max_span_s"])
         self._version, self._layout = info["version"], info["layout"]
         self._generation = info["generation"]
+        if opening:
+            self._reconcile_journal()
         self._check_file_length(opening)
 
     def _check_segment_totals(self, conn, info: dict) -> None:
@@ -409,37 +511,31 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
                 f"rows were forgotten, but {committed} rows are committed")
 
     def _open_code_file(self, info: dict) -> None:
-        path = self.directory / code_file_name(info["generation"])
+        new = CodeFile(self.directory, int(info["generation"]), self.nbytes,
+                       writable=self.mode == "a")
         try:
-            fd = os.open(path, os.O_RDWR if self.mode == "a" else os.O_RDONLY)
-        except FileNotFoundError:
-            raise CodeFileMissing(f"the code file {path} is missing; the store cannot be read "
-                                  "without it: restore it from a backup") from None
-        try:
-            header = CodeHeader.unpack(os.pread(fd, HEADER_SIZE, 0))
-        except HeaderError as e:
-            os.close(fd)
-            raise StoreCorrupt(f"the code file {path} is damaged: {e}; restore it from a "
-                               "backup") from None
-        mismatch = [name for name, a, b in (
-            ("bits", header.bits, int(info["bits"])),
-            ("fingerprint", header.fingerprint, str(info["fingerprint"])),
-            ("store id", header.store_id.hex(), str(info["store_id"])),
-            ("generation", header.generation, int(info["generation"])))
-            if a != b]
-        if mismatch:
-            os.close(fd)
-            raise StoreCorrupt(f"the code file {path} does not belong to the metadata in "
-                               f"{self.directory / META_FILE} (different {', '.join(mismatch)})"
-                               "; restore the matching file from a backup")
-        self._drop_map()
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = fd
+            header = new.header()
+            mismatch = [name for name, a, b in (
+                ("bits", header.bits, int(info["bits"])),
+                ("fingerprint", header.fingerprint, str(info["fingerprint"])),
+                ("store id", header.store_id.hex(), str(info["store_id"])),
+                ("generation", header.generation, int(info["generation"])))
+                if a != b]
+            if mismatch:
+                raise StoreCorrupt(f"the code file {new.path} does not belong to the metadata "
+                                   f"in {self.directory / META_FILE} (different "
+                                   f"{', '.join(mismatch)}); restore the matching file from a "
+                                   "backup")
+        except BaseException:
+            new.close()
+            raise
+        if self._file is not None:
+            self._file.close()
+        self._file = new
+        self._open_journal(int(info["generation"]), info)
 
     def _file_rows(self) -> tuple[int, int]:
-        size = os.fstat(self._fd).st_size
-        return (size - HEADER_SIZE) // self.nbytes, size
+        return self._file.rows_and_size()
 
     def _check_file_length(self, opening: bool) -> None:
         rows, size = self._file_rows()
@@ -448,84 +544,40 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
             if self.mode == "r":
                 raise StoreCorrupt(
                     f"the code file {path} holds {rows} rows but {self._committed} were "
-                    "committed (the card lost data); open the store once in append mode "
-                    '(CodeStore.open(dir, "a")) to keep the rows that remain')
+                    f"committed (the card lost data); {advice(self.directory)}")
             self._recover_to(rows)
         elif opening and self.mode == "a" and size != HEADER_SIZE + self._committed * self.nbytes:
             # an append cut before its commit: those rows were never acknowledged
             log.info("code store %s: dropping %d bytes of uncommitted tail", self.directory,
                      size - HEADER_SIZE - self._committed * self.nbytes)
-            os.ftruncate(self._fd, HEADER_SIZE + self._committed * self.nbytes)
-            os.fsync(self._fd)
+            self._file.cut_to(self._committed)
 
     def _recover_to(self, rows: int) -> None:
-        """Drop metadata beyond the ``rows`` rows the code file still holds (mode "a")."""
+        """Keep the ``rows`` rows the code file still holds (mode "a"): a base record of
+        what remains goes to the journal first, then the same change to the metadata."""
         lost = self._committed - rows
-        conn = self._conn
-        with sql_errors(self.directory / META_FILE, "drop the lost rows' metadata"):
-            self._drop_rows_from(conn, rows)
+        bad = self._bad_rows(rows)
+        base = self._base_record(self._version + 1, keep_rows=rows, bad=bad)
+        self._verified_rows = 0
+        base["sums"] = block_sums(self._view(rows), 0)
+        base["crc"] = rows_crc(self._view(rows))
+        self._write_base(base)
+        with self._write_transaction("drop the lost rows' metadata") as conn:
+            apply_record(conn, base)
         log.warning("code store %s: the code file lost its last %d rows (power cut or card "
-                    "fault); their metadata was dropped, %d rows remain", self.directory,
-                    lost, rows)
-        os.ftruncate(self._fd, HEADER_SIZE + rows * self.nbytes)
-        os.fsync(self._fd)
+                    "fault); their metadata was dropped and the recordings they belonged to "
+                    "retired (%s), so that indexing them again re-does them; %d rows remain",
+                    self.directory, lost, ", ".join(base["retired"]) or "none", rows)
+        self._file.cut_to(rows)
         self._sync(force=True)
 
-    def _drop_rows_from(self, conn, rows: int) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            cut = conn.execute("SELECT first_row, n_rows, recording, first_offset_s, hop_s, "
-                               "length_s, capture_start_utc, clock_source FROM segments "
-                               "WHERE first_row < ? AND first_row + n_rows > ?",
-                               (rows, rows)).fetchall()
-            for seg in cut:
-                n = rows - seg[0]
-                conn.execute("UPDATE segments SET n_rows = ?, crc = ? WHERE first_row = ?",
-                             (n, segment_crc(seg[0], n, *seg[2:]), seg[0]))
-            conn.execute("DELETE FROM segments WHERE first_row >= ?", (rows,))
-            conn.execute("DELETE FROM tags WHERE first_row IS NOT NULL AND first_row + n_rows > ?",
-                         (rows,))
-            conn.execute("DELETE FROM recordings WHERE id NOT IN "
-                         "(SELECT DISTINCT recording FROM segments)")
-            (live,) = conn.execute("SELECT COALESCE(SUM(n_rows), 0) FROM segments").fetchone()
-            self._bump(conn, committed_rows=rows, layout=True, forgotten=rows - live)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    def _bump(self, conn, committed_rows: int, layout: bool = False,
-              generation: int | None = None, forgotten: int | None = None) -> None:
-        """Record a new committed state (inside the caller's transaction)."""
-        updates = [("committed_rows", committed_rows)]
-        if forgotten is not None:
-            updates.append(("forgotten_rows", forgotten))
-        if generation is not None:
-            updates.append(("generation", generation))
-        conn.executemany("UPDATE store_info SET value = ? WHERE key = ?",
-                         [(v, k) for k, v in updates])
-        conn.execute("UPDATE store_info SET value = value + 1 WHERE key = 'version'")
-        if layout:
-            conn.execute("UPDATE store_info SET value = value + 1 WHERE key = 'layout'")
+    def _write_transaction(self, what: str, note: str = ""):
+        """The one way the store writes its metadata (see metadata.write_transaction)."""
+        return write_transaction(self._conn, self.directory / META_FILE, what, note)
 
     def _view(self, rows: int) -> np.ndarray:
         """Read-only uint8 (rows, nbytes) view of the first ``rows`` code rows."""
-        if rows == 0:
-            return np.zeros((0, self.nbytes), np.uint8)
-        if rows > self._mm_rows:
-            self._drop_map()
-            file_rows, _ = self._file_rows()
-            self._mm = mmap.mmap(self._fd, HEADER_SIZE + file_rows * self.nbytes,
-                                 prot=mmap.PROT_READ)
-            self._mm_rows = file_rows
-        return np.frombuffer(self._mm, np.uint8, rows * self.nbytes,
-                             HEADER_SIZE).reshape(rows, self.nbytes)
-
-    def _drop_map(self) -> None:
-        # Views handed out keep the old map alive (numpy holds a reference); we just
-        # stop using it. Closing it here would fail while views exist.
-        self._mm, self._mm_rows = None, 0
+        return self._file.view(rows)
 
     def _live(self, refresh: bool = True) -> None:
         if self._closed:
@@ -559,6 +611,7 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
         """Read-only view of every committed code row (forgotten rows included)."""
         with self._lock:
             self._live()
+            self._verify_codes()
             return self._view(self._committed)
 
     def require(self, fingerprint: str | None = None, bits: int | None = None) -> None:
@@ -584,17 +637,17 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
             with sql_errors(directory / META_FILE, "migrate the schema"):
                 conn = _connect(directory / META_FILE, read_only=False)
             try:
-                old = read_info(conn).get("schema_version")
-                version = old
-                conn.execute("BEGIN IMMEDIATE")
-                while isinstance(version, int) and version < SCHEMA_VERSION:
-                    if version not in MIGRATIONS:
-                        raise StoreError(f"no migration from schema {version} for {directory}")
-                    MIGRATIONS[version](conn)
-                    version += 1
-                    conn.execute("UPDATE store_info SET value = ? WHERE key = 'schema_version'",
-                                 (version,))
-                conn.execute("COMMIT")
+                with write_transaction(conn, directory / META_FILE, "migrate the schema"):
+                    old = read_info(conn).get("schema_version")
+                    version = old
+                    while isinstance(version, int) and version < SCHEMA_VERSION:
+                        if version not in MIGRATIONS:
+                            raise StoreError(f"no migration from schema {version} for "
+                                             f"{directory}")
+                        MIGRATIONS[version](conn)
+                        version += 1
+                        conn.execute("UPDATE store_info SET value = ? WHERE key = "
+                                     "'schema_version'", (version,))
                 return old
             finally:
                 conn.close()
@@ -611,18 +664,30 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep):
             try:
                 if self.mode == "a" and self._conn is not None:
                     self.flush()
+                    self._checkpoint()
             finally:
                 self._release()
 
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file (PASSIVE: never waits for readers), so
+        committed metadata does not live only in the WAL for long."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as e:
+            log.info("code store %s: WAL checkpoint skipped (%s)", self.directory, e)
+        self._checkpointed = time.monotonic()
+
     def _release(self) -> None:
         self._closed = True
-        self._drop_map()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

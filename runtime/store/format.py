@@ -26,6 +26,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from ..limits import LOCK_FILE, META_FILE  # noqa: F401 - the store's file names, once
+
 MAGIC = b"CVAHCODE"
 CODE_FORMAT_VERSION = 1
 HEADER_SIZE = 128

@@ -4,7 +4,9 @@ Tables (schema version 1)::
 
     store_info(key, value)            schema_version, store_id, bits, fingerprint,
                                       generation, committed_rows, forgotten_rows,
-                                      max_span_s, version, layout, created_utc
+                                      max_span_s, version, layout, created_utc,
+                                      journal (1: the store keeps a journal),
+                                      tags_crc, info_crc (check values, below)
     recordings(id, path, content_hash, station, start_utc, sample_rate, duration_s, crc)
     segments(first_row, n_rows, recording, first_offset_s, hop_s, length_s,
              capture_start_utc, clock_source, crc)
@@ -19,7 +21,10 @@ time) of any segment, so a time filter reads only the segments the capture-time 
 puts near the interval. Nothing is loaded whole on open: queries fetch the segments
 a filter or a hit needs. Each recording row carries a CRC32 and each segment row a
 63-bit check value of its fields, verified whenever a row is read, so a flipped byte
-in the database is refused instead of returning wrong metadata.
+in the database is refused instead of returning wrong metadata. ``info_crc`` covers
+every other store_info value (refreshed by ``write_transaction``, checked on every read
+of the store's state), ``tags_crc`` every tags row (checked when a tag is not found).
+Stores made before these keys existed are read without them.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import sqlite3
 import struct
 import zlib
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -180,12 +186,14 @@ def db_failure(e: Exception, db_path, what: str, note: str = "") -> StoreError:
     # database we wrote gives back (malformed pages, undecodable text, a schema without
     # our columns, failed checksums) is damage.
     if not name.startswith(_TRANSIENT):
+        store = Path(db_path).parent
         return StoreCorrupt(f"the metadata database {db_path} is damaged ({e}) while trying "
-                            f"to {what}; restore the store from a backup or re-index the "
-                            f"recordings{note}")
+                            f"to {what}{note}; run `cvahash check --db {store}` to see what "
+                            f"is damaged and `cvahash repair --db {store}` to keep every good "
+                            "window")
     if name == "SQLITE_FULL":
         return StoreError(f"the disk holding {db_path} is full while trying to {what}; free "
-                          f"space (forget old recordings and compact()){note}")
+                          f"space on it{note}")
     return StoreError(f"could not {what} in {db_path}: {e}{note}")
 
 
@@ -196,6 +204,46 @@ def sql_errors(db_path, what: str, note: str = ""):
         yield
     except (sqlite3.Error, UnicodeDecodeError, MetadataCorrupt) as e:
         raise db_failure(e, db_path, what, note) from e
+
+
+def info_crc(info: dict) -> int:
+    """CRC32 over every store_info value except info_crc itself (type-sensitive)."""
+    items = sorted((k, v) for k, v in info.items() if k != "info_crc")
+    return zlib.crc32(repr(items).encode("utf-8", "surrogatepass"))
+
+
+def seal_info(conn: sqlite3.Connection) -> None:
+    """Refresh store_info's info_crc (the last step of every write transaction)."""
+    conn.execute("INSERT OR REPLACE INTO store_info VALUES ('info_crc', ?)",
+                 (info_crc(read_info(conn)),))
+
+
+def info_problem(info: dict) -> str | None:
+    """Why store_info fails its check value, or None (stores made before it: None)."""
+    crc = info.get("info_crc")
+    if crc is None:
+        return None
+    if crc != info_crc(info):
+        return ("its store_info values (committed row count, version, ...) fail their "
+                "checksum")
+    return None
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection, db_path, what: str, note: str = ""):
+    """One SQLite write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any
+    exception) that ends by refreshing store_info's check value; SQLite failures become
+    StoreError / StoreCorrupt naming ``what``."""
+    with sql_errors(db_path, what, note):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            seal_info(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
 
 def read_info(conn: sqlite3.Connection) -> dict:
@@ -251,7 +299,7 @@ class Segments:
     """A set of segment rows as numpy columns, checked against their check values."""
 
     def __init__(self, rows: list[tuple]):
-        cols = list(zip(*rows)) if rows else [()] * 9
+        cols = list(zip(*rows, strict=False)) if rows else [()] * 9
         try:
             new = [np.asarray(cols[i], dtype) for i, dtype in enumerate(
                 (np.int64, np.int64, np.int64, np.float64, np.float64, np.float64, np.float64))]

@@ -47,6 +47,22 @@ def to_utc_seconds(value, what: str) -> float:
     return seconds
 
 
+# Times a store accepts for what it keeps (capture and start times): 1970-01-01 up to
+# 2200-01-01 UTC. Anything outside is a broken clock or a hostile input, and would make
+# every later `info` or `search` fail to show it.
+MIN_STORED_UTC = 0.0
+MAX_STORED_UTC = 7258118400.0
+
+
+def stored_time(value, what: str) -> float:
+    """to_utc_seconds, refusing times outside 1970..2200 (what a store may keep)."""
+    seconds = to_utc_seconds(value, what)
+    if not MIN_STORED_UTC <= seconds < MAX_STORED_UTC:
+        raise InvalidArgument(f"{what} is {seconds!r}, outside 1970-01-01..2200-01-01 UTC; "
+                              "check the clock or the file's time")
+    return seconds
+
+
 def utc_datetime(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
@@ -94,7 +110,7 @@ class Recording:
         if not isinstance(self.content_hash, str):
             raise InvalidArgument(
                 f"Recording.content_hash must be a string, got {self.content_hash!r}")
-        start = None if self.start_utc is None else to_utc_seconds(
+        start = None if self.start_utc is None else stored_time(
             self.start_utc, f"Recording.start_utc of {self.path!r}")
         rate = None
         if self.sample_rate is not None:
@@ -135,19 +151,22 @@ class Segment:
         checked, to skip checking it again)."""
         if not isinstance(self.recording, Recording):
             raise InvalidArgument(
-                f"Segment.recording must be a cvahash.store.code_store.Recording, got {self.recording!r}")
+                f"Segment.recording must be a cvahash.store.records.Recording, got "
+                f"{self.recording!r}")
         where = f"segment of {self.recording.path!r}"
         if isinstance(n_rows, bool) or int(n_rows) != n_rows or n_rows < 1:
             raise InvalidArgument(f"{where}: n_rows must be a positive integer, got {n_rows!r}")
         hop = _finite(self.hop_s, f"{where}: hop_s", 0.0)
         if n_rows > 1 and hop <= 0:
             raise InvalidArgument(f"{where}: hop_s must be > 0 for {n_rows} windows, got {hop}")
+        start = stored_time(self.capture_start_utc, f"{where}: capture_start_utc")
+        if n_rows > 1:
+            stored_time(start + (n_rows - 1) * hop, f"{where}: the last window's capture time")
         return Segment(
             recording=recording if recording is not None else self.recording.checked(),
             first_offset_s=_finite(self.first_offset_s, f"{where}: first_offset_s"),
             length_s=_finite(self.length_s, f"{where}: length_s", 0.0, above=True),
-            capture_start_utc=to_utc_seconds(self.capture_start_utc,
-                                             f"{where}: capture_start_utc"),
+            capture_start_utc=start,
             hop_s=hop if n_rows > 1 else 0.0,
             n_rows=int(n_rows),
             clock_source=check_clock_source(self.clock_source),

@@ -13,11 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..errors import InvalidArgument
-from .format import code_file_name
+from .format import META_FILE, code_file_name
 from .metadata import MetadataCorrupt, Segments, checked_segment_row
 from .records import Hit, Recording, Segment, Window, to_utc_seconds
 
-META_FILE = "meta.sqlite"
 _SEG_COLUMNS_S = ("s.first_row, s.n_rows, s.recording, s.first_offset_s, s.hop_s, "
                   "s.length_s, s.capture_start_utc, s.clock_source, s.crc")
 
@@ -94,6 +93,7 @@ class StoreReading:
         self.require(fingerprint)
         q = self._check_codes(queries, "query codes")
         allowed, eligible = self._allowed(since, until, station, recording)
+        self._verify_codes()
         codes = self._view(self._committed)
         if eligible == 0 or len(codes) == 0:
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -184,6 +184,7 @@ class StoreReading:
             with self._snapshot():
                 rows = np.atleast_1d(np.asarray(rows, np.int64))
                 windows = self._windows(rows)
+                self._verify_codes()
                 return self._view(self._committed)[rows].copy(), windows
 
     def iter_segments(self) -> Iterator[tuple[Segment, np.ndarray]]:
@@ -198,6 +199,7 @@ class StoreReading:
                 self._recordings.fetch(self._conn)
                 segs = [t.segment(i, self._recordings.get(self._conn, int(t.rec_id[i])))
                         for i in range(len(t))]
+                self._verify_codes()
                 codes = self._view(self._committed)
         for seg in segs:
             yield seg, codes[seg.first_row:seg.first_row + seg.n_rows].copy()

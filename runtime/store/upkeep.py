@@ -5,23 +5,22 @@ A mixin of ``cvahash.store.code_store.CodeStore`` (see that module for the commi
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import StoreCorrupt, StoreError
 from .format import (
-    HEADER_SIZE,
+    META_FILE,
     CodeHeader,
-    HeaderError,
     code_file_name,
     fsync_dir,
     write_new_code_file,
 )
-from .metadata import MetadataCorrupt, Segments, segment_hashes, sql_errors
+from .journal import block_sums, journal_name, rows_crc, write_journal
+from .metadata import MetadataCorrupt, Segments
 from .records import Recording
-
-META_FILE = "meta.sqlite"
+from .replay import apply_record
 
 
 class StoreUpkeep:
@@ -32,33 +31,27 @@ class StoreUpkeep:
         with self._lock:
             self._writable("forget recordings")
             self.flush()
-            conn = self._conn
-            with sql_errors(self.directory / META_FILE, "forget a recording"):
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if isinstance(recording, Recording):
-                        ids = [r for (r,) in conn.execute(
-                            "SELECT id FROM recordings WHERE path = ? AND content_hash = ?",
-                            recording.key)]
-                    else:
-                        ids = [r for (r,) in conn.execute(
-                            "SELECT id FROM recordings WHERE path = ?", (str(recording),))]
-                    marks = ",".join("?" * len(ids))
-                    (rows,) = conn.execute(
-                        "SELECT COALESCE(SUM(n_rows), 0) FROM segments WHERE recording IN "
-                        f"({marks})", ids).fetchone()
-                    if not ids:
-                        conn.execute("ROLLBACK")
-                        return 0
-                    conn.execute(f"DELETE FROM segments WHERE recording IN ({marks})", ids)
-                    conn.execute(f"DELETE FROM recordings WHERE id IN ({marks})", ids)
-                    self._bump(conn, self._committed, layout=True,
-                               forgotten=self._forgotten + rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+            key = list(recording.key) if isinstance(recording, Recording) \
+                else [str(recording), None]
+            with self._snapshot():
+                sql = "SELECT id FROM recordings WHERE path = ?" + (
+                    " AND content_hash = ?" if key[1] is not None else "")
+                ids = [r for (r,) in self._conn.execute(sql, [k for k in key if k is not None])]
+                marks = ",".join("?" * len(ids))
+                (rows,) = self._conn.execute(
+                    "SELECT COALESCE(SUM(n_rows), 0) FROM segments WHERE recording IN "
+                    f"({marks})", ids).fetchone()
+            if not ids:
+                return 0
+            record = {"kind": "forget", "v": self._version + 1, "rows": self._committed,
+                      "forgotten": self._forgotten + rows, "forget": [key]}
+            try:
+                size = self._journal_commit(record)
+            except OSError as e:
+                self._raise_write_error(e, self._journal.path)
+            with self._write_transaction("forget a recording") as conn:
+                apply_record(conn, record)
+            self._journal.advance(size)
             self._sync(force=True)
             return rows
 
@@ -74,54 +67,52 @@ class StoreUpkeep:
             dead = self._forgotten
             if dead == 0:
                 return 0
+            self._live()
+            self._verify_codes()        # never carry damaged rows into the new file
             with self._snapshot():
                 t = Segments.fetch(self._conn)
             old_path = self.directory / code_file_name(self._generation)
+            old_journal = self._journal.path
             gen = self._generation + 1
             header = CodeHeader(bits=self.bits, fingerprint=self.fingerprint,
                                 store_id=bytes.fromhex(self.store_id), generation=gen)
             codes = self._view(self._committed)
             keep = np.concatenate([np.arange(s, s + n) for s, n in
-                                   zip(t.first_row.tolist(), t.n_rows.tolist())] or
+                                   zip(t.first_row.tolist(), t.n_rows.tolist(), strict=True)] or
                                   [np.zeros(0, np.int64)])
+            kept = codes[keep]
+            base = self._base_record(self._version + 1, renumber=True, generation=gen)
+            base["sums"] = block_sums(kept, 0)
+            base["crc"] = rows_crc(kept)
+            new_codes = self.directory / code_file_name(gen)
             try:
-                write_new_code_file(self.directory / code_file_name(gen), header, codes[keep])
+                write_new_code_file(new_codes, header, kept)
+                write_journal(self.directory / journal_name(gen), [base])
             except OSError as e:
-                (self.directory / (code_file_name(gen) + ".tmp")).unlink(missing_ok=True)
-                self._raise_write_error(e, self.directory / code_file_name(gen))
-            conn = self._conn
-            with sql_errors(self.directory / META_FILE, "switch to the compacted file"):
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    new_first = np.cumsum(t.n_rows) - t.n_rows
-                    crcs = segment_hashes(new_first, t.n_rows, t.rec_id, t.first_offset, t.hop,
-                                          t.length, t.capture_start, t.clock)
-                    # ascending order: a row's new number is never one still in use
-                    conn.executemany(
-                        "UPDATE segments SET first_row = ?, crc = ? WHERE first_row = ?",
-                        zip(new_first.tolist(), crcs.tolist(), t.first_row.tolist()))
-                    conn.execute("UPDATE tags SET first_row = NULL, n_rows = NULL")
-                    self._bump(conn, len(keep), layout=True, generation=gen, forgotten=0)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                for p in (new_codes, self.directory / journal_name(gen)):
+                    Path(f"{p}.tmp").unlink(missing_ok=True)
+                    p.unlink(missing_ok=True)
+                self._raise_write_error(e, new_codes)
+            with self._write_transaction("switch to the compacted file") as conn:
+                apply_record(conn, base)
             self._sync(force=True)
             old_path.unlink(missing_ok=True)
+            old_journal.unlink(missing_ok=True)
             fsync_dir(self.directory)
             return dead
 
     def _writable(self, what: str) -> None:
         self._live(refresh=False)
         if self.mode != "a":
-            raise StoreError(f'cannot {what}: the code store {self.directory} is open '
-                             'read-only; open it with mode="a"')
+            raise StoreError(f"cannot {what}: the code store {self.directory} is open "
+                             "read-only (only `cvahash index`, `update apply` and the daemon "
+                             "write to a store)")
 
     # ------------------------------------------------------------------ integrity
     def check(self) -> dict:
         """Verify the whole store (SQLite integrity, header, file length, metadata
-        checksums and layout); return ``stats()`` or raise StoreCorrupt."""
+        checksums and layout, the journal rebuilding exactly this metadata, every code
+        row's checksum); return ``stats()`` or raise StoreCorrupt."""
         with self._lock:
             self._live(refresh=False)
             try:
@@ -137,19 +128,17 @@ class StoreUpkeep:
                 t.validate(self._committed, self._forgotten)
                 self._check_segment_totals(self._conn, {"committed_rows": self._committed,
                                                         "forgotten_rows": self._forgotten})
+                self._check_tags()
                 ids = set(self._recordings.fetch(self._conn))
                 if not set(t.rec_id.tolist()) <= ids:
                     raise MetadataCorrupt("a segment points at a recording that does not "
                                           "exist")
-            fd = self._fd
-            path = self.directory / code_file_name(self._generation)
-            try:
-                CodeHeader.unpack(os.pread(fd, HEADER_SIZE, 0))
-            except HeaderError as e:
-                raise StoreCorrupt(f"the code file {path} is damaged: {e}") from None
+            path = self._file.path
+            self._file.header()
             rows, _ = self._file_rows()
             if rows < self._committed:
                 raise StoreCorrupt(f"the code file {path} holds {rows} rows, "
                                    f"{self._committed} committed")
+            self._check_journal()
             return self.stats()
 

@@ -1,0 +1,25 @@
+"""Every storage implementation against the storage contract (tests/store_contract.py).
+
+Add an implementation by adding a factory to IMPLEMENTATIONS: it takes a directory,
+bits and fingerprint and returns an open, empty, writable store.
+"""
+
+from __future__ import annotations
+
+import pytest
+from store_contract import CHECKS
+
+from cvahash.store.code_store import CodeStore
+
+
+def _code_store(directory, bits, fingerprint):
+    return CodeStore.create(directory, bits, fingerprint)
+
+
+IMPLEMENTATIONS = {"code_store": _code_store}
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
+@pytest.mark.parametrize("make", IMPLEMENTATIONS.values(), ids=IMPLEMENTATIONS.keys())
+def test_contract(make, check, tmp_path):
+    check(make, tmp_path)
