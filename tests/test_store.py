@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import hamming_matrix, knn_reference
-from store_rows import BASE, BITS, FP, check_rows, row_codes, windows_for
+from test_store_support import BASE, BITS, FP, check_rows, row_codes, windows_for
 
 from cvahash.errors import FingerprintMismatch, InvalidArgument, InvalidCodes, StoreError
 from cvahash.store.code_store import CodeStore, Recording, Segment, Window

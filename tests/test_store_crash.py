@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from store_rows import BASE, BITS, FP, PER_REC, check_rows, row_codes, windows_for
+from test_store_support import BASE, BITS, FP, PER_REC, check_rows, row_codes, windows_for
 
 from cvahash.errors import StoreCorrupt, StoreError
 from cvahash.store import format as store_format
