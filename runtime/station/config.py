@@ -162,6 +162,26 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """[web]: the station web page (``cvahash serve``). Any ``listen`` address other than
+    loopback needs the password in ``password_file`` (set with ``cvahash web passwd``)."""
+    listen: str
+    port: int
+    password_file: Path
+    audio_roots: tuple[Path, ...]
+    threads: int
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """[notify]: where watchlist alerts go besides alerts.jsonl (MQTT, Apprise URLs)."""
+    mqtt: str
+    mqtt_topic: str
+    apprise: tuple[str, ...]
+    retry_s: float
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     """A validated station config. ``source`` is the file it came from (None for text)."""
     device: DeviceInfo
@@ -174,6 +194,8 @@ class DeviceConfig:
     status: StatusSettings
     logging: LoggingSettings
     source: Path | None = None
+    web: WebSettings | None = None
+    notify: NotifySettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data: paths as strings, tuples as lists, ``source`` left out."""
@@ -187,9 +209,9 @@ class DeviceConfig:
             return value
         out = {}
         for f in fields(self):
-            if f.name == "source":
-                continue
             value = getattr(self, f.name)
+            if f.name == "source" or value is None:
+                continue
             out[f.name] = plain([asdict(v) for v in value] if f.name == "watchlist"
                                 else asdict(value))
         return out
@@ -391,6 +413,21 @@ def command(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def text_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _Bad('expected a list of non-empty strings, e.g. ["ntfy://station-alerts"]')
+    return tuple(value)
+
+
+def mqtt_url(value: Any) -> str:
+    if value == "":
+        return value
+    if not isinstance(value, str) or not re.match(r"^mqtts?://[^/\s]+$", value):
+        raise _Bad('expected "" (off) or a broker URL like "mqtt://192.168.4.1:1883" '
+                   '(mqtts:// for TLS, user:password@ before the host if needed)')
+    return value
+
+
 def _did_you_mean(word: Any, options) -> str:
     if not isinstance(word, str):
         return ""
@@ -403,6 +440,7 @@ def _did_you_mean(word: Any, options) -> str:
 
 PATH = "path"
 OPTIONAL_PATH = "optional path"
+PATH_LIST = "path list"
 
 SCHEMA: dict[str, list[tuple[str, Any, Any]]] = {
     "device": [
@@ -445,6 +483,19 @@ SCHEMA: dict[str, list[tuple[str, Any, Any]]] = {
     "logging": [
         ("level", choice(*LOG_LEVELS), "info"),
     ],
+    "web": [
+        ("listen", nonempty_text, "127.0.0.1"),
+        ("port", integer(1, 65535), 8080),
+        ("password_file", PATH, "web-password"),
+        ("audio_roots", PATH_LIST, ()),
+        ("threads", integer(0, 256), 1),
+    ],
+    "notify": [
+        ("mqtt", mqtt_url, ""),
+        ("mqtt_topic", nonempty_text, "cvahash/alerts"),
+        ("apprise", text_list, ()),
+        ("retry_s", number(1, 86400), 60.0),
+    ],
 }
 
 WATCH_SCHEMA: list[tuple[str, Any, Any]] = [
@@ -458,7 +509,8 @@ WATCH_SCHEMA: list[tuple[str, Any, Any]] = [
 SECTIONS = {
     "device": DeviceInfo, "runtime": RuntimeSettings, "capture": CaptureSettings,
     "windows": WindowSettings, "store": StoreSettings, "retention": RetentionSettings,
-    "status": StatusSettings, "logging": LoggingSettings,
+    "status": StatusSettings, "logging": LoggingSettings, "web": WebSettings,
+    "notify": NotifySettings,
 }
 REQUIRED_SECTIONS = ("device", "runtime", "store")
 # Keys renamed since configs were first written: (section, old) -> new. The old name is
@@ -535,6 +587,10 @@ class _Reader:
         return out
 
     def convert(self, check, value):
+        if check == PATH_LIST:
+            if not isinstance(value, (list, tuple)):
+                raise _Bad("expected a list of paths")
+            return tuple(self.convert(PATH, v) for v in value)
         if check in (PATH, OPTIONAL_PATH):
             if value is None and check == OPTIONAL_PATH:
                 return None

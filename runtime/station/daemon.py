@@ -106,6 +106,7 @@ class Daemon:
         self.library = None
         self.retention = None
         self.watchlist = None
+        self.notifier = None
 
     # ------------------------------------------------------------------ setup
     def request_stop(self, signum=None, _frame=None) -> None:
@@ -128,6 +129,18 @@ class Daemon:
                 "commit_every_s": self.cfg.store.commit_interval_s}
         self.library = Library.open(self.cfg.store.path, bundle, mode="w", create=True, **opts)
         return self.library.store
+
+    def _start_notifier(self) -> None:
+        """[notify] targets get the alerts from alerts.jsonl in their own thread."""
+        settings = getattr(self.cfg, "notify", None)
+        if settings is None or not (settings.mqtt or settings.apprise):
+            return
+        from .notify import Notifier, targets_from_settings
+
+        self.notifier = Notifier(self.alerts_log, targets_from_settings(settings),
+                                 retry_s=settings.retry_s, station=self.station).start()
+        log.info("notify: alerts also go to %s",
+                 ", ".join(t.name for t in self.notifier.targets))
 
     def _make_source(self):
         kind, _, arg = self.source_spec.partition(":")
@@ -242,6 +255,7 @@ class Daemon:
             self.watchlist = Watchlist.from_entries(self.cfg.watchlist, bundle.encode_text,
                                                     self.alerts_log)
             log.info("watchlist: %d standing queries", len(self.watchlist.watches))
+            self._start_notifier()
         self.store = self._open_store(bundle)
         source = self._make_source()
         if self.cfg.retention.enabled and not isinstance(source, FileSource):
@@ -335,6 +349,8 @@ class Daemon:
                 source.stop()
                 if self.watchlist is not None:
                     self.watchlist.close()
+                if self.notifier is not None:
+                    self.notifier.stop()
                 if self.store is not None:
                     self._count_rows()
                     self.store.close()
