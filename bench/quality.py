@@ -11,7 +11,10 @@
    without LoRA (heads only, on embeddings computed once) and with LoRA;
 4. evaluate each on the test split: text->audio mAP@10 with Hamming codes vs cosine of
    the same encoders, and the pretrained encoders' cosine (how hashing changed the
-   continuous embeddings).
+   continuous embeddings); the binary/continuous ratio with a 95 % paired bootstrap
+   interval over the test queries;
+5. baselines at each bit width: ``lsh`` (random hyperplanes on the shared projection) and
+   ``itq`` (PCA + Iterative Quantisation on the train split's audio), no captions needed.
 
 Prints a markdown table and writes results.json, table.md and map_vs_bits.png in --out.
 """
@@ -79,6 +82,13 @@ def main(argv=None) -> int:
                     help="skip pretraining: use this base model instead (an `--objective clip` "
                          "run folder, a local CLAP folder, or a hub id such as "
                          "davidrrobinson/BioLingual)")
+    ap.add_argument("--baselines", nargs="*", default=["lsh", "itq"],
+                    help="caption-free hashing baselines per bit width (default lsh itq)")
+    ap.add_argument("--clip-objective", choices=("clip", "supclip"), default="clip",
+                    help="stand-in pretraining objective (supclip: captions sharing a call "
+                         "label are positives)")
+    ap.add_argument("--tiny-config", type=json.loads, default={},
+                    help="JSON overrides of the tiny ClapConfig for the stand-in")
     ap.add_argument("--clip-batch", type=int, default=32)
     ap.add_argument("--clip-lr", type=float, default=2e-3)
     ap.add_argument("--clip-epochs", type=int, default=30)
@@ -115,7 +125,8 @@ def main(argv=None) -> int:
 
     opts = TrainOptions(progress=sys.stderr.isatty(), embedding_cache={})
     clip_dir = Path(args.pretrained) if args.pretrained else out / "clip"
-    clip_cfg = RunConfig(model="tiny", objective="clip", lora_rank=0, epochs=args.clip_epochs,
+    clip_cfg = RunConfig(model="tiny", tiny_config=args.tiny_config,
+                         objective=args.clip_objective, lora_rank=0, epochs=args.clip_epochs,
                          batch_size=args.clip_batch, lr_base=args.clip_lr, text_max_length=32,
                          seed=args.seed)
     t0 = time.monotonic()
@@ -151,6 +162,21 @@ def main(argv=None) -> int:
                 save(out, results, timings, t_start)
                 print(f"{name}: binary {t2a['binary']['mAP@10']:.3f} continuous "
                       f"{t2a['continuous']['mAP@10']:.3f} ({r['train_s']:.0f}s)", file=sys.stderr)
+    from cvahash.export.train.hyperplanes import fit_run
+
+    for objective in args.baselines:
+        for bits in args.bits:
+            name = f"{objective}-{bits}b"
+            cfg = RunConfig(model=args.pretrained or str(clip_dir), bits=bits,
+                            objective=objective, lora_rank=0, seed=args.seed, text_max_length=32,
+                            epochs=0, warmup_epochs=0)
+            t0 = time.monotonic()
+            fit_run(cfg, out / name, manifest if objective == "itq" else None,
+                    TrainOptions(progress=False, resume=False))
+            r = evaluate_run(out / name, manifest, progress=False)
+            r["train_s"] = time.monotonic() - t0
+            results.append(r)
+            save(out, results, timings, t_start)
     meta = save(out, results, timings, t_start)
     print(markdown_table(results))
     print(format_table(results), file=sys.stderr)
@@ -184,15 +210,17 @@ def save(out: Path, results: list[dict], timings: dict, t_start: float) -> dict:
 
 
 def markdown_table(results: list[dict]) -> str:
-    rows = [("| objective | LoRA | bits | binary mAP@10 | continuous mAP@10 | ratio | two-stage "
-             "| pretrained cont. | a->t binary | a->t cont. | train s |"),
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [("| objective | LoRA | bits | binary mAP@10 | continuous mAP@10 | ratio | ratio 95% CI "
+             "| two-stage | pretrained cont. | a->t binary | a->t cont. | train s |"),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t, a = r["text_to_audio"], r["audio_to_text"]
         b, c = t["binary"]["mAP@10"], t["continuous"]["mAP@10"]
         base = t.get("continuous_base", t["continuous"])["mAP@10"]
+        ci = r.get("ratio_map10")
+        ci_text = f"{ci['low']:.2f}-{ci['high']:.2f}" if ci else "-"
         rows.append(f"| {r['objective']} | {r['lora_rank'] or '-'} | {r['bits']} | {b:.3f} | "
-                    f"{c:.3f} | {b / c if c else float('nan'):.3f} | "
+                    f"{c:.3f} | {b / c if c else float('nan'):.3f} | {ci_text} | "
                     f"{t['two_stage']['mAP@10']:.3f} | {base:.3f} | "
                     f"{a['binary']['mAP@10']:.3f} | {a['continuous']['mAP@10']:.3f} | "
                     f"{r['train_s']:.0f} |")

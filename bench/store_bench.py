@@ -10,6 +10,7 @@ table with each target of issue 3 and whether it was met. Timings are medians.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -182,7 +183,11 @@ def main(argv=None) -> int:
         # one day, time-filtered, in the middle of the span
         day0 = START + (args.rows * HOP) / 2
         day0 -= day0 % 86400
-        allowed, eligible = store._allowed(day0, day0 + 86400, None, None)
+        # the rows of that day, from the layout written above (row r is captured at
+        # START + r * HOP), as the kernel's [start, end) row ranges
+        lo, hi = (min(args.rows, max(0, math.ceil((t - START) / HOP)))
+                  for t in (day0, day0 + 86400))
+        allowed, eligible = np.array([[lo, hi]], np.int64), hi - lo
         day = paired_times({
             "bare": lambda q: hamming.knn(q, view, args.k, allowed=allowed),
             "hits": lambda q: store.search(q, args.k, since=day0, until=day0 + 86400),

@@ -15,6 +15,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from . import __version__
@@ -95,5 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     return int(rc or 0)
 
 
+def run() -> None:
+    """The console entry point (`cvahash`, `python -m cvahash`): exit with main's code.
+
+    A Ctrl-C that lands after the work is done (while the interpreter shuts down) would
+    otherwise end a finished run by the signal instead of its exit code.
+    """
+    try:
+        rc = main()
+    except KeyboardInterrupt:  # while the parser or a command module was being imported
+        print("interrupted", file=sys.stderr)
+        rc = 130
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -193,12 +193,16 @@ def test_table_output(indexed, capsys):
     rc, out, _ = cli(capsys, "search", "owl hooting", "--db", indexed["db"], "-k", "3")
     lines = out.splitlines()
     assert rc == 0 and len(lines) == 4
-    assert lines[0].split()[:4] == ["rank", "distance", "recording", "start-end"]
+    # exported bundles carry a calibration curve: a confidence column after the distance
+    # (word and estimated precision), then the recording
+    assert lines[0].split()[:5] == ["rank", "distance", "confidence", "recording", "start-end"]
     cells = lines[1].split()
-    assert cells[0] == "1" and cells[2].endswith((".wav", ".flac")) and "-" in cells[3]
+    assert cells[0] == "1" and cells[2] in ("likely", "possible", "unlikely")
+    assert 0 <= float(cells[3]) <= 1
+    assert cells[4].endswith((".wav", ".flac")) and "-" in cells[5]
     assert cells[-1] == "ridge-2"
     # recordings shown relative to their common folder, not as absolute paths
-    assert not any(line.split()[2].startswith("/") for line in lines[1:])
+    assert not any(line.split()[4].startswith("/") for line in lines[1:])
 
 
 def test_filters(indexed, capsys):

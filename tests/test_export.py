@@ -125,7 +125,10 @@ def test_int8_bundle_verifies_against_the_run(int8_bundle, run_dir, corpus):
     assert report.passed, report.format()
     assert report.n_texts == report.n_windows >= 4
     assert min(report.bit_agreement.values()) >= 0.98
-    assert report.map10["torch"] > 0 and report.map_drop <= 0.02
+    assert report.map10["torch"] > 0
+    # a handful of held-out clips: the mAP change is reported, not judged
+    assert report.map_queries < 30 and any("too few queries" in n for n in report.notes)
+    assert "drop" not in report.format()
 
 
 def test_quantisation_choice_is_the_best_measured(int8_bundle):

@@ -9,6 +9,8 @@
    synthetic calls otherwise); for fp16 convert once and measure;
 4. copy tokenizer.json and prove that the ``tokenizers`` package alone, with the
    manifest's padding/truncation, gives the ids transformers gave in training;
+4b. estimate how precision falls with Hamming distance on the held-out probe pairs
+   (``calibration``, see cvahash.model.calibration) from the exported model's codes;
 5. write manifest.json (sha256 of every file, fingerprint) and move the finished
    directory into place in one rename, so a crash never leaves a half bundle at OUT.
 
@@ -61,6 +63,20 @@ class ExportResult:
 
 
 # ---------------------------------------------------------------- writing a bundle
+
+
+def estimate_calibration(text_logits: np.ndarray, audio_logits: np.ndarray, labels,
+                         bits: int, source: str) -> dict:
+    """Precision vs Hamming distance over every (held-out caption, held-out clip) pair; a
+    pair is relevant when the two clips share a label (the manifest's ``calibration``)."""
+    from ...model.bundle import pack_codes
+    from ...model.calibration import fit_curves
+    from .verify import hamming_matrix
+
+    dist = hamming_matrix(pack_codes(text_logits), pack_codes(audio_logits))
+    relevant = np.array([[bool(a & b) for b in labels] for a in labels])
+    curves = fit_curves(dist, relevant, bits)
+    return {"source": source, "queries": len(labels), "method": "isotonic", **curves}
 
 
 def write_manifest(root: str | Path, fields: dict) -> dict:
@@ -273,6 +289,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
         check_tokenizer_file(tmp_dir / TOKENIZER_FILE, settings, tokenizer,
                              list(probe.captions[:16]) + [long_text])
 
+        calibration = estimate_calibration(text_ref, audio_ref, probe.labels, int(model.bits),
+                                           probe_source)
         fields = {
             "bits": int(model.bits),
             "source_model": str(config.model),
@@ -295,6 +313,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
                                  **({"ort_optimized": SAVED_ORT_LEVEL} if ort_saved["audio"]
                                     else {})},
                        "opset": opset},
+            "calibration": calibration,
             "run": {"objective": config.objective, "head": config.head,
                     "lora_rank": config.lora_rank, "seed": config.seed},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

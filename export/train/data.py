@@ -58,12 +58,15 @@ def _labels(value, where: str) -> tuple[str, ...]:
                         f"not {value!r}")
 
 
-def _entry(row: dict, base: Path, where: str, check_files: bool) -> Entry:
+def _entry(row: dict, base: Path, where: str, check_files: bool,
+           require_caption: bool = True) -> Entry:
     audio = row.get("audio")
     if not isinstance(audio, str) or not audio.strip():
         raise ManifestError(f"{where}: missing 'audio' (the path of the clip)")
     caption = row.get("caption")
-    if not isinstance(caption, str) or not caption.strip():
+    if not require_caption and caption in (None, ""):
+        caption = ""
+    elif not isinstance(caption, str) or not caption.strip():
         raise ManifestError(f"{where}: empty caption for {audio!r}; every clip needs a text "
                             "description")
     path = Path(audio) if Path(audio).is_absolute() else base / audio
@@ -76,8 +79,12 @@ def _entry(row: dict, base: Path, where: str, check_files: bool) -> Entry:
     return Entry(path, caption.strip(), _labels(row.get("labels"), where), split, where)
 
 
-def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Entry]:
-    """Read a JSONL or CSV manifest (by extension: .csv is CSV, anything else JSONL)."""
+def read_manifest(path: str | Path, *, check_files: bool = True,
+                  require_caption: bool = True) -> list[Entry]:
+    """Read a JSONL or CSV manifest (by extension: .csv is CSV, anything else JSONL).
+
+    ``require_caption=False`` accepts entries without a caption (caption ""), for
+    objectives that learn from audio alone (``itq``)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist")
@@ -86,11 +93,13 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Entry]:
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or not {"audio", "caption"} <= set(reader.fieldnames):
+        needed = {"audio", "caption"} if require_caption else {"audio"}
+        if not reader.fieldnames or not needed <= set(reader.fieldnames):
             raise ManifestError(f"{path}:1: CSV header must name 'audio' and 'caption' "
                                 f"(got {reader.fieldnames})")
         for row in reader:
-            entries.append(_entry(row, base, f"{path}:{reader.line_num}", check_files))
+            entries.append(_entry(row, base, f"{path}:{reader.line_num}", check_files,
+                                  require_caption))
     else:
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -102,7 +111,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Entry]:
                 raise ManifestError(f"{where}: not valid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
                 raise ManifestError(f"{where}: expected a JSON object")
-            entries.append(_entry(row, base, where, check_files))
+            entries.append(_entry(row, base, where, check_files, require_caption))
     if not entries:
         raise ManifestError(f"manifest {path} has no entries")
     return entries

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..onnx.verify import map_change_interval
 from . import metrics
 from .data import log_mel_features, read_manifest, select_split
 from .device import encode_all, pick_device, quiet_transformers
@@ -74,6 +75,10 @@ def evaluate_run(run_dir: str | Path, manifest: str | Path, *, split: str = "tes
     else:
         rel = np.eye(len(entries), dtype=bool)
     t_codes, a_codes = t_log > 0, a_log > 0
+    ap_bin = metrics.average_precision_at_k(
+        metrics.rank_by_distance(metrics.hamming_distances(t_codes, a_codes)), rel, 10)
+    ap_cont = metrics.average_precision_at_k(
+        metrics.rank_by_similarity(metrics.cosine_similarities(t_emb, a_emb)), rel, 10)
     result = {
         "run": str(run_dir), "bits": config.bits, "objective": config.objective,
         "head": config.head, "lora_rank": config.lora_rank, "split": split,
@@ -81,6 +86,13 @@ def evaluate_run(run_dir: str | Path, manifest: str | Path, *, split: str = "tes
         "text_to_audio": _scores(t_codes, a_codes, t_emb, a_emb, rel, rerank_depth, ks),
         "audio_to_text": _scores(a_codes, t_codes, a_emb, t_emb, rel.T, rerank_depth, ks),
         "bit_balance": float(np.abs(np.concatenate([t_codes, a_codes]).mean(0) - 0.5).mean()),
+        # text->audio AP@10 per query (NaN: no relevant clip) and the binary/continuous
+        # ratio of their means with a paired bootstrap interval over queries
+        "per_query_ap10": {"binary": [None if np.isnan(x) else round(float(x), 6)
+                                      for x in ap_bin],
+                           "continuous": [None if np.isnan(x) else round(float(x), 6)
+                                          for x in ap_cont]},
+        "ratio_map10": ratio_interval(ap_cont, ap_bin),
     }
     if config.lora_rank and hasattr(model.clap, "disable_adapter"):
         with model.clap.disable_adapter():
@@ -91,6 +103,17 @@ def evaluate_run(run_dir: str | Path, manifest: str | Path, *, split: str = "tes
         result["audio_to_text"]["continuous_base"] = metrics.retrieval_scores(
             metrics.rank_by_similarity(metrics.cosine_similarities(ba, bt)), rel.T, ks)
     return result
+
+
+def ratio_interval(ap_reference: np.ndarray, ap_candidate: np.ndarray,
+                   confidence: float = 0.95) -> dict | None:
+    """mean(candidate) / mean(reference) over the queries both scored, with a 95 % paired
+    percentile bootstrap interval (2000 resamples, seed 0); None when undefined."""
+    r = map_change_interval(ap_reference, ap_candidate, confidence=confidence)
+    if r is None:
+        return None
+    return {"ratio": round(1 + r.change, 4), "low": round(1 + r.low, 4),
+            "high": round(1 + r.high, 4), "queries": r.queries, "confidence": confidence}
 
 
 def format_table(results: list[dict], ks=KS) -> str:

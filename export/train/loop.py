@@ -27,7 +27,7 @@ import torch
 
 from .data import log_mel_features, read_manifest, select_split
 from .device import encode_all, pick_device, quiet_transformers
-from .losses import make_objective
+from .losses import PRETRAIN_OBJECTIVES, make_objective
 from .model import HashingModel, build_tiny_clap, load_clap
 from .progress import Progress
 from .run import RunConfig, build_model, load_checkpoint, read_run_config, save_run
@@ -90,14 +90,16 @@ def prepare_base(config: RunConfig, train_entries, run_dir: Path, options: Train
         tok = train_caption_tokenizer([e.caption for e in train_entries],
                                       vocab_size=options.tiny_vocab_size,
                                       model_max_length=config.text_max_length)
-        return build_tiny_clap(config.seed, vocab_size=len(tok)), tok
+        overrides = {k: (dict(v) if isinstance(v, dict) else v)
+                     for k, v in (config.tiny_config or {}).items()}
+        return build_tiny_clap(config.seed, vocab_size=len(tok), **overrides), tok
     return load_clap(config.model)
 
 
 def make_optimizer(model: HashingModel, config: RunConfig, steps_per_epoch: int, total: int):
     groups, lambdas = [], []
     warm = config.warmup_epochs * steps_per_epoch if model.lora_rank else 0
-    if config.objective == "clip":
+    if config.objective in PRETRAIN_OBJECTIVES:
         groups.append({"params": [p for p in model.clap.parameters() if p.requires_grad],
                        "lr": config.lr_base, "name": "base"})
         lambdas.append(lambda s: _cosine(s / max(total, 1)))
@@ -155,10 +157,10 @@ def train(config: RunConfig, manifest: str | Path, run_dir: str | Path,
                                          config.text_max_length, config.text_padding)
     import copy
 
-    pristine_base = copy.deepcopy(base) if (config.lora_rank and config.objective != "clip") \
-        else None
+    keeps_base = config.lora_rank and config.objective not in PRETRAIN_OBJECTIVES
+    pristine_base = copy.deepcopy(base) if keeps_base else None
     model = build_model(config, base)
-    if config.objective == "clip":
+    if config.objective in PRETRAIN_OBJECTIVES:
         for p in model.clap.parameters():
             p.requires_grad_(True)
         for p in model.head_parameters():
@@ -169,6 +171,13 @@ def train(config: RunConfig, manifest: str | Path, run_dir: str | Path,
         model.load_state_dict(ckpt_state["model"], strict=False)
     model.to(device)
     objective = make_objective(config.objective, **config.loss)
+    label_matrix = None
+    if getattr(objective, "uses_labels", False):
+        names = sorted({lab for e in train_entries for lab in e.labels})
+        label_matrix = np.zeros((len(train_entries), max(len(names), 1)), np.float32)
+        for i, e in enumerate(train_entries):
+            for lab in e.labels:
+                label_matrix[i, names.index(lab)] = 1.0
 
     n = len(train_entries)
     batch = min(config.batch_size, n)
@@ -183,7 +192,7 @@ def train(config: RunConfig, manifest: str | Path, run_dir: str | Path,
         set_rng_state(ckpt_state["train"]["rng"])
 
     cached = None
-    if config.objective != "clip" and not config.lora_rank:
+    if config.objective not in PRETRAIN_OBJECTIVES and not config.lora_rank:
         key = (config.model, str(getattr(features, "filename", id(features))),
                config.text_max_length, config.text_padding, str(device))
         memo = options.embedding_cache if options.embedding_cache is not None else {}
@@ -213,7 +222,7 @@ def train(config: RunConfig, manifest: str | Path, run_dir: str | Path,
         order = np.random.default_rng([config.seed, epoch]).permutation(n)
         idx = np.sort(order[offset * batch:(offset + 1) * batch])
         model.train()
-        if config.objective != "clip":
+        if config.objective not in PRETRAIN_OBJECTIVES:
             model.clap.eval()  # frozen encoder: no dropout, BN keeps its statistics
             for p in model.lora_parameters():
                 p.requires_grad_(step >= warm)
@@ -230,7 +239,11 @@ def train(config: RunConfig, manifest: str | Path, run_dir: str | Path,
                     out_t, out_a = model.text_embed(ids, am), model.audio_embed(feats)
                 else:
                     out_t, out_a = model.text_logits(ids, am), model.audio_logits(feats)
-        parts = objective(out_t.float(), out_a.float())
+        extra = {}
+        if label_matrix is not None:
+            y = torch.from_numpy(label_matrix[idx])
+            extra["positives"] = (y @ y.T) > 0
+        parts = objective(out_t.float(), out_a.float(), **extra)
         loss = sum(parts.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; "
@@ -256,7 +269,7 @@ def train(config: RunConfig, manifest: str | Path, run_dir: str | Path,
         if step == options.stop_after_steps:
             break
     bar.close()
-    if config.objective == "clip" and step == total:
+    if config.objective in PRETRAIN_OBJECTIVES and step == total:
         model.base.save_pretrained(str(run_dir / "hf_model"))
         tokenizer.save_pretrained(str(run_dir / "hf_model"))
     return {"run_dir": str(run_dir), "step": step, "total_steps": total, "losses": losses,

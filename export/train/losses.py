@@ -11,6 +11,10 @@ outputs of both views) or ``"embeddings"`` (the encoders' projected features).
   loss pulling |logits| to 1 and a bit-balance loss pushing each bit's mean to 0.
 - ``clip``: the ordinary continuous contrastive loss on normalised embeddings, used to
   pretrain a tiny CLAP from scratch as a stand-in foundation model.
+- ``supclip``: ``clip`` with label-aware (multi-positive) targets: every audio clip in the
+  batch that shares a call label with a caption's clip is a positive for that caption
+  (SupCon's mean over positives, both directions). Clips without labels have only their own
+  caption as a positive, which is ``clip``. Used to pretrain the stand-in.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from torch import nn
 
 from .model import sign_ste
 
-OBJECTIVES = ("crovca", "contrastive", "clip")
+OBJECTIVES = ("crovca", "contrastive", "clip", "supclip")
+# Objectives that train the whole (tiny) ClapModel: the stand-in's pretraining.
+PRETRAIN_OBJECTIVES = ("clip", "supclip")
 
 
 def coding_rate(z: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
@@ -102,9 +108,37 @@ class ClipLoss(nn.Module):
         return {"clip": _symmetric_infonce(t, a, self.temperature)}
 
 
+class SupClipLoss(nn.Module):
+    """Multi-positive continuous InfoNCE: ``positives[i, j]`` marks audio j as a match of
+    text i (shared call label; the diagonal always). Each row's loss is the mean over its
+    positives of -log softmax, symmetric over text->audio and audio->text."""
+
+    uses = "embeddings"
+    uses_labels = True
+
+    def __init__(self, temperature: float = 0.07):
+        super().__init__()
+        self.temperature = temperature
+
+    @staticmethod
+    def _side(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits, dim=1)
+        pos = positives.to(logp.dtype)
+        return (-(logp * pos).sum(1) / pos.sum(1)).mean()
+
+    def forward(self, text: torch.Tensor, audio: torch.Tensor,
+                positives: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        t, a = F.normalize(text.float(), dim=1), F.normalize(audio.float(), dim=1)
+        logits = (t @ a.T) / self.temperature
+        eye = torch.eye(len(t), dtype=torch.bool, device=t.device)
+        pos = eye if positives is None else (positives.to(t.device).bool() | eye)
+        return {"supclip": 0.5 * (self._side(logits, pos) + self._side(logits.T, pos.T))}
+
+
 def make_objective(name: str, **kwargs) -> nn.Module:
     """The objective called ``name`` with keyword overrides (weights, temperature...)."""
-    classes = {"crovca": CroVCALoss, "contrastive": ContrastiveHashLoss, "clip": ClipLoss}
+    classes = {"crovca": CroVCALoss, "contrastive": ContrastiveHashLoss, "clip": ClipLoss,
+               "supclip": SupClipLoss}
     if name not in classes:
         raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
     try:

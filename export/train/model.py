@@ -24,13 +24,15 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import ClapConfig, ClapModel
 
 from ...errors import CvahashError
 
-HEAD_TYPES = ("crovca", "seed")
+HEAD_TYPES = ("crovca", "seed", "projection")
 LORA_TARGETS = ("query", "value")
 
 
@@ -178,11 +180,31 @@ class SeedHead(nn.Module):
         return self.net(x)
 
 
+class ProjectionHead(nn.Module):
+    """``linear(normalize(x))``: one hyperplane per bit on the unit sphere of the projection
+    (the ``lsh`` and ``itq`` heads; export/train/hyperplanes.py sets the weights)."""
+
+    def __init__(self, in_dim: int, bits: int, hidden: int | None = None):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, bits)
+        nn.init.zeros_(self.linear.bias)
+
+    def set(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.normalize(x, dim=-1))
+
+
 def make_head(kind: str, in_dim: int, bits: int, hidden: int | None = None) -> nn.Module:
     if kind == "crovca":
         return CroVCAHead(in_dim, bits, hidden)
     if kind == "seed":
         return SeedHead(in_dim, bits, hidden)
+    if kind == "projection":  # lsh / itq: fixed hyperplanes (export/train/hyperplanes.py)
+        return ProjectionHead(in_dim, bits)
     raise ValueError(f"unknown head type {kind!r}; choose one of {', '.join(HEAD_TYPES)}")
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .losses import PRETRAIN_OBJECTIVES
 from .model import HashingModel, ModelLoadError
 
 RUN_FORMAT = 1
@@ -37,8 +38,9 @@ class RunConfig:
     """Everything that defines a run; written to RUN_DIR/run.json."""
 
     model: str = "tiny"                 # hub id, local dir, or "tiny" (random tiny CLAP)
+    tiny_config: dict = field(default_factory=dict)  # "tiny" only: tiny_clap_config overrides
     bits: int = 64
-    objective: str = "crovca"           # crovca | contrastive | clip
+    objective: str = "crovca"           # crovca | contrastive | clip | supclip | lsh | itq
     head: str = "crovca"                # crovca | seed
     head_hidden: int | None = None
     lora_rank: int = 8                  # 0 = no LoRA (heads only)
@@ -83,7 +85,7 @@ def trained_state(model: HashingModel, objective: str) -> dict[str, torch.Tensor
     keep = {}
     for name, tensor in model.state_dict().items():
         if (name.startswith(("text_head.", "audio_head.")) or "lora_" in name
-                or (objective == "clip" and name.startswith("clap."))):
+                or (objective in PRETRAIN_OBJECTIVES and name.startswith("clap."))):
             keep[name] = tensor.detach().cpu().clone()
     return keep
 
@@ -142,7 +144,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 def build_model(config: RunConfig, base) -> HashingModel:
     """A HashingModel of ``config``'s shape around ``base`` (LoRA added when rank > 0)."""
     model = HashingModel(base, config.bits, head=config.head, hidden=config.head_hidden)
-    if config.lora_rank and config.objective != "clip":
+    if config.lora_rank and config.objective not in PRETRAIN_OBJECTIVES:
         model.add_lora(config.lora_rank, config.lora_alpha, targets=config.lora_targets)
     return model
 

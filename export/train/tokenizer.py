@@ -16,8 +16,13 @@ SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, RoBERT
 
 
 def train_caption_tokenizer(captions: Iterable[str], vocab_size: int = 1000,
-                            model_max_length: int = 77):
+                            model_max_length: int = 77, add_prefix_space: bool = True):
     """Train a byte-level BPE on ``captions``; returns a RobertaTokenizerFast.
+
+    ``add_prefix_space`` (default True) gives a word the same tokens at the start of a
+    caption as inside it ("owl" -> "Ġowl" everywhere); without it, "owl hooting" and "an owl
+    hooting" share no token for "owl", and a phrase moved to the front of a held-out
+    template reads as new words to the tiny text tower.
 
     Special tokens get RoBERTa's ids (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=4), which
     ClapTextConfig's defaults (pad 1, bos 0, eos 2) expect.
@@ -29,7 +34,7 @@ def train_caption_tokenizer(captions: Iterable[str], vocab_size: int = 1000,
     if not captions:
         raise ValueError("cannot train a tokenizer: no non-empty captions")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS,
@@ -37,11 +42,11 @@ def train_caption_tokenizer(captions: Iterable[str], vocab_size: int = 1000,
     tok.train_from_iterator(captions, trainer)
     tok.post_processor = processors.RobertaProcessing(
         ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")),
-        trim_offsets=True, add_prefix_space=False)
+        trim_offsets=True, add_prefix_space=add_prefix_space)
     return RobertaTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
         cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
-        model_max_length=model_max_length)
+        model_max_length=model_max_length, add_prefix_space=add_prefix_space)
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, padding: str = "max_length"):

@@ -5,7 +5,8 @@
 
 The first form runs on a station (no torch). With ``--against`` it encodes held-out
 clips and captions with PyTorch and with the bundle and reports bit agreement and
-mAP@10 of both (needs the [export] extra). Exit 0 pass, 1 fail.
+mAP@10 of both with a bootstrap interval on the change (needs the [export] extra).
+Exit 0 pass, 1 fail.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def register(subparsers) -> None:
     v.add_argument("--min-agreement", type=float, default=0.98,
                    help="fail below this bit agreement per branch (default 0.98)")
     v.add_argument("--max-map-drop", type=float, default=0.02,
-                   help="fail when mAP@10 drops more than this, relative (default 0.02)")
+                   help="fail when mAP@10 is worse than PyTorch's by more than this, relative, "
+                        "with 95%% confidence (default 0.02)")
+    v.add_argument("--min-queries", type=int, default=30,
+                   help="below this many scored queries the mAP@10 change is reported, not "
+                        "judged; bit agreement alone decides (default 30)")
     v.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = default)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(func=run_verify)
@@ -51,9 +56,10 @@ def run_verify(args: argparse.Namespace) -> int:
     if args.data and not args.against:
         print("cvahash bundle verify: error: --data needs --against RUN_DIR", file=sys.stderr)
         return 2
-    if args.limit < 1 or not 0 <= args.min_agreement <= 1 or args.max_map_drop < 0:
-        print("cvahash bundle verify: error: --limit must be >= 1, --min-agreement within "
-              "0..1 and --max-map-drop >= 0", file=sys.stderr)
+    if (args.limit < 1 or not 0 <= args.min_agreement <= 1 or args.max_map_drop < 0
+            or args.min_queries < 1):
+        print("cvahash bundle verify: error: --limit and --min-queries must be >= 1, "
+              "--min-agreement within 0..1 and --max-map-drop >= 0", file=sys.stderr)
         return 2
     # cvahash.export.onnx.verify needs numpy and cvahash.model.bundle only; torch is imported for
     # --against alone, so the files-only check runs on a station.
@@ -65,7 +71,8 @@ def run_verify(args: argparse.Namespace) -> int:
     try:
         report = verify_bundle(args.bundle, args.against, args.data,
                                min_agreement=args.min_agreement,
-                               max_map_drop=args.max_map_drop, limit=args.limit,
+                               max_map_drop=args.max_map_drop,
+                               min_queries=args.min_queries, limit=args.limit,
                                threads=args.threads)
     except BundleError as exc:
         if args.json:

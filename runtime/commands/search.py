@@ -1,7 +1,9 @@
 """`cvahash search "TEXT" --db DIR` (or `--like FILE[@START_S]`): find windows by sound.
 
 Prints a table of the k nearest windows (rank, Hamming distance, recording, start-end,
-capture time UTC, station), or one JSON document with ``--json``; ``--clips OUT`` writes
+capture time UTC, station; for text queries with a bundle that carries a calibration
+curve, a confidence column: likely / possible / unlikely and the estimated precision at
+that distance), or one JSON document with ``--json``; ``--clips OUT`` writes
 WAV snippets of the hits cut from the original recordings and ``--spectrograms OUT``
 a PNG per hit. Notes (a truncated query, a recording that is gone) go to stderr.
 
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Lazy: the query layer loads numpy and onnxruntime; `cvahash --help` stays fast.
     from ..library.library import Library
+    from ..model.calibration import Calibration
     from ..query import report
     from ..query.search import parse_like, parse_when, prepare_query, search_like, search_text
 
@@ -97,12 +100,15 @@ def run(args: argparse.Namespace) -> int:
             result = search_like(store, bundle, like_path, like_start, args.k,
                                  threads=args.threads, **filters)
 
+    # The bundle's precision-vs-distance curve was fitted on caption->clip pairs: it speaks
+    # for text queries only (none for --like, none for bundles exported without one).
+    calibration = Calibration.from_manifest(bundle.manifest) if args.text is not None else None
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
-        print(report.to_json(result))
+        print(report.to_json(result, calibration))
     elif result.hits:
-        print(report.format_table(result.hits))
+        print(report.format_table(result.hits, calibration))
     else:
         print(why_nothing(args, stats), file=sys.stderr)
     origins = None

@@ -7,6 +7,10 @@
 foundation model when no pretrained weights are at hand); its RUN_DIR then works as
 ``--model RUN_DIR`` for later runs. Running again with the same --out resumes from the
 last checkpoint. Needs the [export] extra (torch, transformers, peft).
+
+Without captions: ``--objective lsh`` (no data: random hyperplanes on the shared
+projection) and ``--objective itq`` (``--data`` = a folder of recordings or a manifest;
+captions optional) make a bundle-ready run from a pretrained CLAP in minutes.
 """
 
 from __future__ import annotations
@@ -24,15 +28,24 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="tiny",
                    help="hub id, local model folder, clip run folder, or 'tiny' (a random "
                         "tiny CLAP) (default: tiny)")
-    p.add_argument("--data", required=True, metavar="MANIFEST",
-                   help="JSONL or CSV manifest: audio, caption, labels, split (required)")
+    p.add_argument("--tiny-config", default=None, metavar="JSON",
+                   help="--model tiny only: overrides of the tiny ClapConfig, e.g. "
+                        "'{\"audio_config\": {\"patch_size\": 16, \"patch_stride\": [16, 16]}}' "
+                        "(default: none)")
+    p.add_argument("--data", default=None, metavar="MANIFEST",
+                   help="JSONL or CSV manifest: audio, caption, labels, split; for itq also a "
+                        "folder of recordings (default: none; every objective but lsh needs "
+                        "it)")
     p.add_argument("--out", required=True, metavar="RUN_DIR",
                    help="run folder; resumes from its last checkpoint if it exists (required)")
     p.add_argument("--bits", type=int, default=64,
                    help="code width in bits, e.g. 32, 64, 128, 256 (default: 64)")
-    p.add_argument("--objective", choices=("crovca", "contrastive", "clip"), default="crovca",
+    p.add_argument("--objective", choices=("crovca", "contrastive", "clip", "supclip", "lsh",
+                                           "itq"), default="crovca",
                    help="crovca: cross-view alignment hashing; contrastive: InfoNCE on the "
-                        "codes; clip: pretrain a tiny CLAP (default: crovca)")
+                        "codes; clip: pretrain a tiny CLAP; supclip: the same, captions "
+                        "sharing a call label count as matches; lsh: random hyperplanes, no "
+                        "data; itq: learned from unlabelled audio (default: crovca)")
     p.add_argument("--head", choices=("crovca", "seed"), default="crovca",
                    help="crovca: Linear-ReLU-Linear-BN; seed: Linear-BN-ReLU-Linear "
                         "(default: crovca)")
@@ -72,10 +85,26 @@ def run(args: argparse.Namespace) -> int:
     with workstation_extra("train"):
         from ..export.train.loop import TrainOptions, train
         from ..export.train.run import RunConfig
-    if args.objective == "clip" and args.lora_rank:
+    if args.objective in ("lsh", "itq"):
+        return _run_fixed_heads(args)
+    if args.data is None:
+        print(f"cvahash train: error: --objective {args.objective} needs --data MANIFEST "
+              "(captioned clips); without captions use --objective lsh or itq",
+              file=sys.stderr)
+        return 2
+    if args.objective in ("clip", "supclip") and args.lora_rank:
         args.lora_rank = 0  # clip pretraining trains the whole (tiny) model; LoRA is moot
+    try:
+        tiny = json.loads(args.tiny_config) if args.tiny_config else {}
+        if not isinstance(tiny, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        print(f"cvahash train: error: --tiny-config must be a JSON object ({exc})",
+              file=sys.stderr)
+        return 2
     config = RunConfig(
-        model=args.model, bits=args.bits, objective=args.objective, head=args.head,
+        model=args.model, tiny_config=tiny, bits=args.bits, objective=args.objective,
+        head=args.head,
         lora_rank=args.lora_rank, seed=args.seed, epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr_head=args.lr_head,
         lr_lora=args.lr_lora, lr_base=args.lr_base, text_max_length=args.max_text_length,
@@ -85,6 +114,29 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = train(config, args.data, args.out, options)
     except (ValueError, FloatingPointError) as exc:
+        print(f"cvahash train: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_fixed_heads(args: argparse.Namespace) -> int:
+    """--objective lsh / itq: no gradient training, one pass over the data at most."""
+    from ..errors import CvahashError
+    from .workstation import workstation_extra
+
+    with workstation_extra("train"):
+        from ..export.train.hyperplanes import fit_run
+        from ..export.train.loop import TrainOptions
+        from ..export.train.run import RunConfig
+    config = RunConfig(model=args.model, bits=args.bits, objective=args.objective,
+                       head="projection", lora_rank=0, seed=args.seed, epochs=0,
+                       warmup_epochs=0, text_max_length=args.max_text_length)
+    options = TrainOptions(device=args.device, cache_dir=args.cache_dir,
+                           resume=not args.no_resume, progress=not args.quiet)
+    try:
+        summary = fit_run(config, args.out, args.data, options)
+    except (ValueError, CvahashError) as exc:
         print(f"cvahash train: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

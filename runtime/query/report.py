@@ -32,6 +32,7 @@ import soxr
 
 from ..errors import AudioError, CvahashError
 from ..model import audio
+from ..model.calibration import Calibration
 from . import plots
 from .results import Hit, SearchResult
 
@@ -105,8 +106,10 @@ def display_paths(paths: Sequence[str]) -> list[str]:
     return [os.path.relpath(os.path.abspath(p), root) for p in paths]
 
 
-def format_table(hits: Sequence[Hit]) -> str:
-    """The hits as a fixed-width text table, one line per hit, with a header line."""
+def format_table(hits: Sequence[Hit], calibration: Calibration | None = None) -> str:
+    """The hits as a fixed-width text table, one line per hit, with a header line. With
+    the bundle's ``calibration`` (text queries), a confidence column follows the distance:
+    likely / possible / unlikely and the estimated precision at that distance."""
     header = ("rank", "distance", "recording", "start-end", "captured (UTC)", "station")
     names = display_paths([h.path for h in hits])
     rows = [
@@ -120,6 +123,11 @@ def format_table(hits: Sequence[Hit]) -> str:
         )
         for h, name in zip(hits, names, strict=True)
     ]
+    if calibration is not None:
+        header = (*header[:2], "confidence", *header[2:])
+        conf = [f"{calibration.label(h.distance)} {calibration.precision(h.distance):.2f}"
+                for h in hits]
+        rows = [(*r[:2], c, *r[2:]) for r, c in zip(rows, conf, strict=True)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     right = {0, 1}  # numbers right-aligned
 
@@ -132,9 +140,18 @@ def format_table(hits: Sequence[Hit]) -> str:
     return "\n".join([line(header), *(line(r) for r in rows)])
 
 
-def to_json(result: SearchResult) -> str:
-    """One JSON document for scripts: query, bits, fingerprint, truncated, filters, hits."""
-    return json.dumps(result.to_dict(), indent=2, ensure_ascii=False)
+def to_json(result: SearchResult, calibration: Calibration | None = None) -> str:
+    """One JSON document for scripts: query, bits, fingerprint, truncated, filters, hits.
+    With ``calibration`` each hit carries ``confidence`` and ``estimated_precision``, and
+    ``calibration`` says where the estimate comes from."""
+    doc = result.to_dict()
+    if calibration is not None:
+        doc["calibration"] = {"source": calibration.source,
+                              "base_rate": calibration.base_rate}
+        for hit in doc.get("hits", []):
+            hit["confidence"] = calibration.label(hit["distance"])
+            hit["estimated_precision"] = calibration.precision(hit["distance"])
+    return json.dumps(doc, indent=2, ensure_ascii=False)
 
 
 # --- snippets and pictures ------------------------------------------------------------
