@@ -27,15 +27,20 @@ demo: $(VENV)/.installed
 	$(PY) -m cvahash.export.demo $(ARGS)
 
 test: system-deps $(VENV)/.installed
+	$(VENV)/bin/ruff check runtime export tests bench
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 	bash csrc/test_aarch64.sh
+	bash csrc/test_sanitizers.sh
 
 # Without the slow tests (crash loops, daemon soak); for the edit-test loop.
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
 
+# The habits `make test` enforces: ruff with zero findings and the import layers.
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check runtime export tests bench
+	$(VENV)/bin/lint-imports
 
 venv: $(VENV)/.installed
 

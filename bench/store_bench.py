@@ -220,7 +220,8 @@ def main(argv=None) -> int:
     print(f"| open, append mode | {open_a * 1000:.1f} ms wall, {open_a_cpu * 1000:.1f} ms CPU "
           f"| < 500 ms | {ok[open_a < 0.5]} |")
     print(f"| bytes per window (codes + metadata) | {bpw:.3f} B "
-          f"(codes {code_bytes / args.rows:.3f}, metadata {meta_bytes / args.rows:.3f}) | lean | |")
+          f"(codes {code_bytes / args.rows:.3f},"
+          f" metadata {meta_bytes / args.rows:.3f}) | lean | |")
     if irr:
         print(f"| irregular windows ({args.irregular:,}, one segment each): append, "
               f"open, metadata | {irr[0]:,.0f} windows/s, {irr[1][0] * 1000:.0f} ms wall "
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
           f"({overhead_rows:+.1%} median paired) | < +10% | {ok[overhead_rows < 0.10]} |")
     print(f"| store.search (Hits with metadata), unfiltered | {store_hits * 1000:.3f} ms "
           f"({overhead_hits:+.1%} median paired) | < +10% | {ok[overhead_hits < 0.10]} |")
-    print(f"| store-side cost per search (kernel stubbed) | "
+    print("| store-side cost per search (kernel stubbed) | "
           f"search_rows {side['rows'] * 1e6:.0f} us, "
           f"search {side['hits'] * 1e6:.0f} us = {side['hits'] / bare:.1%} of the bare kernel | "
           f"< 10% | {ok[side['hits'] / bare < 0.10]} |")

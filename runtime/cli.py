@@ -19,6 +19,7 @@ import signal
 import sys
 
 from . import __version__
+from .commands.wording import in_cli_words
 from .errors import CvahashError
 
 # (module under cvahash.commands, one-line purpose); order is the order in --help.
@@ -90,8 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except CvahashError as exc:
-        from .commands.wording import in_cli_words
-
         print(f"cvahash {args.command}: error: {in_cli_words(str(exc))}", file=sys.stderr)
         return 1
     return int(rc or 0)

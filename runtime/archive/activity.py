@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import CvahashError, MissingExtra
 
@@ -49,16 +51,14 @@ def write_csv(counts, path: str, by: str) -> None:
 def write_png(counts, path: str, by: str, title: str) -> Path:
     """A chart of ``counts`` [(station, bucket, n)] in ``path`` (matplotlib, Agg)."""
     try:
-        import matplotlib
+        import matplotlib  # optional: the [plots] extra
 
         matplotlib.use("Agg")
-        import matplotlib.dates as mdates
-        import matplotlib.pyplot as plt
+        import matplotlib.dates as mdates  # optional: [plots]
+        import matplotlib.pyplot as plt  # optional: [plots]
     except ImportError:
         raise MissingExtra("--png needs matplotlib: pip install '.[plots]' in the cvahash "
                            "checkout") from None
-    import numpy as np
-
     stations = sorted({s for s, _, _ in counts})
     times = sorted({t for _, t, _ in counts})
     fig_h = 3.6 if len(stations) <= MAX_LINES else min(2.0 + 0.22 * len(stations), 30)
@@ -115,8 +115,6 @@ def _step(by: str) -> float:
 
 
 def _span(times: list[datetime], by: str) -> list[datetime]:
-    from datetime import timedelta
-
     step = timedelta(days=1) if by == "day" else timedelta(hours=1)
     out, t = [], times[0]
     while t <= times[-1] and len(out) < 100_000:

@@ -347,7 +347,7 @@ class Archive:
     def _new_windows(self, bundle: Bundle, columns) -> np.ndarray | None:
         """A mask of the update's windows the archive does not hold yet (also dropping
         repeats inside the update), or None when every window is new."""
-        import pandas as pd
+        import pandas as pd  # optional: the [archive] extra (chDB's)
 
         ids = np.unique(columns["recording"])
         existing = self.engine.query(
@@ -609,7 +609,7 @@ def _columns(update, batch: int) -> dict[str, Any]:
 
 
 def _code_rows_arrow(rows: dict[str, Any], bits: int):
-    import pyarrow as pa
+    import pyarrow as pa  # optional: the [archive] extra (chDB's)
 
     def dictionary(indices, names):
         names = list(names)
@@ -648,7 +648,7 @@ def _recordings_table(update) -> dict[str, Any]:
 
 
 def _arrow(columns: dict[str, Any]):
-    import pyarrow as pa
+    import pyarrow as pa  # optional: the [archive] extra (chDB's)
 
     out = {}
     for name, value in columns.items():

@@ -102,7 +102,7 @@ class ChdbEngine(Engine):
 
     def __init__(self, folder: str | os.PathLike, *, create: bool = True):
         try:
-            from chdb import session
+            from chdb import session  # optional: the [archive] extra
         except ImportError:
             raise MissingExtra(f"the archive needs chDB (embedded ClickHouse), which this "
                                f"install lacks: {EXTRA_HINT}") from None
@@ -241,7 +241,7 @@ class ServerEngine(Engine):
     def __init__(self, url: str, environ=os.environ):
         fields = parse_url(url)
         try:
-            import clickhouse_connect
+            import clickhouse_connect  # optional: the [archive] extra
         except ImportError:
             raise MissingExtra(f"a ClickHouse server archive needs clickhouse-connect: "
                                f"{EXTRA_HINT}") from None

@@ -104,7 +104,8 @@ def parse_offset(text: str) -> float:
     """Seconds from ``"95"``, ``"95.5"``, ``"1:35"`` or ``"0:01:35"``; raises QueryError."""
     m = _CLOCK.match(text.strip())
     if not m:
-        raise QueryError(f"{text!r} is not a time into the recording (use seconds like 95.5 or mm:ss)")
+        raise QueryError(f"{text!r} is not a time into the recording "
+                         "(use seconds like 95.5 or mm:ss)")
     seconds = int(m["h"] or 0) * 3600 + int(m["m"] or 0) * 60 + float(m["s"])
     if not math.isfinite(seconds):
         raise QueryError(f"{text!r} is not a finite time")
@@ -180,7 +181,8 @@ def like_query_code(bundle, path: str | os.PathLike, start_s: float = 0.0) -> np
     return bundle.encode_audio(log_mel(samples, bundle.frontend_params))
 
 
-def search_text(store, bundle, text: str, k: int = 20, *, threads: int = 0, **filters) -> SearchResult:
+def search_text(store, bundle, text: str, k: int = 20, *, threads: int = 0,
+                **filters) -> SearchResult:
     """Encode ``text`` with the bundle's text graph and return the ``k`` nearest windows
     (filters: ``since``, ``until``, ``station``, as the store takes them)."""
     k = _check_k(k)
@@ -199,7 +201,8 @@ def example_window(path: str | os.PathLike, start_s: float, params) -> np.ndarra
     if start_s < 0 or start_s >= info.duration_s:
         raise QueryError(
             f"--like {path}@{start_s:g}: the start is past the end of the recording "
-            f"({info.duration_s:.1f} s long); use a start between 0 and {max(info.duration_s - 1, 0):.0f}"
+            f"({info.duration_s:.1f} s long); "
+            f"use a start between 0 and {max(info.duration_s - 1, 0):.0f}"
         )
     # Windows at 0, start_s, 2 * start_s...: the second is the one we want, cut by the
     # same continuous resampler as at index time (so an indexed window finds itself at
