@@ -168,6 +168,7 @@ def run_search(args) -> int:
         args._parser.error(f"-k {args.k}: the number of results must be at least 1")
     _target(args)
     filters = _query(args)
+    # lazy: the query layer loads numpy and onnxruntime; `cvahash --help` stays fast
     from ..model.calibration import Calibration
     from ..query import report
     from ..query.search import search_like, search_text
