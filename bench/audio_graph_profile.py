@@ -132,7 +132,7 @@ def interleaved(paths: list[str], threads: int, runs: int = 15) -> dict[str, flo
             s.run(None, feed)
             times[i].append(time.perf_counter() - t)
     out = {}
-    for path, ts in zip(paths, times):
+    for path, ts in zip(paths, times, strict=True):
         out[path] = 1000 * float(np.median(ts))
         print(f"{path}: {threads} thread(s), median {out[path]:.1f} ms "
               f"(min {1000 * min(ts):.1f}, max {1000 * max(ts):.1f})")

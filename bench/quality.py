@@ -63,7 +63,8 @@ def full_size_step(batch: int = 16, rank: int = 8) -> dict:
     n_params = sum(p.numel() for p in model.clap.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"params": n_params, "trainable": n_train, "batch": batch, "lora_rank": rank,
-            "step_s": times, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "step_s": times,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "threads": torch.get_num_threads()}
 
 
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
     t_start = time.monotonic()
     manifest = out / "corpus" / "manifest.jsonl"
     if not manifest.exists():
-        generate_corpus(out / "corpus", n=args.n, seed=args.seed, workers=min(2, os.cpu_count() or 1))
+        generate_corpus(out / "corpus", n=args.n, seed=args.seed,
+                        workers=min(2, os.cpu_count() or 1))
     t_corpus = time.monotonic() - t_start
     print(f"corpus: {t_corpus:.0f}s", file=sys.stderr)
 
@@ -145,7 +147,8 @@ def main(argv=None) -> int:
                 if rank and args.lora_bits and bits not in args.lora_bits:
                     continue
                 name = f"{objective}-{bits}b-lora{rank}"
-                cfg = RunConfig(model=args.pretrained or str(clip_dir), bits=bits, objective=objective,
+                cfg = RunConfig(model=args.pretrained or str(clip_dir), bits=bits,
+                                objective=objective,
                                 lora_rank=rank, seed=args.seed, text_max_length=32,
                                 epochs=args.lora_epochs if rank else args.head_epochs,
                                 warmup_epochs=1 if rank else 0, batch_size=64,
@@ -183,7 +186,8 @@ def main(argv=None) -> int:
 
 def cpu_seconds() -> float:
     """User + system CPU time of this process and its finished children (corpus workers)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 

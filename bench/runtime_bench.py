@@ -186,7 +186,7 @@ def warm_latency(store: Path, bundle_dir: Path, repeats: int, threads: int) -> d
                 srch.append(t2 - t1)
         stats = s.stats()
     return {"encode_ms": 1e3 * statistics.median(enc), "search_ms": 1e3 * statistics.median(srch),
-            "total_ms": 1e3 * statistics.median([a + b for a, b in zip(enc, srch)]),
+            "total_ms": 1e3 * statistics.median([a + b for a, b in zip(enc, srch, strict=True)]),
             "rows": stats["rows"], "bits": stats["bits"]}
 
 
@@ -200,7 +200,8 @@ def index_speed(recording: Path, bundle: Path, cores: str, minutes: float) -> di
     if r["rc"] != 0:
         raise RuntimeError(f"index failed: {r['err'][-2000:]}")
     m = re.search(r"front-end ([\d.]+) s, encode ([\d.]+) s, store ([\d.]+) s", r["err"])
-    split = dict(zip(("frontend_s", "encode_s", "store_s"), map(float, m.groups()))) if m else {}
+    names = ("frontend_s", "encode_s", "store_s")
+    split = dict(zip(names, map(float, m.groups()), strict=True)) if m else {}
     audio_s = minutes * 60
     # Wall time counts what other processes on a shared machine take from us; CPU time
     # does not: audio / (CPU seconds / cores) is the speed with the cores to ourselves
@@ -271,7 +272,7 @@ def query_map(bundle_dir: Path, corpus: Path, splits=("val", "test"), k: int = 1
     n = len(codes)
     # Leave each window's own row out: move it to the end of its ranking.
     own = r == np.arange(n)[:, None]
-    r = np.stack([np.concatenate([row[~m], row[m]]) for row, m in zip(r, own)])
+    r = np.stack([np.concatenate([row[~m], row[m]]) for row, m in zip(r, own, strict=True)])
     rel = np.array([[bool(labels[i] & labels[j]) and i != j for j in range(n)] for i in range(n)])
     keep = np.array([bool(ls) for ls in labels])
     ap = average_precision_at_k(r[keep], rel[keep], k)
@@ -358,7 +359,8 @@ def main() -> int:
     print(f"machine: {results['machine']}")
     print(f"load average before/after (other work on the machine): "
           f"{results['load_before'][0]:.1f} / {results['load_after'][0]:.1f}")
-    print(f"store: {args.rows} windows x {args.bits} bits; bundle {results['bundle_bytes'] / 1e6:.0f}"
+    print(f"store: {args.rows} windows x {args.bits} bits; "
+          f"bundle {results['bundle_bytes'] / 1e6:.0f}"
           f" MB int8 (random weights); timed commands pinned to cores {args.cores}")
     print("| measurement | result | target |")
     print("|---|---|---|")

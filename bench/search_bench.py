@@ -107,7 +107,8 @@ def main(argv=None):
         except ImportError:
             print("torch not installed: skipping cosine-f32", file=sys.stderr)
 
-    print(f"# cvahash search benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    print(f"# cvahash search benchmark, {now:%Y-%m-%d %H:%M} UTC")
     print(f"# machine: {cpu_model()}, {os.cpu_count()} CPUs; kernel: {hamming.active_isa()}; "
           f"faiss {faiss.__version__}; numpy {np.__version__}")
     print(f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
@@ -145,23 +146,27 @@ def main(argv=None):
                         res = {}
                         cd, _ = hamming.knn(queries, codes, k, threads=threads)
                         res["cvahash"] = median_ms(
-                            lambda q=queries, c=codes, k=k, t=threads: hamming.knn(q, c, k, threads=t),
+                            lambda q=queries, c=codes, k=k, t=threads:
+                                hamming.knn(q, c, k, threads=t),
                             args.reps)
                         fd, _ = index.search(queries, k)
-                        res["faiss"] = median_ms(lambda i=index, q=queries, k=k: i.search(q, k), args.reps)
+                        res["faiss"] = median_ms(lambda i=index, q=queries, k=k: i.search(q, k),
+                                                 args.reps)
                         if not np.array_equal(fd.astype(np.int32), cd):
                             mismatches.append((n, bits, nq, threads, k, "faiss"))
                         numpy_ok = args.numpy_max_n is None or n <= args.numpy_max_n
                         if not args.no_numpy and numpy_ok and threads == 1:
                             sub = queries[: min(nq, 2 if n * nbytes < 50e6 else 1)]
                             scale = nq / len(sub)
-                            for name, fn in (("numpy-seed", numpy_seed), ("numpy-popcnt", numpy_popcnt)):
+                            peers = (("numpy-seed", numpy_seed), ("numpy-popcnt", numpy_popcnt))
+                            for name, fn in peers:
                                 for qi, q in enumerate(sub):
                                     if not np.array_equal(fn(q, codes, k), cd[qi]):
                                         mismatches.append((n, bits, nq, threads, k, name))
                                 reps = 3 if n * nbytes > 50e6 else 5
                                 t = median_ms(
-                                    lambda f=fn, s=sub, c=codes, k=k: [f(q, c, k) for q in s], reps, 20)
+                                    lambda f=fn, s=sub, c=codes, k=k: [f(q, c, k) for q in s],
+                                    reps, 20)
                                 res[name + ("~" if scale > 1 else "")] = t * scale
                         # independent of the code width: timed once per (n, nq, threads, k)
                         key = (n, nq, threads, k)

@@ -94,7 +94,8 @@ def htsat(data, labels, epochs: int, lr: float, overrides: dict) -> None:
     opt = torch.optim.Adam(params, lr=lr)
 
     def forward(f):
-        return clf(proj(tower(input_features=torch.from_numpy(np.asarray(f, np.float32))).pooler_output))
+        x = torch.from_numpy(np.asarray(f, np.float32))
+        return clf(proj(tower(input_features=x).pooler_output))
 
     def score(split):
         _, f, y = data[split]
@@ -134,7 +135,8 @@ def text(data, labels, epochs: int) -> None:
                             *clf.parameters()], lr=1e-3)
 
     def forward(ids, mask):
-        return clf(clap.text_projection(clap.text_model(input_ids=ids, attention_mask=mask).pooler_output))
+        pooled = clap.text_model(input_ids=ids, attention_mask=mask).pooler_output
+        return clf(clap.text_projection(pooled))
 
     target = ytr.argmax(1)
     for ep in range(epochs):
@@ -167,7 +169,8 @@ def clip_run(corpus: Path, run_dir: Path, limit: int = 200) -> None:
         ranking = metrics.rank_by_similarity(metrics.cosine_similarities(t.numpy(), a.numpy()))
         for name, rel in (("own caption", np.eye(len(es), dtype=bool)),
                           ("shared call label",
-                           metrics.relevance_matrix([e.labels for e in es], [e.labels for e in es]))):
+                           metrics.relevance_matrix([e.labels for e in es],
+                                                    [e.labels for e in es]))):
             s = metrics.retrieval_scores(ranking, rel, (1, 10))
             print(f"{split:5s} {len(es):4d} clips, relevance = {name:17s}: "
                   f"mAP@10 {s['mAP@10']:.3f}  P@1 {s['P@1']:.3f}  P@10 {s['P@10']:.3f} "
@@ -184,7 +187,8 @@ def main(argv=None) -> int:
     h.add_argument("--epochs", type=int, default=24)
     h.add_argument("--lr", type=float, default=1e-3)
     h.add_argument("--audio-config", type=json.loads, default={},
-                   help='JSON overrides of the tiny audio config, e.g. \'{"patch_embeds_hidden_size": 32}\'')
+                   help="JSON overrides of the tiny audio config, "
+                        "e.g. '{\"patch_embeds_hidden_size\": 32}'")
     sub.add_parser("text").add_argument("--epochs", type=int, default=30)
     sub.add_parser("clip-run").add_argument("run_dir", type=Path)
     args = ap.parse_args(argv)

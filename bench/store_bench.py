@@ -10,6 +10,7 @@ table with each target of issue 3 and whether it was met. Timings are medians.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
         # append, indexer style: big batches, one commit each
         store = CodeStore.create(path, args.bits, "bench")
         t = time.perf_counter()
-        for (f, n), meta in zip(plans, metas):
+        for (f, n), meta in zip(plans, metas, strict=True):
             store.append(codes[f:f + n], meta, commit=True)
         append_s = time.perf_counter() - t
         store.close()
@@ -182,7 +183,11 @@ def main(argv=None) -> int:
         # one day, time-filtered, in the middle of the span
         day0 = START + (args.rows * HOP) / 2
         day0 -= day0 % 86400
-        allowed, eligible = store._allowed(day0, day0 + 86400, None, None)
+        # the rows of that day, from the layout written above (row r is captured at
+        # START + r * HOP), as the kernel's [start, end) row ranges
+        lo, hi = (min(args.rows, max(0, math.ceil((t - START) / HOP)))
+                  for t in (day0, day0 + 86400))
+        allowed, eligible = np.array([[lo, hi]], np.int64), hi - lo
         day = paired_times({
             "bare": lambda q: hamming.knn(q, view, args.k, allowed=allowed),
             "hits": lambda q: store.search(q, args.k, since=day0, until=day0 + 86400),
@@ -214,7 +219,8 @@ def main(argv=None) -> int:
           f"| < 500 ms | {ok[open_r < 0.5]} |")
     print(f"| open, append mode | {open_a * 1000:.1f} ms wall, {open_a_cpu * 1000:.1f} ms CPU "
           f"| < 500 ms | {ok[open_a < 0.5]} |")
-    print(f"| bytes per window (codes + metadata) | {bpw:.3f} B (codes {code_bytes / args.rows:.3f},"
+    print(f"| bytes per window (codes + metadata) | {bpw:.3f} B "
+          f"(codes {code_bytes / args.rows:.3f},"
           f" metadata {meta_bytes / args.rows:.3f}) | lean | |")
     if irr:
         print(f"| irregular windows ({args.irregular:,}, one segment each): append, "
@@ -225,7 +231,8 @@ def main(argv=None) -> int:
           f"({overhead_rows:+.1%} median paired) | < +10% | {ok[overhead_rows < 0.10]} |")
     print(f"| store.search (Hits with metadata), unfiltered | {store_hits * 1000:.3f} ms "
           f"({overhead_hits:+.1%} median paired) | < +10% | {ok[overhead_hits < 0.10]} |")
-    print(f"| store-side cost per search (kernel stubbed) | search_rows {side['rows'] * 1e6:.0f} us, "
+    print("| store-side cost per search (kernel stubbed) | "
+          f"search_rows {side['rows'] * 1e6:.0f} us, "
           f"search {side['hits'] * 1e6:.0f} us = {side['hits'] / bare:.1%} of the bare kernel | "
           f"< 10% | {ok[side['hits'] / bare < 0.10]} |")
     print(f"| store.search, one day ({eligible:,} windows, "

@@ -61,8 +61,11 @@ ffibuilder.set_source(
     include_dirs=[_rel(HERE)],
     depends=[_rel(os.path.join(HERE, name)) for name in ("hamming.h", "hamming_simd.h")],
     # Baseline flags only: each SIMD kernel enables its own instructions per
-    # function, and the one to run is chosen at import from cpuid/hwcaps.
-    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function"],
+    # function, and the one to run is chosen at import from cpuid/hwcaps. Warnings are
+    # errors, as in the aarch64 build (csrc/test_aarch64.sh); cffi's generated wrapper
+    # has unused static helpers, hence -Wno-unused-function.
+    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
+                        "-Wno-unused-function"],
     libraries=[] if sys.platform == "darwin" else ["pthread"],
 )
 

@@ -15,9 +15,11 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from . import __version__
+from .commands.wording import in_cli_words
 from .errors import CvahashError
 
 # (module under cvahash.commands, one-line purpose); order is the order in --help.
@@ -89,12 +91,25 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except CvahashError as exc:
-        from .commands.wording import in_cli_words
-
         print(f"cvahash {args.command}: error: {in_cli_words(str(exc))}", file=sys.stderr)
         return 1
     return int(rc or 0)
 
 
+def run() -> None:
+    """The console entry point (`cvahash`, `python -m cvahash`): exit with main's code.
+
+    A Ctrl-C that lands after the work is done (while the interpreter shuts down) would
+    otherwise end a finished run by the signal instead of its exit code.
+    """
+    try:
+        rc = main()
+    except KeyboardInterrupt:  # while the parser or a command module was being imported
+        print("interrupted", file=sys.stderr)
+        rc = 130
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

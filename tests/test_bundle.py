@@ -130,7 +130,8 @@ def copy(built, tmp_path):
 
 def _features(n, seed=1):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((n, 1, PARAMS.n_frames, PARAMS.n_mels)) * 10 - 40).astype(np.float32)
+    shape = (n, 1, PARAMS.n_frames, PARAMS.n_mels)
+    return (rng.standard_normal(shape) * 10 - 40).astype(np.float32)
 
 
 # ---------------------------------------------------------------- codes
@@ -292,6 +293,7 @@ def test_newer_format_is_refused(copy):
     ({"bits": BITS + 4}, "fingerprint"),
     ({"format_version": "1"}, "format_version"),
     ({"bits": 0}, "bits"),
+    ({"bits": 512}, "bits 512 is outside 1..256"),
     ({"files": {"text.onnx": {"sha256": "x"}}}, "does not list audio.onnx"),
     ({"files": {"../escape": {"sha256": "x"}, "text.onnx": {}, "audio.onnx": {},
                 "tokenizer.json": {}}}, "not a plain file name"),
@@ -348,7 +350,8 @@ def test_bundle_loads_without_torch(built, tmp_path):
         print(b.encode_text(["owl hoot"]).tolist())
         assert not any(m.split(".")[0] in ("torch", "transformers", "onnx") for m in sys.modules)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=False,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     expected = ModelBundle.open(built[0]).encode_text(["owl hoot"]).tolist()
@@ -479,7 +482,7 @@ def test_a_changed_text_graph_is_refused_by_a_text_only_open(copy):
 
 
 def test_verified_digests_are_reused_until_the_file_changes(built, copy, monkeypatch, tmp_path):
-    from cvahash.model import bundle as bundle_module
+    from cvahash.model import integrity as bundle_module
     from cvahash.model import verified
 
     monkeypatch.setenv(verified.CACHE_ENV, str(tmp_path / "cache"))

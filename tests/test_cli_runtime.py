@@ -20,44 +20,6 @@ from oracle import knn_reference
 
 from cvahash.cli import main
 
-CAPTIONS = [
-    "a woodpecker drumming on a dead tree", "an owl hooting at night",
-    "a frog chorus by the pond", "a wren singing a loud trill", "rain falling on leaves",
-    "wind in the tall grass", "a crow cawing", "crickets chirping in the evening",
-]
-
-
-def make_tiny_bundle(root: Path) -> Path:
-    """A tiny untrained CLAP + hashing heads exported as an fp32 bundle at root/bundle."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from cvahash.export.onnx.bundle_writer import export_run
-    from cvahash.export.train.model import HashingModel, build_tiny_clap
-    from cvahash.export.train.run import RunConfig, save_run
-    from cvahash.export.train.tokenizer import train_caption_tokenizer
-
-    tokenizer = train_caption_tokenizer(CAPTIONS * 4, vocab_size=300)
-    model = HashingModel(build_tiny_clap(seed=0, vocab_size=len(tokenizer)), 64)
-    save_run(root / "run", model, RunConfig(model="tiny", bits=64, lora_rank=0), tokenizer)
-    export_run(root / "run", root / "bundle", "fp32", probe_limit=8)
-    shutil.rmtree(root / "run")
-    return root / "bundle"
-
-
-def tiny_bundle_dir(tmp_path_factory) -> Path:
-    """The session's tiny bundle, built on first use and shared by every test module."""
-    root = tmp_path_factory.getbasetemp() / "cvahash-tiny-bundle"
-    if not (root / "bundle" / "manifest.json").is_file():
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir()
-        make_tiny_bundle(root)
-    return root / "bundle"
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory) -> Path:
-    return tiny_bundle_dir(tmp_path_factory)
-
 
 def chirps(seconds: float, sr: int, seed: int, channels: int = 1) -> np.ndarray:
     """Background noise with a few bird-like chirps, different per seed."""
@@ -219,7 +181,7 @@ def test_text_search_matches_brute_force_over_recomputed_codes(indexed, tiny_bun
     ref_d, ref_i = knn_reference(query, codes, 4)
     got = [(h["recording"], h["start_s"], h["distance"]) for h in doc["hits"]]
     # Ties are ordered by store row; rows follow file order, as `where` does.
-    want = [(*where[i], int(d)) for d, i in zip(ref_d[0], ref_i[0])]
+    want = [(*where[i], int(d)) for d, i in zip(ref_d[0], ref_i[0], strict=True)]
     assert got == want
     assert [h["rank"] for h in doc["hits"]] == [1, 2, 3, 4]
     h = doc["hits"][0]

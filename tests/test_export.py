@@ -163,7 +163,8 @@ def test_same_input_same_code_whatever_the_batch(int8_bundle, held_out):
 
 
 def test_int8_text_graph_is_smaller_than_fp32(int8_bundle, fp32_bundle):
-    # The text graph is mostly embedding and MatMul weights, which int8 shrinks ~4x (tiny: ~0.65x). (The
+    # The text graph is mostly embedding and MatMul weights, which int8 shrinks ~4x
+    # (tiny: ~0.65x). (The
     # tiny audio graph is not: its few weights are outweighed by the added quantisation
     # nodes; full-size sizes are in docs/benchmarks/bundle.md.)
     fp32 = (fp32_bundle / "text.onnx").stat().st_size

@@ -1,4 +1,5 @@
-"""cvahash.kernel.hamming: every kernel this CPU has, against serial, against numpy (tests/oracle.py).
+"""cvahash.kernel.hamming: every kernel this CPU has, against serial, against numpy
+(tests/oracle.py).
 
 Codes are random with planted near-duplicates of the queries and many exact ties, so
 the (distance, id) order and the top-k threshold are exercised at every width.
@@ -100,7 +101,8 @@ def test_knn_every_isa_matches_reference(nbytes, allowed_kind):
             for threads in (1, 2):
                 got = hamming._knn_with(isa, queries, codes, k, threads=threads, allowed=allowed)
                 assert_same(got, want)
-                got1 = hamming._knn_with(isa, queries[:1], codes, k, threads=threads, allowed=allowed)
+                got1 = hamming._knn_with(isa, queries[:1], codes, k, threads=threads,
+                                         allowed=allowed)
                 assert_same(got1, (want[0][:1], want[1][:1]))
 
 
@@ -117,7 +119,8 @@ def test_knn_100k_rows(nbytes, allowed_kind):
         for isa in ISAS:
             for threads in (1, 2):
                 assert_same(
-                    hamming._knn_with(isa, queries, codes, k, threads=threads, allowed=allowed), want
+                    hamming._knn_with(isa, queries, codes, k, threads=threads, allowed=allowed),
+                    want
                 )
 
 
@@ -265,7 +268,7 @@ def test_concurrent_searches_from_python_threads():
     for t in threads:
         t.join()
     assert not errors, errors
-    for got, exp in zip(results, want):
+    for got, exp in zip(results, want, strict=True):
         assert_same(got, exp)
 
 

@@ -237,20 +237,37 @@ def test_store_errors_stop_the_run_instead_of_skipping_files(tmp_path):
         index_recordings([tmp_path / "rec"], read_only, StandInBundle())
 
 
-def test_content_hash_sees_changes_anywhere_and_ignores_the_name(tmp_path):
+def test_content_hash_sees_changes_in_every_sampled_place_and_ignores_the_name(tmp_path):
+    """The hash reads the size and 18 evenly spaced 64 KiB samples, not every byte: a
+    change inside any sample or of the length is seen; a same-size change between the
+    samples is not (the price of reading ~1 MB of an hours-long file)."""
+    chunk, n = 1 << 16, 5_000_000
+    data = bytearray(np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8))
     big = tmp_path / "big.bin"
-    data = bytearray(np.random.default_rng(0).integers(0, 256, 5_000_000, dtype=np.uint8))
     big.write_bytes(bytes(data))
     h = content_hash(big)
     assert h.startswith("s256:")
     copy = tmp_path / "copy.bin"
     copy.write_bytes(bytes(data))
-    assert content_hash(copy) == h
-    data[-1] ^= 1  # the last byte (sampled: the tail block)
-    copy.write_bytes(bytes(data))
-    assert content_hash(copy) != h
+    assert content_hash(copy) == h  # another name, the same bytes
+    # The sampled places, computed independently: 18 starts spread evenly over the file.
+    starts = [i * (n - chunk) // 17 for i in range(18)]
+    for start in starts:
+        for at in (start, start + chunk // 2, start + chunk - 1):
+            changed = bytearray(data)
+            changed[at] ^= 1
+            copy.write_bytes(bytes(changed))
+            assert content_hash(copy) != h, f"a change at byte {at} (sampled) was not seen"
     copy.write_bytes(bytes(data[:-1]))  # a truncated copy
     assert content_hash(copy) != h
+    copy.write_bytes(bytes(data) + b"\0")  # an extended one
+    assert content_hash(copy) != h
+    gap = starts[1] - 1  # a byte between the first and the second sample
+    assert starts[0] + chunk <= gap < starts[1]
+    changed = bytearray(data)
+    changed[gap] ^= 1
+    copy.write_bytes(bytes(changed))
+    assert content_hash(copy) == h  # the documented limit: not every byte is read
     small = tmp_path / "small.bin"
     small.write_bytes(b"abc")
     other = tmp_path / "small2.bin"

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from test_cli_runtime import tiny_bundle_dir
 
 BLOCKED = ("torch", "transformers", "peft", "onnx")
 
@@ -37,7 +36,7 @@ sys.meta_path.insert(0, Blocker())
 import cvahash
 failed_imports = {}
 for m in pkgutil.walk_packages(cvahash.__path__, "cvahash."):
-    if m.name == "cvahash.export" or m.name.startswith("cvahash.export.") or m.name == "cvahash.__main__":
+    if m.name in ("cvahash.export", "cvahash.__main__") or m.name.startswith("cvahash.export."):
         continue
     try:
         importlib.import_module(m.name)
@@ -61,8 +60,8 @@ print("RESULT " + json.dumps({"rcs": rcs, "loaded": loaded, "failed_imports": fa
 """
 
 
-def test_runtime_runs_without_torch_transformers_peft_onnx(tmp_path_factory, tmp_path):
-    bundle = tiny_bundle_dir(tmp_path_factory)
+def test_runtime_runs_without_torch_transformers_peft_onnx(tiny_bundle, tmp_path):
+    bundle = tiny_bundle
     rec = tmp_path / "rec"
     rec.mkdir()
     rng = np.random.default_rng(0)
@@ -83,3 +82,33 @@ def test_runtime_runs_without_torch_transformers_peft_onnx(tmp_path_factory, tmp
     assert len(list((tmp_path / "out" / "clips").iterdir())) == 2
     assert len(list((tmp_path / "out" / "spec").iterdir())) == 2
     assert Path(tmp_path / "db" / "indexed-with.json").is_file()
+
+
+WORKSTATION_SCRIPT = r"""
+import importlib.util, sys
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "peft", "onnx"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)",
+                                      name=name)
+        return None
+
+sys.meta_path.insert(0, Blocker())
+_real = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name == "torch" else _real(name, *a)
+from cvahash.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_workstation_commands_name_the_extra_without_torch(tmp_path):
+    """train, eval and export without torch: exit 1 and the install command, no traceback."""
+    for argv in (["train", "--data", "m.jsonl", "--out", "run"],
+                 ["eval", "run", "--data", "m.jsonl"], ["export", "run", "--out", "bundle"]):
+        proc = subprocess.run([sys.executable, "-c", WORKSTATION_SCRIPT, *argv],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                              check=False)
+        assert proc.returncode == 1, (argv, proc.stderr)
+        assert f"cvahash {argv[0]} needs the workstation extra (torch is missing)" in proc.stderr
+        assert "pip install '.[export]'" in proc.stderr and "Traceback" not in proc.stderr

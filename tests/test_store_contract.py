@@ -16,7 +16,15 @@ def _code_store(directory, bits, fingerprint):
     return CodeStore.create(directory, bits, fingerprint)
 
 
-IMPLEMENTATIONS = {"code_store": _code_store}
+def _archive(directory, bits, fingerprint):
+    """The network archive (embedded chDB) behind the same interface."""
+    pytest.importorskip("chdb")
+    from cvahash.archive.storage import ArchiveStore
+
+    return ArchiveStore.open(directory, bits, fingerprint)
+
+
+IMPLEMENTATIONS = {"code_store": _code_store, "archive": _archive}
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))

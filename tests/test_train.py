@@ -100,7 +100,8 @@ def test_manifest_errors_name_the_line(tmp_path, corpus):
     assert entry.labels == ("tone", "bird") and entry.split is None
     # unreadable audio is reported at feature time, naming the manifest line
     (tmp_path / "broken.wav").write_bytes(b"RIFF....not audio at all")
-    p = write("m6.jsonl", json.dumps(good) + "\n" + json.dumps(dict(good, audio="broken.wav")) + "\n")
+    bad = dict(good, audio="broken.wav")
+    p = write("m6.jsonl", json.dumps(good) + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(ManifestError, match=r"m6.jsonl:2: cannot read audio .*broken.wav"):
         log_mel_features(read_manifest(p), tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").glob("*.npy"))  # no half-written cache left

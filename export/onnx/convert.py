@@ -6,7 +6,8 @@
   [batch, bits]; batch is dynamic (HTSAT needs the fixed 1001 x 64 spectrogram).
 
 We use the TorchScript exporter (``dynamo=False``): on these models it gives the same
-numbers as the dynamo exporter (docs/architecture.md, measured facts) in a fraction of the time and writes one
+numbers as the dynamo exporter (docs/architecture.md, measured facts) in a fraction of the
+time and writes one
 self-contained file (the dynamo exporter writes weights to a side ``.onnx.data`` file,
 which would have to be hashed and shipped separately). Graphs under 2 GB only, which the
 full-size CLAP (500 MB text fp32) satisfies.

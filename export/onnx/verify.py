@@ -33,11 +33,16 @@ import numpy as np
 from ...errors import CvahashError
 from ...model.bundle import ModelBundle, check_bundle, pack_codes
 
+# The mAP change statistics live with the other retrieval metrics (training evaluates
+# with them too); re-exported here for the bundle check.
+from ..train.metrics import BOOTSTRAP_RESAMPLES as BOOTSTRAP_RESAMPLES
+from ..train.metrics import CONFIDENCE as CONFIDENCE
+from ..train.metrics import MapChange as MapChange
+from ..train.metrics import map_change_interval as map_change_interval
+
 DEFAULT_MIN_AGREEMENT = 0.98
 DEFAULT_MAX_MAP_DROP = 0.02
 DEFAULT_MIN_QUERIES = 30
-BOOTSTRAP_RESAMPLES = 2000
-CONFIDENCE = 0.95
 
 
 class DataError(CvahashError, ValueError):
@@ -176,46 +181,6 @@ def map_at_k(query_codes: np.ndarray, db_codes: np.ndarray, labels: Sequence[fro
     aps = ap_at_k(query_codes, db_codes, labels, k)
     aps = aps[np.isfinite(aps)]
     return float(aps.mean()) if aps.size else float("nan")
-
-
-@dataclass
-class MapChange:
-    """mAP of a reference and a candidate on the same queries, and the relative change
-    (candidate - reference) / reference with a paired bootstrap interval over queries."""
-
-    reference: float
-    candidate: float
-    change: float          # relative; > 0 means the candidate is better
-    low: float             # interval bounds of ``change``
-    high: float
-    queries: int
-    confidence: float = CONFIDENCE
-    resamples: int = BOOTSTRAP_RESAMPLES
-
-
-def map_change_interval(ap_reference: np.ndarray, ap_candidate: np.ndarray, *,
-                        resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE,
-                        seed: int = 0) -> MapChange | None:
-    """Paired percentile bootstrap of the relative mAP change over the queries both sides
-    scored (NaN = no relevant clip, dropped). None when the reference mAP is 0 or no query
-    is left (a relative change is undefined)."""
-    ref = np.asarray(ap_reference, dtype=float)
-    new = np.asarray(ap_candidate, dtype=float)
-    keep = np.isfinite(ref) & np.isfinite(new)
-    ref, new = ref[keep], new[keep]
-    n = ref.size
-    if n == 0 or ref.mean() <= 0:
-        return None
-    change = (new.mean() - ref.mean()) / ref.mean()
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(resamples, n))
-    ref_means, new_means = ref[idx].mean(axis=1), new[idx].mean(axis=1)
-    ok = ref_means > 0
-    ratios = (new_means[ok] - ref_means[ok]) / ref_means[ok]
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(ratios, [alpha, 1 - alpha]) if ratios.size else (change, change)
-    return MapChange(float(ref.mean()), float(new.mean()), float(change), float(low),
-                     float(high), n, confidence, resamples)
 
 
 def judge_map_change(ap_reference: np.ndarray, ap_candidate: np.ndarray, *,

@@ -41,7 +41,7 @@ def plot_call_gallery(path, labels=GALLERY, *, seed: int = 0, sr: int = 32000,
     cols = 3
     rows = -(-len(labels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.4 * rows), squeeze=False)
-    for ax, label in zip(axes.flat, labels):
+    for ax, label in zip(axes.flat, labels, strict=False):
         rng = np.random.default_rng([seed, 9])
         call = call_type(label)
         x = call.render(rng, sr, seconds).astype(np.float64)

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..onnx.verify import map_change_interval
 from . import metrics
 from .data import log_mel_features, read_manifest, select_split
 from .device import encode_all, pick_device, quiet_transformers
@@ -109,7 +108,7 @@ def ratio_interval(ap_reference: np.ndarray, ap_candidate: np.ndarray,
                    confidence: float = 0.95) -> dict | None:
     """mean(candidate) / mean(reference) over the queries both scored, with a 95 % paired
     percentile bootstrap interval (2000 resamples, seed 0); None when undefined."""
-    r = map_change_interval(ap_reference, ap_candidate, confidence=confidence)
+    r = metrics.map_change_interval(ap_reference, ap_candidate, confidence=confidence)
     if r is None:
         return None
     return {"ratio": round(1 + r.change, 4), "low": round(1 + r.low, 4),

@@ -109,7 +109,8 @@ def make_optimizer(model: HashingModel, config: RunConfig, steps_per_epoch: int,
         if model.lora_rank:
             groups.append({"params": model.lora_parameters(), "lr": config.lr_lora,
                            "name": "lora"})
-            lambdas.append(lambda s: 0.0 if s < warm else _cosine((s - warm) / max(total - warm, 1)))
+            lambdas.append(
+                lambda s: 0.0 if s < warm else _cosine((s - warm) / max(total - warm, 1)))
     opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
     return opt, sched, warm

@@ -87,7 +87,8 @@ class ContrastiveHashLoss(nn.Module):
         # codes / sqrt(bits) have unit norm: the dot product is 1 - 2 * hamming / bits.
         scale = bits ** -0.5
         info = _symmetric_infonce(tc * scale, ac * scale, self.temperature)
-        quant = 0.5 * ((text.float().abs() - 1).abs().mean() + (audio.float().abs() - 1).abs().mean())
+        quant = 0.5 * ((text.float().abs() - 1).abs().mean()
+                       + (audio.float().abs() - 1).abs().mean())
         balance = 0.5 * (tc.mean(0).abs().mean() + ac.mean(0).abs().mean())
         return {"infonce": info, "quantization": self.alpha * quant,
                 "bit_balance": self.beta * balance}

@@ -40,16 +40,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .wording import mute_library_future_warnings
+    from .workstation import workstation_extra
 
-    mute_library_future_warnings()
-    from ..errors import MissingExtra
-
-    try:
+    with workstation_extra("eval"):
         from ..export.train import evaluate
-    except ImportError as exc:
-        raise MissingExtra(f"cvahash eval needs the workstation extra ({exc.name} is missing): "
-                           "pip install '.[export]' in the cvahash checkout") from exc
     results = []
     try:
         for run_dir in args.runs:

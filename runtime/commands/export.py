@@ -11,7 +11,6 @@ int8 suits CPU devices (Pi, x86 station); fp16 a Jetson GPU. Needs the [export] 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 
@@ -40,20 +39,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .wording import mute_library_future_warnings
+    from .workstation import workstation_extra
 
-    mute_library_future_warnings()
-    from ..errors import MissingExtra
-
-    # Fail early with the extra's name, not deep inside the exporter.
-    if importlib.util.find_spec("torch") is None:
-        raise MissingExtra("cvahash export needs the workstation extra (torch is missing): "
-                           "pip install '.[export]' in the cvahash checkout")
-    try:
+    # Fails early with the extra's name, not deep inside the exporter.
+    with workstation_extra("export"):
         from ..export.onnx.bundle_writer import export_run
-    except ImportError as exc:
-        raise MissingExtra(f"cvahash export needs the workstation extra ({exc.name} is "
-                           "missing): pip install '.[export]' in the cvahash checkout") from exc
     if args.probe_limit < 1:
         print("cvahash export: error: --probe-limit must be >= 1", file=sys.stderr)
         return 2

@@ -80,17 +80,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .wording import mute_library_future_warnings
+    from .workstation import workstation_extra
 
-    mute_library_future_warnings()
-    from ..errors import MissingExtra
-
-    try:
+    with workstation_extra("train"):
         from ..export.train.loop import TrainOptions, train
         from ..export.train.run import RunConfig
-    except ImportError as exc:
-        raise MissingExtra(f"cvahash train needs the workstation extra ({exc.name} is missing): "
-                           "pip install '.[export]' in the cvahash checkout") from exc
     if args.objective in ("lsh", "itq"):
         return _run_fixed_heads(args)
     if args.data is None:
@@ -128,15 +122,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_fixed_heads(args: argparse.Namespace) -> int:
     """--objective lsh / itq: no gradient training, one pass over the data at most."""
-    from ..errors import CvahashError, MissingExtra
+    from ..errors import CvahashError
+    from .workstation import workstation_extra
 
-    try:
+    with workstation_extra("train"):
         from ..export.train.hyperplanes import fit_run
         from ..export.train.loop import TrainOptions
         from ..export.train.run import RunConfig
-    except ImportError as exc:
-        raise MissingExtra(f"cvahash train needs the workstation extra ({exc.name} is missing): "
-                           "pip install '.[export]' in the cvahash checkout") from exc
     config = RunConfig(model=args.model, bits=args.bits, objective=args.objective,
                        head="projection", lora_rank=0, seed=args.seed, epochs=0,
                        warmup_epochs=0, text_max_length=args.max_text_length)

@@ -290,12 +290,12 @@ def _agrees_with_serial(isa: int) -> bool:
         for threads in (1, 2):
             got = _knn(isa, queries, codes, 25, threads, None)
             want = _knn(serial, queries, codes, 25, 1, None)
-            if not all(np.array_equal(a, b) for a, b in zip(got, want)):
+            if not all(np.array_equal(a, b) for a, b in zip(got, want, strict=True)):
                 return False
         radius = 4 * nbytes
         got = _within(isa, queries[0], codes, radius, 1, None)
         want = _within(serial, queries[0], codes, radius, 1, None)
-        if not all(np.array_equal(a, b) for a, b in zip(got, want)):
+        if not all(np.array_equal(a, b) for a, b in zip(got, want, strict=True)):
             return False
     return True
 

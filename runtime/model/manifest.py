@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,8 +43,6 @@ def read_manifest_bytes(path: Path) -> bytes:
                           "re-copy the bundle") from None
     try:
         st = os.fstat(fd)
-        import stat
-
         if not stat.S_ISREG(st.st_mode):
             raise BundleError(f"{path}: is not a regular file; re-copy the bundle")
         data = os.read(fd, MAX_MANIFEST_BYTES + 1)

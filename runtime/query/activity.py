@@ -111,12 +111,12 @@ class Activity:
     def write_png(self, path: str | os.PathLike) -> Path:
         """A stacked bar chart (one colour per station) with the threshold in the title."""
         try:
-            import matplotlib
+            import matplotlib  # optional: the [plots] extra
         except ModuleNotFoundError:
             raise CvahashError("--png needs matplotlib: pip install '.[plots]' in the cvahash "
                                "checkout (or leave out --png and use --csv)") from None
         matplotlib.use("Agg")
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # optional: [plots]
 
         fig = Figure(figsize=(9, 3.6), dpi=100, layout="constrained")
         ax = fig.add_subplot()
@@ -127,7 +127,7 @@ class Activity:
             heights = [self.count(b, s) for b in self.buckets]
             ax.bar(starts, heights, width=width, bottom=bottom, align="edge", label=s)
             bottom = [a + b for a, b in zip(bottom, heights, strict=True)]
-        from matplotlib.ticker import MaxNLocator
+        from matplotlib.ticker import MaxNLocator  # optional: [plots]
 
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"hits per {self.by}")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import MissingExtra
+from ..model.frontend import log_mel, mel_filterbank
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model.frontend import FrontendParams
@@ -39,7 +40,7 @@ KHZ_TICKS = (0.25, 0.5, 1, 2, 4, 8, 12, 16, 20)
 def require() -> None:
     """Raise MissingExtra naming the install command unless matplotlib is importable."""
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401  # optional: the [plots] extra
     except ImportError:
         raise MissingExtra(f"--spectrograms draws with matplotlib, which is not installed: "
                            f"{INSTALL}") from None
@@ -47,8 +48,6 @@ def require() -> None:
 
 def mel_centres_hz(params: FrontendParams) -> np.ndarray:
     """Centre frequency (Hz) of each mel band of the front-end, lowest first."""
-    from ..model.frontend import mel_filterbank
-
     fb = mel_filterbank(params)  # [fft bins, mels]
     return np.argmax(fb, axis=0) * params.sample_rate / params.n_fft
 
@@ -73,11 +72,9 @@ def spectrogram_figure(samples: np.ndarray, params: FrontendParams, *, start_s: 
     the hit's window, ``start_s`` seconds into its recording, captured at
     ``capture_time``)."""
     require()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
-
-    from ..model.frontend import log_mel
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional: [plots]
+    from matplotlib.figure import Figure  # optional: [plots]
+    from matplotlib.ticker import FuncFormatter  # optional: [plots]
 
     mel = log_mel(samples, params)[0, 0].T  # [mels, frames], padded to the model's input
     seconds_per_frame = params.hop_length / params.sample_rate

@@ -104,7 +104,8 @@ def parse_offset(text: str) -> float:
     """Seconds from ``"95"``, ``"95.5"``, ``"1:35"`` or ``"0:01:35"``; raises QueryError."""
     m = _CLOCK.match(text.strip())
     if not m:
-        raise QueryError(f"{text!r} is not a time into the recording (use seconds like 95.5 or mm:ss)")
+        raise QueryError(f"{text!r} is not a time into the recording "
+                         "(use seconds like 95.5 or mm:ss)")
     seconds = int(m["h"] or 0) * 3600 + int(m["m"] or 0) * 60 + float(m["s"])
     if not math.isfinite(seconds):
         raise QueryError(f"{text!r} is not a finite time")
@@ -165,10 +166,10 @@ def _check_k(k: int) -> int:
     return k
 
 
-def search_text(store, bundle, text: str, k: int = 20, *, threads: int = 0, **filters) -> SearchResult:
-    """Encode ``text`` with the bundle's text graph and return the ``k`` nearest windows
-    (filters: ``since``, ``until``, ``station``, as the store takes them)."""
-    k = _check_k(k)
+def text_query_code(bundle, text: str) -> tuple[str, np.ndarray, bool, list[str]]:
+    """``(query, codes uint8 [1, nbytes], truncated, notes)``: what ``search`` searches for
+    when the user types ``text`` (tidied by `prepare_query`, encoded by the text graph).
+    Shared by every searcher of codes (the station store, the network archive)."""
     query, truncated, notes = prepare_query(text)
     tokens = bundle.tokenize([query])  # once: the codes come from these same tokens
     if bool(tokens.truncated[0]):
@@ -177,7 +178,21 @@ def search_text(store, bundle, text: str, k: int = 20, *, threads: int = 0, **fi
             f"query truncated: the model reads only its first {tokens.input_ids.shape[1]} "
             "tokens; the rest was ignored (a short description works best)"
         )
-    codes = bundle.encode_tokens(tokens)
+    return query, bundle.encode_tokens(tokens), truncated, notes
+
+
+def like_query_code(bundle, path: str | os.PathLike, start_s: float = 0.0) -> np.ndarray:
+    """The code (uint8 [1, nbytes]) ``search --like FILE@START_S`` searches for."""
+    samples = example_window(path, start_s, bundle.frontend_params)
+    return bundle.encode_audio(log_mel(samples, bundle.frontend_params))
+
+
+def search_text(store, bundle, text: str, k: int = 20, *, threads: int = 0,
+                **filters) -> SearchResult:
+    """Encode ``text`` with the bundle's text graph and return the ``k`` nearest windows
+    (filters: ``since``, ``until``, ``station``, as the store takes them)."""
+    k = _check_k(k)
+    query, codes, truncated, notes = text_query_code(bundle, text)
     hits = _hits(store, codes, k, filters, threads)
     return SearchResult(query, "text", bundle.bits, bundle.fingerprint, k, hits, truncated,
                         notes, dict(filters))  # fmt: skip
@@ -192,7 +207,8 @@ def example_window(path: str | os.PathLike, start_s: float, params) -> np.ndarra
     if start_s < 0 or start_s >= info.duration_s:
         raise QueryError(
             f"--like {path}@{start_s:g}: the start is past the end of the recording "
-            f"({info.duration_s:.1f} s long); use a start between 0 and {max(info.duration_s - 1, 0):.0f}"
+            f"({info.duration_s:.1f} s long); "
+            f"use a start between 0 and {max(info.duration_s - 1, 0):.0f}"
         )
     # Windows at 0, start_s, 2 * start_s...: the second is the one we want, cut by the
     # same continuous resampler as at index time (so an indexed window finds itself at
@@ -221,11 +237,11 @@ def search_like(store, bundle, path: str | os.PathLike, start_s: float = 0.0, k:
     """Query by example: encode the window of ``path`` starting at ``start_s`` with the
     audio graph and return the ``k`` nearest stored windows."""
     k = _check_k(k)
-    samples = example_window(path, start_s, bundle.frontend_params)
-    codes = bundle.encode_audio(log_mel(samples, bundle.frontend_params))
+    codes = like_query_code(bundle, path, start_s)
     hits = _hits(store, codes, k, filters, threads)
     return SearchResult(f"{path}@{start_s:g}", "like", bundle.bits, bundle.fingerprint, k, hits,
                         filters=dict(filters))  # fmt: skip
 
 
-__all__ += ["QueryError", "example_window", "parse_offset"]
+__all__ += ["QueryError", "example_window", "like_query_code", "parse_offset",
+            "text_query_code"]

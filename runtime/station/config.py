@@ -25,15 +25,23 @@ the card goes into the station. docs/configuration.md describes every key.
 The model's code width is not in the config (it lives in the bundle's manifest), so a
 watch radius is checked against the widest code (256 bits) here and against the real
 width by `DeviceConfig.check_bits` once the bundle is known.
+
+Why one long module: the schema (every section and key with its type, range and
+default) is one table that docs/configuration.md mirrors; the checks, the "did you
+mean" suggestions and the frozen dataclasses read it together, and splitting them
+would scatter one contract over several files.
 """
 
 from __future__ import annotations
 
 import difflib
+import getpass
 import math
 import os
 import re
 import shlex
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -283,8 +291,6 @@ class DeviceConfig:
 
 def _not_executable(program: str) -> str | None:
     """Why ``program`` (an alert command's argv[0]) cannot be run, or None."""
-    import shutil
-
     if "/" not in program:
         if shutil.which(program) is None:
             return ("is not a program on PATH; give the full path of an executable file "
@@ -316,9 +322,6 @@ def _not_writable(folder: Path) -> str | None:
     """Why the daemon could not create files in ``folder`` (made if missing), or None.
     Tries for real in the nearest existing folder: permission bits say nothing about a
     read-only card or a root-owned mount."""
-    import getpass
-    import tempfile
-
     existing = Path(folder)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -47,6 +47,7 @@ from ..store.records import Recording, Window
 from ..timeutil import utc_datetime
 from .capture import Block, CaptureError, DeviceSource, FileSource
 from .health import Health, write_status
+from .notify import Notifier, targets_from_settings
 from .retention import AudioRetention
 from .watchlist import Watchlist
 
@@ -137,8 +138,6 @@ class Daemon:
         settings = getattr(self.cfg, "notify", None)
         if settings is None or not (settings.mqtt or settings.apprise):
             return
-        from .notify import Notifier, targets_from_settings
-
         self.notifier = Notifier(self.alerts_log, targets_from_settings(settings),
                                  retry_s=settings.retry_s, station=self.station).start()
         log.info("notify: alerts also go to %s",

@@ -7,11 +7,16 @@ A store is a directory::
     meta.sqlite        metadata in SQLite (WAL): recordings, segments, tags (store.metadata)
     writer.lock        flock()ed by the one process that may write
 
-The parts: ``codefile.CodeFile`` (the open code file), ``journal.Journal``,
-``metadata`` (schema, checked reads, ``write_transaction``), ``replay.apply_record``
-(the one function that changes the metadata, for commits and for rebuilds); this class
-binds them, and its methods are grouped in ``append`` (writing), ``scan`` (reading),
-``upkeep`` (retention, check) and ``integrity`` (journal checks on open and on read).
+The parts, each owning its state behind a small interface (this class only binds
+them, holds the lock and checks that the store is open): ``identity.StoreIdentity``
+(directory, width, fingerprint; fingerprint and code checks), ``metadb.MetadataDB``
+(the SQLite connection, the committed state it last read, its caches),
+``rows.CodeRows`` (the code file and journal of the current generation, row
+verification), ``sync.StoreSync`` (snapshots; keeping the database and the rows in
+step: roll-forward, recovery, tail), ``append.Appender`` (the commit buffer and
+commits), ``scan.Reader`` (search and reads) and ``upkeep.Upkeep`` (forget, compact,
+check); ``create`` makes a new store's files. ``metadata`` holds the schema and checked
+reads, ``replay.apply_record`` the one function that changes the metadata.
 
 Data model. Row r of the code file is one window of audio. Windows are described by
 *segments* (records.Segment): n consecutive rows from one recording on a regular
@@ -108,91 +113,32 @@ read-only, disk full), StoreCorrupt (damage that was refused), FingerprintMismat
 (another bundle or width; shows both), InvalidCodes / InvalidArgument (bad input).
 Messages name the store directory and file and say what to do.
 """
-
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import logging
 import os
-import shutil
-import sqlite3
 import threading
-import time
-import uuid
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import FingerprintMismatch, InvalidArgument, StoreCorrupt, StoreError
-from .append import StoreAppending
-from .codefile import CodeFile, CodeFileMissing
-from .format import (
-    HEADER_SIZE,
-    LOCK_FILE,
-    MAX_FINGERPRINT,
-    META_FILE,
-    CodeHeader,
-    code_file_name,
-    fsync_dir,
-    write_new_code_file,
-)
-from .integrity import JournalAhead, StoreIntegrity, advice
+from ..errors import InvalidArgument, StoreCorrupt, StoreError
+from .append import Appender, as_segments
+from .create import create_files, remove_strays
+from .format import META_FILE
+from .identity import StoreIdentity, advice, take_writer_lock
 from .interface import CodeStorage
-from .journal import block_sums, journal_name, rows_crc, write_journal
-from .metadata import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    MetadataCorrupt,
-    RecordingCache,
-    info_problem,
-    read_info,
-    sql_errors,
-    write_transaction,
-)
+from .metadb import MetadataDB, migrate_schema, sqlite_file_problem
 from .records import Hit, Recording, Segment, Window
-from .replay import apply_record, new_database
-from .scan import StoreReading
-from .upkeep import StoreUpkeep
+from .rows import CodeRows
+from .scan import Reader
+from .sync import JournalAhead, StoreSync
+from .upkeep import Upkeep
 
 __all__ = ["CodeStore", "Hit", "Recording", "Segment", "Window"]
 
-log = logging.getLogger(__name__)
 
-
-
-def sqlite_file_problem(path: Path) -> str | None:
-    """What is wrong with a SQLite file's size by its own header (a cut file whose lost
-    pages SQLite would read as empty tables), or None."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(100)
-            size = os.fstat(f.fileno()).st_size
-    except OSError as e:
-        return f"cannot be read ({e})"
-    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
-        return "is not a SQLite database (damaged header)"
-    page = int.from_bytes(head[16:18], "big")
-    page = 65536 if page == 1 else page
-    pages = int.from_bytes(head[28:32], "big")
-    if head[24:28] == head[92:96] and pages and size < pages * page:
-        return f"is {size} bytes, shorter than the {pages} pages of {page} bytes it holds (cut)"
-    return None
-
-
-def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
-    uri = f"file:{path}?mode={'ro' if read_only else 'rw'}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
-                           timeout=30.0)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    if not read_only:
-        conn.execute("PRAGMA synchronous = FULL")
-    return conn
-
-
-class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeStorage):
+class CodeStore(CodeStorage):
     """Codes of one bundle fingerprint plus their metadata, in one directory.
 
     Open with ``CodeStore.create`` or ``CodeStore.open``; use as a context manager or
@@ -204,68 +150,8 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
     def create(cls, directory, bits: int, fingerprint: str, **options) -> CodeStore:
         """Make a new, empty store in ``directory`` (which must not exist or be empty)
         and open it for appending. ``options`` are those of ``open``."""
-        directory = Path(directory)
-        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
-                or not 1 <= bits <= 65535:
-            raise InvalidArgument(f"bits must be an integer in 1..65535, got {bits!r}")
-        if not isinstance(fingerprint, str) or not fingerprint or not fingerprint.isascii() \
-                or len(fingerprint) > MAX_FINGERPRINT:
-            raise InvalidArgument(f"fingerprint must be a non-empty ASCII string of at most "
-                                  f"{MAX_FINGERPRINT} characters, got {fingerprint!r}")
-        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-            raise StoreError(f"cannot create a code store in {directory}: it already exists "
-                             "and is not an empty directory; choose another --db folder")
-        # Build it under a temporary name beside it and rename: a cut during create
-        # leaves either nothing or a complete store, never a half-made one. The parent
-        # is taken lexically ("a/x/../b" is "a/b"), so the temporary folder is always
-        # where the rename puts the store.
-        directory = Path(os.path.abspath(directory))
-        parent = directory.parent
-        tmp = parent / f".{directory.name}.creating-{uuid.uuid4().hex[:8]}"
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            tmp.mkdir()
-            cls._build(tmp, int(bits), fingerprint)
-            if directory.exists():
-                directory.rmdir()
-            os.rename(tmp, directory)
-            fsync_dir(parent)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if directory.is_dir() and (directory / META_FILE).exists():
-                raise StoreError(f"another process created the code store {directory} at the "
-                                 "same time; run the command again to add to it") from None
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreError(f"the disk holding {parent} is full: cannot create the code "
-                                 f"store {directory}; free space and try again") from None
-            raise StoreError(f"cannot create the code store {directory}: {e.strerror or e} "
-                             f"({e.filename or parent}); check the --db path and its "
-                             "permissions") from None
+        directory = create_files(directory, bits, fingerprint)
         return cls.open(directory, "a", **options)
-
-    @staticmethod
-    def _build(tmp: Path, bits: int, fingerprint: str) -> None:
-        """The files of a new, empty store in the folder ``tmp``."""
-        store_id = uuid.uuid4()
-        header = CodeHeader(bits=bits, fingerprint=fingerprint, store_id=store_id.bytes,
-                            generation=0)
-        write_new_code_file(tmp / code_file_name(0), header)
-        base = {"kind": "base", "v": 0, "rows": 0, "forgotten": 0, "generation": 0,
-                "max_span_s": 0.0, "bits": bits, "fingerprint": fingerprint,
-                "store_id": store_id.hex, "segs": [], "tags": [], "sums": b""}
-        write_journal(tmp / journal_name(0), [base])
-        conn = sqlite3.connect(tmp / META_FILE, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            new_database(conn, base, store_id.hex, bits, fingerprint, time.time())
-        except sqlite3.Error as e:
-            raise OSError(errno.ENOSPC if "full" in str(e) else errno.EIO, str(e),
-                          str(tmp / META_FILE)) from e
-        finally:
-            conn.close()
-        (tmp / LOCK_FILE).touch()
-        fsync_dir(tmp)
 
     @classmethod
     def open(cls, directory, mode: str = "r", *, fingerprint: str | None = None,
@@ -287,7 +173,13 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
         if not float(commit_every_s) > 0:
             raise InvalidArgument(f"commit_every_s must be > 0, got {commit_every_s!r}")
         store = cls.__new__(cls)
-        store._init(Path(directory), mode, int(commit_every_windows), float(commit_every_s))
+        store.directory, store.mode = Path(directory), mode
+        store.commit_every_windows = int(commit_every_windows)
+        store.commit_every_s = float(commit_every_s)
+        store._lock = threading.RLock()
+        store._closed = False
+        store._lock_fd = None
+        store._db = store._rows = None
         try:
             store._open()
             store.require(fingerprint, bits)
@@ -314,35 +206,9 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
             raise
         return store
 
-    def _init(self, directory: Path, mode: str, every_windows: int, every_s: float) -> None:
-        self.directory = directory
-        self.mode = mode
-        self.commit_every_windows = every_windows
-        self.commit_every_s = every_s
-        self._lock = threading.RLock()
-        self._lock_fd: int | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._file: CodeFile | None = None
-        self._journal = None
-        self._verified_rows = 0
-        self._verify_pos = 0
-        self._checkpointed = time.monotonic()
-        self._recordings = RecordingCache()
-        self._checked_segments: dict[tuple, None] = {}
-        self._pending_codes: list[np.ndarray] = []
-        self._pending_segs: list[Segment] = []
-        self._pending_rows = 0
-        self._pending_since: float | None = None
-        self._version = None
-        self._layout = None
-        self._generation = None
-        self._committed = 0
-        self._forgotten = 0
-        self._max_span = 0.0
-        self._closed = False
-
     def _open(self) -> None:
-        d = self.directory
+        """Check the files, take the writer lock (mode "a"), connect and build the parts."""
+        d, writable = self.directory, self.mode == "a"
         if not (d / META_FILE).is_file():
             if d.is_dir() and any(d.glob("journal-*.bin")):
                 raise StoreCorrupt(f"the metadata file {d / META_FILE} of the code store {d} "
@@ -352,246 +218,45 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
         problem = sqlite_file_problem(d / META_FILE)
         if problem:
             raise StoreCorrupt(f"the metadata file {d / META_FILE} {problem}; {advice(d)}")
-        if self.mode == "a":
-            self._take_writer_lock()
-        with sql_errors(d / META_FILE, "open the store"):
-            self._conn = _connect(d / META_FILE, read_only=self.mode == "r")
-            info = read_info(self._conn)
-        self._check_info(info)
-        self.bits = int(info["bits"])
-        self.nbytes = (self.bits + 7) // 8
-        self.fingerprint = str(info["fingerprint"])
-        self.store_id = str(info["store_id"])
-        if self.mode == "a":
-            self._remove_strays(int(info["generation"]))
-        self._sync(force=True, opening=True)
-
-    def _take_writer_lock(self) -> None:
-        path = self.directory / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(f"another process (pid {holder}) is writing to the code store "
-                             f"{self.directory} ({path} is locked); stop it or open the store "
-                             'with mode="r"') from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-
-    def _check_info(self, info: dict) -> None:
-        where = self.directory / META_FILE
-        needed = ("schema_version", "store_id", "bits", "fingerprint", "generation",
-                  "committed_rows", "forgotten_rows", "max_span_s", "version", "layout")
-        missing = [k for k in needed if k not in info]
-        if missing:
-            raise StoreCorrupt(f"{where} lacks store_info keys {missing}; it is not a complete "
-                               f"code store; {advice(self.directory)}")
-        schema = info["schema_version"]
-        if not isinstance(schema, int) or schema > SCHEMA_VERSION:
-            raise StoreError(f"{where} has schema version {schema!r}; this cvahash reads up "
-                             f"to {SCHEMA_VERSION}: upgrade cvahash")
-        if schema < SCHEMA_VERSION:
-            raise StoreError(f"{where} has schema version {schema}, this cvahash uses "
-                             f"{SCHEMA_VERSION}; upgrade it once with "
-                             f"CodeStore.migrate({str(self.directory)!r}) (back it up first)")
-        problem = info_problem(info)
-        if problem:
-            raise StoreCorrupt(f"{where}: {problem}; {advice(self.directory)}")
-        for key in ("bits", "generation", "committed_rows", "forgotten_rows", "version",
-                    "layout"):
-            if not isinstance(info[key], int) or info[key] < 0:
-                raise StoreCorrupt(f"{where}: store_info {key} is {info[key]!r}; "
-                                   f"{advice(self.directory)}")
-        span = info["max_span_s"]
-        if not isinstance(span, (int, float)) or not 0 <= span < float("inf"):
-            raise StoreCorrupt(f"{where}: store_info max_span_s is {span!r}")
-
-    def _remove_strays(self, generation: int) -> None:
-        """Delete code files a cut left behind (an interrupted compact or create)."""
-        current = code_file_name(generation)
-        keep = {current, journal_name(generation)}
-        for p in self.directory.iterdir():
-            if p.name.startswith(("codes-", "journal-")) and p.name not in keep:
-                log.warning("code store %s: removing %s left by an interrupted compact",
-                            self.directory, p.name)
-                p.unlink()
-
-    # ------------------------------------------------------------------ state
-    @contextmanager
-    def _snapshot(self):
-        """One SQLite read transaction around a call: the committed state, the filters
-        and the hit lookups all see the same commit, whatever the writer does meanwhile."""
-        conn = self._conn
-        if conn.in_transaction:
-            yield
-            return
-        for attempt in range(4):
-            with sql_errors(self.directory / META_FILE, "read the store's state"):
-                conn.execute("BEGIN")
-            try:
-                self._sync()
-                break
-            except CodeFileMissing:
-                # compact() switched files and deleted the one our snapshot names:
-                # take a newer snapshot
-                conn.execute("ROLLBACK")
-                if self.mode == "a" or attempt == 3:
-                    raise
-                time.sleep(0.01)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        try:
-            with sql_errors(self.directory / META_FILE, "read the store's metadata"):
-                yield
-        finally:
-            if conn.in_transaction:
-                try:
-                    conn.execute("COMMIT")
-                except sqlite3.Error:
-                    # ending a read transaction on a damaged file may fail too; the
-                    # error being raised (if any) is the one that says what happened
-                    if conn.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            conn.execute("ROLLBACK")
-
-    def _sync(self, force: bool = False, opening: bool = False) -> None:
-        """Bring the cached committed state up to date with SQLite (cheap when unchanged).
-
-        The writer holds the lock, so only its own writes change the store: it syncs
-        after them (force) and skips the version query otherwise.
-        """
-        if self.mode == "a" and not force:
-            return
-        conn = self._conn
-        own = not conn.in_transaction
-        with sql_errors(self.directory / META_FILE, "read the store's state"):
-            if own:
-                conn.execute("BEGIN")
-            try:
-                if not force:
-                    (version,) = conn.execute(
-                        "SELECT value FROM store_info WHERE key = 'version'").fetchone()
-                    if version == self._version:
-                        return
-                info = read_info(conn)
-                self._check_info(info)
-            finally:
-                if own and conn.in_transaction:
-                    conn.execute("COMMIT")
-        if info["layout"] != self._layout:
-            self._recordings.clear()
-            self._checked_segments.clear()
-        if info["generation"] != self._generation:
-            self._open_code_file(info)
-        self._committed, self._forgotten = info["committed_rows"], info["forgotten_rows"]
-        self._max_span = float(info["max_span_s"])
-        self._version, self._layout = info["version"], info["layout"]
-        self._generation = info["generation"]
-        if opening:
-            self._reconcile_journal()
-        self._check_file_length(opening)
-
-    def _check_segment_totals(self, conn, info: dict) -> None:
-        """check(): the segments account for every committed row (a segment row that
-        vanished from a damaged database shows up here) and lie inside them."""
-        count, total, max_end, min_first, min_n = conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(n_rows), 0), COALESCE(MAX(first_row + n_rows), 0),"
-            " COALESCE(MIN(first_row), 0), COALESCE(MIN(n_rows), 1) FROM segments").fetchone()
-        committed, forgotten = info["committed_rows"], info["forgotten_rows"]
-        if not all(isinstance(x, int) for x in (count, total, max_end, min_first, min_n)) \
-                or total + forgotten != committed or max_end > committed or min_first < 0 \
-                or min_n < 1:
-            raise MetadataCorrupt(
-                f"{count} segments hold {total} rows ending at row {max_end} and {forgotten} "
-                f"rows were forgotten, but {committed} rows are committed")
-
-    def _open_code_file(self, info: dict) -> None:
-        new = CodeFile(self.directory, int(info["generation"]), self.nbytes,
-                       writable=self.mode == "a")
-        try:
-            header = new.header()
-            mismatch = [name for name, a, b in (
-                ("bits", header.bits, int(info["bits"])),
-                ("fingerprint", header.fingerprint, str(info["fingerprint"])),
-                ("store id", header.store_id.hex(), str(info["store_id"])),
-                ("generation", header.generation, int(info["generation"])))
-                if a != b]
-            if mismatch:
-                raise StoreCorrupt(f"the code file {new.path} does not belong to the metadata "
-                                   f"in {self.directory / META_FILE} (different "
-                                   f"{', '.join(mismatch)}); restore the matching file from a "
-                                   "backup")
-        except BaseException:
-            new.close()
-            raise
-        if self._file is not None:
-            self._file.close()
-        self._file = new
-        self._open_journal(int(info["generation"]), info)
-
-    def _file_rows(self) -> tuple[int, int]:
-        return self._file.rows_and_size()
-
-    def _check_file_length(self, opening: bool) -> None:
-        rows, size = self._file_rows()
-        path = self.directory / code_file_name(self._generation)
-        if rows < self._committed:
-            if self.mode == "r":
-                raise StoreCorrupt(
-                    f"the code file {path} holds {rows} rows but {self._committed} were "
-                    f"committed (the card lost data); {advice(self.directory)}")
-            self._recover_to(rows)
-        elif opening and self.mode == "a" and size != HEADER_SIZE + self._committed * self.nbytes:
-            # an append cut before its commit: those rows were never acknowledged
-            log.info("code store %s: dropping %d bytes of uncommitted tail", self.directory,
-                     size - HEADER_SIZE - self._committed * self.nbytes)
-            self._file.cut_to(self._committed)
-
-    def _recover_to(self, rows: int) -> None:
-        """Keep the ``rows`` rows the code file still holds (mode "a"): a base record of
-        what remains goes to the journal first, then the same change to the metadata."""
-        lost = self._committed - rows
-        bad = self._bad_rows(rows)
-        base = self._base_record(self._version + 1, keep_rows=rows, bad=bad)
-        self._verified_rows = 0
-        base["sums"] = block_sums(self._view(rows), 0)
-        base["crc"] = rows_crc(self._view(rows))
-        self._write_base(base)
-        with self._write_transaction("drop the lost rows' metadata") as conn:
-            apply_record(conn, base)
-        log.warning("code store %s: the code file lost its last %d rows (power cut or card "
-                    "fault); their metadata was dropped and the recordings they belonged to "
-                    "retired (%s), so that indexing them again re-does them; %d rows remain",
-                    self.directory, lost, ", ".join(base["retired"]) or "none", rows)
-        self._file.cut_to(rows)
-        self._sync(force=True)
-
-    def _write_transaction(self, what: str, note: str = ""):
-        """The one way the store writes its metadata (see metadata.write_transaction)."""
-        return write_transaction(self._conn, self.directory / META_FILE, what, note)
-
-    def _view(self, rows: int) -> np.ndarray:
-        """Read-only uint8 (rows, nbytes) view of the first ``rows`` code rows."""
-        return self._file.view(rows)
+        if writable:
+            self._lock_fd = take_writer_lock(d)
+        self._db = MetadataDB(d, writable)
+        info = self._db.connect()
+        self._id = StoreIdentity(d, int(info["bits"]), str(info["fingerprint"]),
+                                 str(info["store_id"]))
+        self.bits, self.nbytes = self._id.bits, self._id.nbytes
+        self.fingerprint, self.store_id = self._id.fingerprint, self._id.store_id
+        if writable:
+            remove_strays(d, int(info["generation"]))
+        self._rows = CodeRows(self._id, writable)
+        self._sync = StoreSync(self._id, self._db, self._rows, writable)
+        self._appender = Appender(self._id, self._db, self._rows, self._sync,
+                                  self.commit_every_windows, self.commit_every_s) \
+            if writable else None
+        self._reader = Reader(self._id, self._db, self._sync)
+        self._upkeep = Upkeep(self._id, self._db, self._rows, self._sync, self._appender)
+        self._sync.sync(force=True, opening=True)
 
     def _live(self, refresh: bool = True) -> None:
         if self._closed:
             raise StoreError(f"the code store {self.directory} is closed")
         if refresh:
-            with self._snapshot():
+            with self._sync.snapshot():
                 pass
+
+    def _writable(self, what: str) -> None:
+        self._live(refresh=False)
+        if self.mode != "a":
+            raise StoreError(f"cannot {what}: the code store {self.directory} is open "
+                             "read-only (only `cvahash index`, `update apply` and the daemon "
+                             "write to a store)")
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
         """Searchable (committed, not forgotten) windows."""
         with self._lock:
             self._live()
-            return self._committed - self._forgotten
+            return self._db.committed - self._db.forgotten
 
     @property
     def durable_rows(self) -> int:
@@ -599,61 +264,155 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
         this number survive a power cut."""
         with self._lock:
             self._live()
-            return self._committed
+            return self._db.committed
 
     @property
     def pending_rows(self) -> int:
         """Rows appended but not yet committed (lost on a power cut)."""
-        return self._pending_rows
+        return self._appender.pending_rows if self._appender is not None else 0
 
     @property
     def codes(self) -> np.ndarray:
         """Read-only view of every committed code row (forgotten rows included)."""
         with self._lock:
             self._live()
-            self._verify_codes()
-            return self._view(self._committed)
+            return self._sync.committed_codes()
 
     def require(self, fingerprint: str | None = None, bits: int | None = None) -> None:
         """Raise FingerprintMismatch unless the store was made for this bundle."""
-        if fingerprint is not None and fingerprint != self.fingerprint:
-            raise FingerprintMismatch(
-                f"the code store {self.directory} holds codes of bundle fingerprint "
-                f"{self.fingerprint!r} ({self.bits} bits), not {fingerprint!r}; use a store "
-                "made with this bundle or re-index with it into a new store")
-        if bits is not None and bits != self.bits:
-            raise FingerprintMismatch(
-                f"the code store {self.directory} holds {self.bits}-bit codes (fingerprint "
-                f"{self.fingerprint!r}), not {bits}-bit ones")
+        self._id.require(fingerprint, bits)
 
+    # ------------------------------------------------------------------ writing
+    def append(self, codes, windows, *, tag: str | None = None, fingerprint: str | None = None,
+               commit: bool = False) -> range:
+        """Add code rows and their windows; return the rows they got.
+
+        ``codes``: uint8 (n, nbytes). ``windows``: a Segment (n_rows may be None), a list
+        of Segments whose n_rows sum to n, or a list of n Windows. ``tag``: apply this
+        batch at most once (if ``has_tag(tag)``, nothing is appended and an empty range
+        is returned); a tagged append commits at once. ``commit=True`` commits now.
+        See the module docstring for when rows become durable.
+        """
+        with self._lock:
+            self._writable("append")
+            self.require(fingerprint)
+            arr = self._id.check_codes(codes, "codes")
+            segs = as_segments(windows, len(arr))
+            if tag is not None:
+                if not isinstance(tag, str) or not tag:
+                    raise InvalidArgument(f"tag must be a non-empty string, got {tag!r}")
+                if self.has_tag(tag):
+                    return range(self._db.committed, self._db.committed)
+            return self._appender.add(arr, segs, tag, commit)
+
+    def flush(self) -> int:
+        """Commit everything appended so far; return ``durable_rows``."""
+        with self._lock:
+            self._live(refresh=False)
+            if self._appender is not None and self._appender.pending:
+                self._appender.commit(None, None)
+            return self._db.committed
+
+    def forget(self, recording) -> int:
+        """Remove the windows of a recording (a path: every version of it; or a Recording)
+        from search; return how many rows. ``compact()`` reclaims their space."""
+        with self._lock:
+            self._writable("forget recordings")
+            self.flush()
+            return self._upkeep.forget(recording)
+
+    def compact(self) -> int:
+        """Rewrite the code file without forgotten rows; return how many rows it freed.
+
+        Needs free space for the kept rows. Row numbers change; readers switch to the
+        new file at their next search.
+        """
+        with self._lock:
+            self._writable("compact")
+            self.flush()
+            return self._upkeep.compact()
+
+    # ------------------------------------------------------------------ reading
+    def search_rows(self, queries, k: int, *, since=None, until=None, station=None,
+                    recording=None, fingerprint: str | None = None, threads: int = 0):
+        """Like ``search`` but return the kernel's arrays ``(distances, rows)``."""
+        with self._lock:
+            self._live(refresh=False)
+            with self._sync.snapshot():
+                return self._reader.search_rows(queries, k, since, until, station, recording,
+                                                fingerprint, threads)
+
+    def search(self, queries, k: int, *, since=None, until=None, station=None,
+               recording=None, fingerprint: str | None = None,
+               threads: int = 0) -> list[list[Hit]]:
+        """The k nearest windows to each query code, with their metadata.
+
+        ``queries``: uint8 (nq, nbytes) or one (nbytes,). Filters: ``since``/``until``
+        keep windows whose capture time lies in [since, until) (aware datetime or UTC
+        epoch seconds); ``station``: a station name or several; ``recording``: a path, a
+        Recording, or several. Returns one list of Hits per query, nearest first, ties
+        by row. Only committed rows are searched.
+        """
+        with self._lock:
+            self._live(refresh=False)
+            return self._reader.search(queries, k, since, until, station, recording,
+                                       fingerprint, threads)
+
+    def read(self, rows) -> tuple[np.ndarray, list[Window]]:
+        """Codes (a copy, uint8 (m, nbytes)) and windows of the given committed rows."""
+        with self._lock:
+            self._live(refresh=False)
+            return self._reader.read(rows)
+
+    def iter_segments(self) -> Iterator[tuple[Segment, np.ndarray]]:
+        """Every segment in row order with a copy of its codes, from one snapshot.
+
+        Feeding them to another store's ``append`` copies a store (the merge tool).
+        """
+        with self._lock:
+            self._live(refresh=False)
+            segs, codes = self._reader.segments_and_codes()
+        for seg in segs:
+            yield seg, codes[seg.first_row:seg.first_row + seg.n_rows].copy()
+
+    def recordings(self) -> list[Recording]:
+        """Every recording with committed windows."""
+        with self._lock:
+            self._live(refresh=False)
+            return self._reader.recordings()
+
+    def has_tag(self, tag: str) -> bool:
+        """Whether a tagged append with this tag was committed."""
+        with self._lock:
+            self._live(refresh=False)
+            return self._reader.has_tag(tag)
+
+    def has_recording(self, path: str, content_hash: str = "") -> bool:
+        """Whether committed windows of this recording (same path and content hash) exist."""
+        with self._lock:
+            self._live(refresh=False)
+            return self._reader.has_recording(path, content_hash)
+
+    def stats(self) -> dict:
+        """rows, bytes on disk, time span and stations of the committed store."""
+        with self._lock:
+            self._live(refresh=False)
+            return self._reader.stats(self.pending_rows)
+
+    def check(self) -> dict:
+        """Verify the whole store (SQLite integrity, header, file length, metadata
+        checksums and layout, the journal rebuilding exactly this metadata, every code
+        row's checksum); return ``stats()`` or raise StoreCorrupt."""
+        with self._lock:
+            self._live(refresh=False)
+            self._upkeep.check()
+            return self.stats()
+
+    # ------------------------------------------------------------------ schema
     @classmethod
     def migrate(cls, directory) -> int:
         """Upgrade a store's schema to this cvahash's version; return the old version."""
-        directory = Path(directory)
-        store = cls.__new__(cls)
-        store._init(directory, "a", 1, 1.0)
-        try:
-            store._take_writer_lock()
-            with sql_errors(directory / META_FILE, "migrate the schema"):
-                conn = _connect(directory / META_FILE, read_only=False)
-            try:
-                with write_transaction(conn, directory / META_FILE, "migrate the schema"):
-                    old = read_info(conn).get("schema_version")
-                    version = old
-                    while isinstance(version, int) and version < SCHEMA_VERSION:
-                        if version not in MIGRATIONS:
-                            raise StoreError(f"no migration from schema {version} for "
-                                             f"{directory}")
-                        MIGRATIONS[version](conn)
-                        version += 1
-                        conn.execute("UPDATE store_info SET value = ? WHERE key = "
-                                     "'schema_version'", (version,))
-                return old
-            finally:
-                conn.close()
-        finally:
-            store._release()
-
+        return migrate_schema(Path(directory))
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
@@ -662,32 +421,18 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
             if self._closed:
                 return
             try:
-                if self.mode == "a" and self._conn is not None:
+                if self.mode == "a" and self._db is not None and self._db.conn is not None:
                     self.flush()
-                    self._checkpoint()
+                    self._db.checkpoint()
             finally:
                 self._release()
 
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the database file (PASSIVE: never waits for readers), so
-        committed metadata does not live only in the WAL for long."""
-        try:
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as e:
-            log.info("code store %s: WAL checkpoint skipped (%s)", self.directory, e)
-        self._checkpointed = time.monotonic()
-
     def _release(self) -> None:
         self._closed = True
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        if self._db is not None:
+            self._db.close()
+        if self._rows is not None:
+            self._rows.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -701,3 +446,4 @@ class CodeStore(StoreAppending, StoreReading, StoreUpkeep, StoreIntegrity, CodeS
     def __repr__(self) -> str:
         return (f"CodeStore({str(self.directory)!r}, mode={self.mode!r}, bits={self.bits}, "
                 f"fingerprint={self.fingerprint!r})")
+

@@ -63,8 +63,9 @@ from ...errors import (
     StoreError,
 )
 from ...library.library import Library, store_info
+from ...model.calibration import Calibration
 from ...query.activity import count_activity
-from ...query.report import _read_span, display_paths, format_span
+from ...query.report import _read_span, display_paths, format_span, to_doc
 from ...query.search import parse_when, search_like, search_text
 from ..health import read_status, verdict
 from . import auth
@@ -329,7 +330,9 @@ def create_app(settings: WebSettings) -> Starlette:
     async def search_api(request: Request) -> Response:
         q = _query_text(request)
         k, filters = search_args(request)
-        return api(request, (await searching(do_search, q, k, filters)).to_dict())
+        result = await searching(do_search, q, k, filters)
+        # the same document as `cvahash search --json`, calibration column included
+        return api(request, to_doc(result, Calibration.from_manifest(library.get()[1].manifest)))
 
     async def like_page(request: Request) -> Response:
         row = _row(_param(request, "row") or "")

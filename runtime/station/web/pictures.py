@@ -30,7 +30,7 @@ COLOUR_MAP = "magma"  # as cvahash.query.plots draws the CLI pictures
 
 def strip_rgb(samples: np.ndarray, params) -> np.ndarray:
     """uint8 RGB [mels, frames, 3] of the log-mel, highest band in row 0."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # optional: the [plots] extra
 
     mel = log_mel(samples, params)[0, 0].T[::-1]  # [mels, frames], high bands on top
     top = float(mel.max())

@@ -1,0 +1,1 @@
+"""The network archive: every station's codes in ClickHouse (chDB embedded or a server)."""
