@@ -406,8 +406,8 @@ def _valid_field(key: str, v) -> bool:
     if key == "content_hash":
         return isinstance(v, str) and len(v) <= 128 and all(
             c.isascii() and (c.isalnum() or c in ":_.+/=-") for c in v)
-    if key == "start_utc":
-        return v is None or _finite_number(v)
+    if key == "start_utc":  # a time a store can hold: 1970-01-01 .. 2200-01-01 UTC
+        return v is None or (_finite_number(v) and 0 <= v < 7258118400)
     if key == "duration_s":
         return v is None or (_finite_number(v) and v >= 0)
     if key == "sample_rate":
