@@ -1,24 +1,9 @@
 """The network archive: every station's codes in ClickHouse, searched and counted together.
 
-Schema (`cvahash.archive.schema`; docs/archive.md gives the reasons and the cluster
-DDL). One code table per bundle fingerprint, so codes of two bundles are never compared::
-
-    codes_<16 hex of sha256(fingerprint)>
-        station   LowCardinality(String)
-        capture   DateTime64(6, 'UTC')  CODEC(Delta, LZ4)       window's capture start
-        recording UInt64                CODEC(LZ4)              id of (station, path, hash)
-        offset_us Int64                 CODEC(Delta, LZ4)       start into the recording
-        length_s  Float64               CODEC(LZ4)
-        clock     LowCardinality(String)
-        batch     UInt32                CODEC(T64, LZ4)         the ingest that brought it
-        seq       UInt32                CODEC(Delta, LZ4)       its position in that update
-        c0 .. cW  UInt64                CODEC(NONE)             the code, 64 bits a column
-    ENGINE MergeTree PARTITION BY toYYYYMM(capture)
-    ORDER BY (station, capture, recording, offset_us)
-
-plus ``bundles`` (fingerprint -> bits, table), ``recordings`` (id -> path, station,
-content hash, start, rate, duration), ``ingests`` (the ledger: one row per update
-ingested, written last) and ``starts`` / ``aborts`` (ingests begun / cleaned up).
+The tables (one code table per bundle fingerprint, so codes of two bundles are never
+compared; ``bundles``, ``recordings``, the ``ingests`` ledger, ``starts`` / ``aborts``) are
+described in `cvahash.archive.schema`; docs/archive.md gives the reasons and the cluster
+DDL.
 
 A window is identified by (fingerprint, recording, offset). Ingest is idempotent and
 all-or-nothing for readers: the update is verified completely (signature first) before
@@ -29,14 +14,11 @@ because every read keeps ``batch IN (SELECT batch FROM ingests)``. A process kil
 mid-ingest leaves rows of a batch that has a ``starts`` row and no ledger row: the next
 ingest deletes them first, so a rerun gives exactly the rows of a clean ingest.
 
-Search (`cvahash.archive.view`) orders by distance, then insertion order (the ingest's
-number, then the window's position in its update), the documented tie key: the archive
-answers exactly as a station store that applied the same updates in the same order.
-`ArchiveView.search` takes the station store's arguments (queries, k, since, until,
-station) and returns the store's `Hit` records, so `cvahash.query.search.search_text` runs
-over the archive unchanged; `cvahash.archive.storage.ArchiveStore` is the archive behind
-the storage interface (`cvahash.store.interface.CodeStorage`). Update rows become columns
-in `cvahash.archive.rows`.
+Searching and counting one bundle's codes (`ArchiveView`, answering exactly as a station
+store that applied the same updates in the same order) live in `cvahash.archive.view`;
+`cvahash.archive.storage.ArchiveStore` is the archive behind the storage interface
+(`cvahash.store.interface.CodeStorage`); update rows become columns in
+`cvahash.archive.rows`.
 """
 
 from __future__ import annotations
