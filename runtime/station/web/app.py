@@ -267,17 +267,14 @@ def create_app(settings: WebSettings) -> Starlette:
         return Response(data, media_type="audio/wav",
                         headers={"Cache-Control": "private, max-age=3600"})
 
-    async def spectrogram(request: Request) -> Response:
-        row = row_id(request.path_params["row"])
-        data = await searching(pictures.draw, row, True)
-        return Response(data, media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=3600"})
-
-    async def strip(request: Request) -> Response:
-        row = row_id(request.path_params["row"])
-        data = await searching(pictures.draw, row, False)
-        return Response(data, media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=3600"})
+    def picture(full: bool):
+        """The handler of the CLI's figure (``full``) or the search page's strip."""
+        async def draw(request: Request) -> Response:
+            row = row_id(request.path_params["row"])
+            data = await searching(pictures.draw, row, full)
+            return Response(data, media_type="image/png",
+                            headers={"Cache-Control": "private, max-age=3600"})
+        return draw
 
     # --- alerts ---
     async def alerts_page(request: Request) -> Response:
@@ -404,8 +401,8 @@ def create_app(settings: WebSettings) -> Starlette:
         Route("/api/status", protect(status_api)),
         Route("/api/info", protect(info_api)),
         Route("/audio/{row}.wav", protect(audio)),
-        Route("/spectrogram/{row}.png", protect(spectrogram)),
-        Route("/strip/{row}.png", protect(strip)),
+        Route("/spectrogram/{row}.png", protect(picture(full=True))),
+        Route("/strip/{row}.png", protect(picture(full=False))),
         Route("/login", protect(login_page, public=True)),
         Route("/login", protect(login, public=True), methods=["POST"]),
         Route("/logout", protect(logout, public=True), methods=["POST"]),
