@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_time_range, time_range
+from .options import add_time_range, check_threads, time_range
 
 EPILOG = """\
 examples:
@@ -59,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
         parser.error(f"--top {args.top}: must be at least 1")
     if args.radius is not None and args.radius < 0:
         parser.error(f"--radius {args.radius}: must be 0 or more")
-    if args.threads < 0:
-        parser.error(f"--threads {args.threads}: must be 0 (one per core) or more")
+    check_threads(args)
 
     from ..library.library import Library
     from ..query.activity import count_activity

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from .options import add_time_range, time_range
+from .options import add_time_range, check_threads, time_range
 
 ARCHIVE_ENV = "CVAHASH_ARCHIVE"
 
@@ -130,8 +130,7 @@ def _query(args):
 
     if (args.text is None) == (args.like is None):
         parser.error("give either TEXT or --like FILE[@START_S] (exactly one)")
-    if args.threads < 0:
-        parser.error(f"--threads {args.threads}: must be 0 (one per core) or more")
+    check_threads(args)
     if args.text is not None:
         prepare_query(args.text)
         args._like = None

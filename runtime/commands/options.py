@@ -1,7 +1,9 @@
-"""Options several commands share: the capture-time range (``--since`` / ``--until``).
+"""Options several commands share: the capture-time range (``--since`` / ``--until``) and
+the ``--threads`` check.
 
-Registered by `add_time_range`, checked by `time_range` before anything is opened, so
-``search``, ``activity`` and ``archive search|activity`` read and refuse them alike.
+Registered by `add_time_range`, checked by `time_range` / `check_threads` before anything
+is opened, so ``search``, ``activity``, ``index`` and ``archive search|activity`` read and
+refuse them alike.
 """
 
 from __future__ import annotations
@@ -25,3 +27,9 @@ def time_range(args: argparse.Namespace) -> dict:
     if since and until and since >= until:
         args._parser.error(f"--since {args.since} is not before --until {args.until}")
     return {"since": since, "until": until}
+
+
+def check_threads(args: argparse.Namespace) -> None:
+    """``--threads N``: 0 (one per core) or more, else a usage error (exit 2)."""
+    if args.threads < 0:
+        args._parser.error(f"--threads {args.threads}: must be 0 (one per core) or more")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_time_range, time_range
+from .options import add_time_range, check_threads, time_range
 
 EPILOG = """\
 examples:
@@ -59,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
         parser.error("give either TEXT or --like FILE[@START_S] (exactly one)")
     if args.k < 1:
         parser.error(f"-k {args.k}: the number of results must be at least 1")
-    if args.threads < 0:
-        parser.error(f"--threads {args.threads}: must be 0 (one per core) or more")
+    check_threads(args)
     if not 0 <= args.context <= 60:
         parser.error(f"--context {args.context}: must be between 0 and 60 seconds")
 
