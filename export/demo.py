@@ -1,12 +1,17 @@
 """`make demo`: the main job end to end, on a field recording made here.
 
-    python -m cvahash.export.demo [--out demo_out] [--minutes 120] [--retrain]
+    python -m cvahash.export.demo [--out demo_out] [--minutes 120] [--retrain [--quick]]
+        [--seed 7] [--background pink] [--heldout-queries] [--threads 0]
 
 1. a model bundle: the tiny one the repository ships (tests/data/demo-bundle, made by
    this toolchain: see `--retrain`), or with `--retrain` a new one trained and exported
-   here (synthetic corpus -> tiny CLAP pretrained with the clip loss -> CVA-Hash heads
-   with LoRA -> int8 ONNX bundle);
-2. a two-hour field recording with known events (cvahash synth --soundscape);
+   here (synthetic corpus of 1000 clips -> the stand-in CLAP of
+   cvahash.export.train.standin: text warm-up, then supclip pretraining -> 64-bit
+   contrastive heads -> int8 ONNX bundle; about 15 minutes at one thread, `--quick` a
+   few minutes with a near-chance result);
+2. a two-hour field recording with known events (cvahash synth --soundscape; `--seed` and
+   `--background stream` give one whose seed and background training never saw, and
+   `--heldout-queries` queries with phrasings training captions never used);
 3. `cvahash index` of that recording into a code store;
 4. five text queries with `cvahash search`, each hit printed beside what was really
    playing in that window, and precision@10 against the known events (with the chance
@@ -38,18 +43,36 @@ def cli(*args: str) -> int:
     return main(list(args))
 
 
-def retrain(work: Path, seed: int = 0) -> Path:
-    """Reproduce the shipped demo bundle: corpus, clip pretraining, CVA-Hash, export."""
+# The retrain recipe (docs/benchmarks/quality.md run 5): corpus size and epochs, full and
+# --quick (a few minutes' smoke run of the same path; its bundle is near chance).
+RECIPE = {"clips": 1000, "text_epochs": 40, "epochs": 30, "more_epochs": 60, "head_epochs": 60}
+QUICK_RECIPE = {"clips": 100, "text_epochs": 2, "epochs": 1, "more_epochs": 0,
+                "head_epochs": 1}
+
+
+def retrain(work: Path, seed: int = 0, quick: bool = False) -> Path:
+    """Reproduce the shipped demo bundle: corpus, stand-in pretraining, heads, export."""
+    from .train.standin import pretrain_standin  # lazy: torch
+
+    recipe = QUICK_RECIPE if quick else RECIPE
     corpus = work / "corpus"
     if not (corpus / "manifest.jsonl").exists():
-        cli("synth", "--out", str(corpus), "--n", "1000", "--seed", str(seed), "--force")
+        if cli("synth", "--out", str(corpus), "--n", str(recipe["clips"]), "--seed", str(seed),
+               "--format", "wav", "--force") != 0:
+            raise SystemExit("demo: `cvahash synth` failed; see the message above")
     manifest = str(corpus / "manifest.jsonl")
+    print(f"\n$ python bench/standin_pretrain.py --corpus {corpus} --out {work / 'standin'} "
+          f"--text-epochs {recipe['text_epochs']} --epochs {recipe['epochs']} "
+          f"--more-epochs {recipe['more_epochs']} --seed {seed}", flush=True)
+    model, _ = pretrain_standin(Path(manifest), work / "standin",
+                                text_epochs=recipe["text_epochs"], epochs=recipe["epochs"],
+                                more_epochs=recipe["more_epochs"], seed=seed, log=None)
     steps = [
-        ("train", "--model", "tiny", "--objective", "clip", "--data", manifest,
-         "--out", str(work / "clip-run"), "--epochs", "15", "--seed", str(seed)),
-        ("train", "--model", str(work / "clip-run"), "--objective", "crovca",
-         "--data", manifest, "--bits", "64", "--lora-rank", "8", "--epochs", "3",
-         "--warmup-epochs", "1", "--out", str(work / "hash-run"), "--seed", str(seed)),
+        ("train", "--model", str(model), "--objective", "contrastive", "--data", manifest,
+         "--bits", "64", "--lora-rank", "0", "--epochs", str(recipe["head_epochs"]),
+         "--warmup-epochs", "0", "--batch-size", "64", "--lr-head", "2e-3",
+         "--max-text-length", "32", "--out", str(work / "hash-run"), "--seed", str(seed),
+         "--no-resume", "--quiet"),
         ("export", str(work / "hash-run"), "--out", str(work / "bundle"), "--data", manifest,
          "--force"),
     ]
@@ -71,11 +94,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=120.0, help="length of the recording")
     ap.add_argument("--retrain", action="store_true",
                     help="train and export a new bundle instead of the shipped one")
+    ap.add_argument("--quick", action="store_true",
+                    help="with --retrain: a tiny corpus and a few epochs (checks the path in "
+                         "minutes; the bundle it makes is near chance)")
     ap.add_argument("--bundle", help="use this bundle")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="ONNX Runtime threads for indexing (default 0: one per core)")
+    ap.add_argument("--seed", type=int, default=7, help="seed of the recording (default 7)")
+    ap.add_argument("--background", default="pink",
+                    help="background of the recording (default pink; 'stream' is the one "
+                         "held out of the training corpus)")
+    ap.add_argument("--heldout-queries", action="store_true",
+                    help="query each call with a phrasing held out of the training captions "
+                         "(default: its first, seen phrasing)")
     args = ap.parse_args(argv)
     from ..library.library import Library  # lazy: --help stays fast
     from ..query.search import search_text  # lazy: --help stays fast
-    from .synth.corpus import events_path, queries_for  # lazy: --help stays fast
+    from .synth.captions import queries_for  # lazy: --help stays fast
+    from .synth.corpus import events_path  # lazy: --help stays fast
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -83,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.bundle:
         bundle_dir = Path(args.bundle)
     elif args.retrain or not (SHIPPED_BUNDLE / "manifest.json").exists():
-        print("== 1. training and exporting a tiny bundle (this takes several minutes)")
-        bundle_dir = retrain(out / "train")
+        print("== 1. training and exporting a tiny bundle (" + ("a few minutes" if args.quick
+              else "about 15 minutes at one thread") + ")")
+        bundle_dir = retrain(out / "train", quick=args.quick)
     else:
         bundle_dir = SHIPPED_BUNDLE
         print(f"== 1. model bundle: {bundle_dir.relative_to(REPO)} (shipped; "
@@ -93,12 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     print("\n== 2. a field recording with known events")
-    field = out / "field"
+    # a recording other than the default one gets its own folders (its own store)
+    tag = "" if (args.seed, args.background) == (7, "pink") else f"-{args.seed}-{args.background}"
+    field = out / f"field{tag}"
     recording = field / "20240612_050000.flac"
     if not events_path(recording).exists():
         field.mkdir(exist_ok=True)
         if cli("synth", "--soundscape", str(recording), "--minutes", f"{args.minutes:g}",
-               "--seed", "7", "--events-per-minute", "3", "--call-types", ",".join(DEMO_CALLS),
+               "--seed", str(args.seed), "--background", args.background,
+               "--events-per-minute", "3", "--call-types", ",".join(DEMO_CALLS),
                "--force") != 0:
             return 1
     events = json.loads(events_path(recording).read_text())
@@ -106,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         events = events["events"]
 
     print("\n== 3. index it")
-    store_dir = out / "store"
+    store_dir = out / f"store{tag}"
     rc = cli("index", str(field), "--db", str(store_dir), "--bundle", str(bundle_dir),
-             "--station", "demo-forest")
+             "--station", "demo-forest", "--threads", str(args.threads))
     if rc not in (0, 3):
         return rc
     cli("info", "--db", str(store_dir))
@@ -120,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     _, all_windows = store.read(range(n_windows))
     precisions, chances = [], []
     for label in DEMO_CALLS[:5]:
-        query = queries_for(label)[0]
+        query = queries_for(label, heldout=True if args.heldout_queries else None)[0]
         t0 = time.perf_counter()
         result = search_text(store, bundle, query, k=10)
         ms = (time.perf_counter() - t0) * 1e3

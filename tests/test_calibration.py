@@ -117,14 +117,19 @@ def test_watch_suggest_prints_a_watchlist_entry_the_config_reader_accepts(tmp_pa
     assert "lower --precision" in capsys.readouterr().err
 
 
-def test_watch_suggest_without_a_curve_says_what_to_do(capsys):
+def test_watch_suggest_without_a_curve_says_what_to_do(capsys, tmp_path):
+    import json
+    import shutil
     from pathlib import Path
 
     from cvahash.cli import main
 
-    bundle = Path(__file__).parent / "data" / "demo-bundle"
-    if "calibration" in (bundle / "manifest.json").read_text():
-        pytest.skip("the shipped bundle carries a curve")
+    # the shipped bundle without its curve (a descriptive field: the fingerprint stays)
+    bundle = tmp_path / "no-curve"
+    shutil.copytree(Path(__file__).parent / "data" / "demo-bundle", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest.pop("calibration", None) is not None
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
     assert main(["watch", "suggest", "owl hooting", "--bundle", str(bundle)]) == 1
     err = capsys.readouterr().err
     assert "no calibration curve" in err and "cvahash export" in err

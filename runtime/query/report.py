@@ -144,6 +144,11 @@ def to_json(result: SearchResult, calibration: Calibration | None = None) -> str
     """One JSON document for scripts: query, bits, fingerprint, truncated, filters, hits.
     With ``calibration`` each hit carries ``confidence`` and ``estimated_precision``, and
     ``calibration`` says where the estimate comes from."""
+    return json.dumps(to_doc(result, calibration), indent=2, ensure_ascii=False)
+
+
+def to_doc(result: SearchResult, calibration: Calibration | None = None) -> dict:
+    """The document of `to_json` as a dict (the station web page's /api/search)."""
     doc = result.to_dict()
     if calibration is not None:
         doc["calibration"] = {"source": calibration.source,
@@ -151,7 +156,7 @@ def to_json(result: SearchResult, calibration: Calibration | None = None) -> str
         for hit in doc.get("hits", []):
             hit["confidence"] = calibration.label(hit["distance"])
             hit["estimated_precision"] = calibration.precision(hit["distance"])
-    return json.dumps(doc, indent=2, ensure_ascii=False)
+    return doc
 
 
 # --- snippets and pictures ------------------------------------------------------------

@@ -51,8 +51,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ...errors import AudioError, CvahashError, InvalidArgument
+from ...model.calibration import Calibration
 from ...query.activity import count_activity
-from ...query.report import display_paths, format_span
+from ...query.report import display_paths, format_span, to_doc
 from ...query.search import search_like, search_text
 from . import auth
 from .alerts import acks_path_for, add_acks, alert_id, alerts_with_acks
@@ -195,7 +196,9 @@ def create_app(settings: WebSettings) -> Starlette:
     async def search_api(request: Request) -> Response:
         q = query_text(request)
         k, filters = search_args(request)
-        return api(request, (await searching(do_search, q, k, filters)).to_dict())
+        result = await searching(do_search, q, k, filters)
+        # the same document as `cvahash search --json`, calibration column included
+        return api(request, to_doc(result, Calibration.from_manifest(library.get()[1].manifest)))
 
     async def like_page(request: Request) -> Response:
         row = row_id(param(request, "row") or "")
