@@ -16,7 +16,8 @@ import math
 import os
 import sys
 
-from .bounds import MAX_HOP_S, MAX_THREADS, db_path_problem
+from .bounds import MAX_HOP_S, db_path_problem
+from .options import check_threads
 
 EPILOG = """\
 examples:
@@ -81,9 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.hop is not None and not (math.isfinite(args.hop) and 0 < args.hop <= MAX_HOP_S):
         args._parser.error(f"--hop {args.hop:g}: the seconds between windows must be above 0 "
                            f"and at most {MAX_HOP_S:g}")
-    if not 0 <= args.threads <= MAX_THREADS:
-        args._parser.error(f"--threads {args.threads}: must be 0 (one per core) to "
-                           f"{MAX_THREADS}")
+    check_threads(args)
     if why := db_path_problem(args.db):
         args._parser.error(why)
     # Find the files and open the bundle before the store is created or opened for
