@@ -261,16 +261,20 @@ def test_query_by_example_finds_the_window_itself(indexed, capsys):
 
 
 def test_clips_and_spectrograms(indexed, capsys, tmp_path):
-    rc, _, err = cli(capsys, "search", "birdsong", "--db", indexed["db"], "-k", "3",
-                     "--clips", tmp_path / "clips", "--spectrograms", tmp_path / "spec")
+    rc, out, err = cli(capsys, "search", "birdsong", "--db", indexed["db"], "-k", "3", "--json",
+                       "--clips", tmp_path / "clips", "--spectrograms", tmp_path / "spec")
     assert rc == 0, err
     clips = sorted((tmp_path / "clips").iterdir())
     specs = sorted((tmp_path / "spec").iterdir())
     assert len(clips) == 3 and len(specs) == 3
     assert [c.name[:8] for c in clips] == ["rank_01_", "rank_02_", "rank_03_"]
     assert all(s.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for s in specs)
-    info = sf.info(str(clips[0]))
-    assert 10.0 <= info.duration <= 12.0 + 1e-6  # the window plus up to 1 s either side
+    # Each snippet is its hit's window plus 1 s either side, cut at the recording's ends
+    # (a recording's last window may be short).
+    for clip, hit in zip(clips, json.loads(out)["hits"], strict=True):
+        length = sf.info(hit["recording"]).duration
+        want = min(hit["end_s"] + 1.0, length) - max(hit["start_s"] - 1.0, 0.0)
+        assert sf.info(str(clip)).duration == pytest.approx(want, abs=0.01), (clip, hit)
     assert "wrote 3 of 3 WAV snippets" in err and "wrote 3 of 3 spectrograms" in err
 
 
