@@ -71,6 +71,7 @@ from ..health import read_status, verdict
 from . import auth
 from .charts import activity_svg, legend, spectrogram_ticks
 from .pictures import figure_png, strip_png
+from .watches import WatchEditor, watch_routes
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,7 @@ def create_app(settings: WebSettings) -> Starlette:
     pictures_lock = threading.Lock()
     alerts_log = settings.alerts_log or Path(settings.db).parent / "alerts.jsonl"
     acks_path = alerts_log.with_name(alerts_log.stem + ".acked.json")
+    watch_editor = WatchEditor(settings, alerts_log, library)
 
     # --- sessions and responses ---
     def session_of(request: Request) -> dict | None:
@@ -469,8 +471,9 @@ def create_app(settings: WebSettings) -> Starlette:
 
     async def alerts_page(request: Request) -> Response:
         alerts = await run_in_threadpool(read_alerts)
+        watches = await run_in_threadpool(watch_editor.listing)
         return page(request, "alerts.html", {"alerts": alerts, "alerts_log": alerts_log,
-                                             "page_name": "alerts"})
+                                             "page_name": "alerts", "watches": watches})
 
     async def alerts_api(request: Request) -> Response:
         alerts = await run_in_threadpool(read_alerts)
@@ -622,6 +625,7 @@ def create_app(settings: WebSettings) -> Starlette:
         Route("/login", protect(login_page, public=True)),
         Route("/login", protect(login, public=True), methods=["POST"]),
         Route("/logout", protect(logout, public=True), methods=["POST"]),
+        *watch_routes(watch_editor, protect=protect, api=api),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
