@@ -601,3 +601,13 @@ def test_serve_without_the_web_extra_names_the_pip_command(tmp_path, monkeypatch
     assert main(["serve", "--db", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "pip install '.[web]' in the cvahash checkout" in err and "starlette" in err
+
+
+def test_strip_png_writer_round_trips_through_pil():
+    from PIL import Image
+
+    from cvahash.station.web.pictures import png_bytes
+
+    rgb = np.random.default_rng(3).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    got = np.asarray(Image.open(io.BytesIO(png_bytes(rgb))).convert("RGB"))
+    assert np.array_equal(got, rgb)
