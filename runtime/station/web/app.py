@@ -70,6 +70,7 @@ from ...query.search import parse_when, search_like, search_text
 from ..health import read_status, verdict
 from . import auth
 from .charts import activity_svg, legend, spectrogram_ticks
+from .memory import Trimmer
 from .pictures import figure_png, strip_png
 from .watches import WatchEditor, watch_routes
 
@@ -225,6 +226,7 @@ def create_app(settings: WebSettings) -> Starlette:
     library = SharedLibrary(settings)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     busy = asyncio.Semaphore(settings.searches_at_once)
+    trimmer = Trimmer()
     pictures: OrderedDict[tuple, bytes] = OrderedDict()
     pictures_lock = threading.Lock()
     alerts_log = settings.alerts_log or Path(settings.db).parent / "alerts.jsonl"
@@ -293,7 +295,10 @@ def create_app(settings: WebSettings) -> Starlette:
         """Run CPU-heavy work (searches, pictures, audio) at most `searches_at_once` at a
         time: twenty phones queue instead of growing the server's memory twenty-fold."""
         async with busy:
-            return await run_in_threadpool(fn, *args, **kwargs)
+            try:
+                return await run_in_threadpool(fn, *args, **kwargs)
+            finally:
+                await run_in_threadpool(trimmer.maybe)  # freed heap back to the system
 
     # --- search ---
     def do_search(q, k, filters):
