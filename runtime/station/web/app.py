@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,6 @@ from ...query.search import parse_when, search_like, search_text
 from ..health import read_status, verdict
 from . import auth
 from .charts import activity_svg, legend, spectrogram_ticks
-from .memory import Trimmer
 from .pictures import figure_png, strip_png
 from .watches import WatchEditor, watch_routes
 
@@ -226,7 +227,9 @@ def create_app(settings: WebSettings) -> Starlette:
     library = SharedLibrary(settings)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     busy = asyncio.Semaphore(settings.searches_at_once)
-    trimmer = Trimmer()
+    # Heavy work on its own few threads: each thread that computes a spectrogram keeps
+    # about 20 MB of front-end scratch arrays, so a pool of forty would keep 800 MB.
+    heavy = ThreadPoolExecutor(settings.searches_at_once, thread_name_prefix="cvahash-web")
     pictures: OrderedDict[tuple, bytes] = OrderedDict()
     pictures_lock = threading.Lock()
     alerts_log = settings.alerts_log or Path(settings.db).parent / "alerts.jsonl"
@@ -295,10 +298,8 @@ def create_app(settings: WebSettings) -> Starlette:
         """Run CPU-heavy work (searches, pictures, audio) at most `searches_at_once` at a
         time: twenty phones queue instead of growing the server's memory twenty-fold."""
         async with busy:
-            try:
-                return await run_in_threadpool(fn, *args, **kwargs)
-            finally:
-                await run_in_threadpool(trimmer.maybe)  # freed heap back to the system
+            return await asyncio.get_running_loop().run_in_executor(
+                heavy, functools.partial(fn, *args, **kwargs))
 
     # --- search ---
     def do_search(q, k, filters):
@@ -648,6 +649,7 @@ def create_app(settings: WebSettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
+        heavy.shutdown(wait=False, cancel_futures=True)
         library.close()
 
     async def security(request: Request, call_next):
