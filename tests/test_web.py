@@ -611,3 +611,15 @@ def test_strip_png_writer_round_trips_through_pil():
     rgb = np.random.default_rng(3).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     got = np.asarray(Image.open(io.BytesIO(png_bytes(rgb))).convert("RGB"))
     assert np.array_equal(got, rgb)
+
+
+def test_pictures_leave_no_front_end_scratch_behind_and_draw_the_same():
+    from cvahash.model import frontend
+    from cvahash.station.web.pictures import strip_png
+
+    params = frontend.FrontendParams()
+    x = np.random.default_rng(4).standard_normal(params.n_samples).astype(np.float32)
+    first = strip_png(x, params)
+    assert not hasattr(frontend._scratch, "windowed")  # released: no 20 MB kept per thread
+    want = frontend.log_mel(x, params)  # allocates again
+    assert np.isfinite(want).all() and strip_png(x, params) == first
