@@ -338,10 +338,10 @@ def test_ties_past_the_margin_are_still_in_key_order(tmp_path, keys, three, monk
                                                      margin):
     """15 windows at distance 0 (the shared codes): with a margin of 1 the first scan
     cannot hold them all and the archive asks for the tied windows in SQL."""
-    import cvahash.archive.archive as archive_module
+    import cvahash.archive.view as view_module
 
     files, shared = three
-    monkeypatch.setattr(archive_module, "TIE_MARGIN", margin)
+    monkeypatch.setattr(view_module, "TIE_MARGIN", margin)
     ref = reference(files, keys[1])
     with Archive.open(tmp_path / "archive") as archive:
         archive.ingest(files, [keys[1]])

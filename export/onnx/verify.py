@@ -30,8 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import CvahashError
+from ...errors import AudioError, CvahashError
+from ...model.audio import load
 from ...model.bundle import ModelBundle, check_bundle, pack_codes
+from ...model.frontend import log_mel
+from ..train.data import ManifestError, read_manifest
 
 # The mAP change statistics live with the other retrieval metrics (training evaluates
 # with them too); re-exported here for the bundle check.
@@ -69,11 +72,6 @@ def load_probe(manifest: str | Path, frontend, *, splits: Sequence[str] = ("val"
     ones by default); a manifest with none of them is used whole. Audio is read with
     ``cvahash.model.audio.load`` (mono, resampled) and turned into log-mel with ``frontend``.
     Errors name the manifest line."""
-    from ...errors import AudioError
-    from ...model.audio import load
-    from ...model.frontend import log_mel
-    from ..train.data import ManifestError, read_manifest
-
     try:
         entries = read_manifest(manifest, check_files=False)
     except ManifestError as exc:
@@ -131,8 +129,6 @@ _CALLS = [
 def builtin_probe(frontend, n: int = 21, seed: int = 0) -> Probe:
     """``n`` synthetic calls (whistles, trills, hoots, drumming, buzz) in pink-ish noise,
     2-6 s long, with captions; for exports without a corpus. Deterministic for ``seed``."""
-    from ...model.frontend import log_mel
-
     rng = np.random.default_rng(seed)
     sr = frontend.sample_rate
     audio, captions, labels = [], [], []
@@ -305,6 +301,7 @@ def verify_bundle(bundle_dir: str | Path, run_dir: str | Path | None = None,
     if run_dir is None:
         return report
 
+    # torch: only comparing with a training run needs it (a bundle check does not)
     from ..train.run import load_run
     from ..train.tokenizer import tokenize
     from .convert import torch_audio_logits, torch_text_logits

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import AudioError, CvahashError
+from ...model.audio import load
+from ...model.frontend import FrontendParams, log_mel
 from .progress import Progress
 
 MANIFEST_FIELDS = ("audio", "caption", "labels", "split")
@@ -130,28 +132,9 @@ def select_split(entries: list[Entry], split: str) -> list[Entry]:
 def load_audio(entry: Entry, sample_rate: int) -> np.ndarray:
     """Mono float32 samples at ``sample_rate``; ManifestError naming the line otherwise."""
     try:
-        from ...model.audio import load
-    except ImportError:  # runtime audio reader not installed: same steps, inline
-        load = _load_soundfile
-    try:
         return load(str(entry.audio), sample_rate=sample_rate)
     except (AudioError, RuntimeError, OSError, ValueError) as exc:
         raise ManifestError(f"{entry.where}: cannot read audio {entry.audio}: {exc}") from exc
-
-
-def _load_soundfile(path: str, sample_rate: int = 48000) -> np.ndarray:
-    import soundfile as sf
-    import soxr
-
-    data, sr = sf.read(path, dtype="float32", always_2d=True)
-    if data.size == 0:
-        raise AudioError("the file holds no samples")
-    mono = data.mean(axis=1)
-    if not np.isfinite(mono).all():
-        raise AudioError("NaN or infinite samples")
-    if sr != sample_rate:
-        mono = soxr.resample(mono, sr, sample_rate).astype(np.float32)
-    return mono
 
 
 def _cache_key(entries: list[Entry], params_dict: dict, seed: int) -> str:
@@ -171,8 +154,6 @@ def log_mel_features(entries: list[Entry], cache_dir: str | Path, params=None, *
     Computed once and written to a temporary file renamed into place, so an interrupted
     run never leaves a truncated cache behind.
     """
-    from ...model.frontend import FrontendParams, log_mel
-
     params = params or FrontendParams()
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...model.frontend import FrontendParams
 from . import metrics
 from .data import log_mel_features, read_manifest, select_split
 from .device import encode_all, pick_device, quiet_transformers
@@ -47,8 +48,6 @@ def evaluate_run(run_dir: str | Path, manifest: str | Path, *, split: str = "tes
                  device: str = "auto", cache_dir: str | Path | None = None,
                  rerank_depth: int = 100, ks=KS, progress: bool = True) -> dict:
     """Scores of the run in ``run_dir`` on ``split`` of ``manifest`` (see module docstring)."""
-    from ...model.frontend import FrontendParams
-
     quiet_transformers()
     dev = pick_device(device)
     model, config, tokenizer = load_run(run_dir)
@@ -133,7 +132,7 @@ def format_table(results: list[dict], ks=KS) -> str:
 def plot_map_vs_bits(results: list[dict], path: str | Path, k: int = 10) -> Path:
     """PNG: text->audio mAP@k against bits, binary and continuous, one line per
     (objective, LoRA) group."""
-    import matplotlib
+    import matplotlib  # optional: the plots extra, only for this figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -15,6 +15,7 @@ are computed once and the heads train on those (same result, far less compute).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -24,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoTokenizer, ClapModel
 
+from ...model.frontend import FrontendParams
 from .data import log_mel_features, read_manifest, select_split
 from .device import encode_all, pick_device, quiet_transformers
 from .losses import PRETRAIN_OBJECTIVES, make_objective
@@ -80,8 +83,6 @@ def _cosine(frac: float) -> float:
 
 def prepare_base(config: RunConfig, train_entries, run_dir: Path, options: TrainOptions):
     """(base ClapModel, tokenizer) for a new run, or the run's own copies when resuming."""
-    from transformers import AutoTokenizer, ClapModel
-
     if (run_dir / "base" / "config.json").exists() and (run_dir / "tokenizer").is_dir():
         base = ClapModel.from_pretrained(str(run_dir / "base"), local_files_only=True)
         tok = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"), local_files_only=True)
@@ -126,8 +127,6 @@ def train(config: RunConfig, manifest: str | Path, run_dir: str | Path,
     run_dir = Path(run_dir)
     quiet_transformers()
     device = pick_device(options.device)
-    from ...model.frontend import FrontendParams
-
     params = FrontendParams.from_dict(config.frontend)
     config.frontend = params.to_dict()
     ckpt_state = None
@@ -155,8 +154,6 @@ def train(config: RunConfig, manifest: str | Path, run_dir: str | Path,
     base, tokenizer = prepare_base(config, train_entries, run_dir, options)
     input_ids, attention_mask = tokenize(tokenizer, [e.caption for e in train_entries],
                                          config.text_max_length, config.text_padding)
-    import copy
-
     keeps_base = config.lora_rank and config.objective not in PRETRAIN_OBJECTIVES
     pristine_base = copy.deepcopy(base) if keeps_base else None
     model = build_model(config, base)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ClapConfig, ClapModel
+from transformers import AutoTokenizer, ClapConfig, ClapModel
 
 from ...errors import CvahashError
 
@@ -111,8 +111,6 @@ def load_clap(id_or_dir: str | Path, *, local_files_only: bool | None = None):
     one in ``hf_model/``) loads offline. ``local_files_only=None`` means "True when the
     argument is an existing directory". Raises ModelLoadError naming what is missing.
     """
-    from transformers import AutoTokenizer
-
     src = Path(id_or_dir)
     if src.is_dir() and not (src / "config.json").exists() and (src / "hf_model").is_dir():
         src = src / "hf_model"  # a `cvahash train --objective clip` run directory
@@ -240,7 +238,7 @@ class HashingModel(nn.Module):
                  targets: tuple[str, ...] = LORA_TARGETS) -> None:
         """Wrap the ClapModel with peft LoRA on ``targets`` of both branches; freezes the rest
         of the ClapModel."""
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # slow: only LoRA runs load peft
 
         if rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")

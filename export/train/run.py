@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer, ClapModel
 
 from .losses import PRETRAIN_OBJECTIVES
 from .model import HashingModel, ModelLoadError
@@ -158,8 +159,6 @@ def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict:
 
 def load_run(run_dir: str | Path, map_location="cpu"):
     """Load a run offline -> (HashingModel in eval mode, RunConfig, tokenizer)."""
-    from transformers import AutoTokenizer, ClapModel
-
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     try:

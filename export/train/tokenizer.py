@@ -27,6 +27,7 @@ def train_caption_tokenizer(captions: Iterable[str], vocab_size: int = 1000,
     Special tokens get RoBERTa's ids (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=4), which
     ClapTextConfig's defaults (pad 1, bos 0, eos 2) expect.
     """
+    # torch: transformers pulls it in; tokenize() (bundle manifests) needs neither
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import RobertaTokenizerFast
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CvahashError, MissingExtra
+from ..query.report import human_bytes
 
 MAX_LINES = 8
 
@@ -123,14 +124,6 @@ def _span(times: list[datetime], by: str) -> list[datetime]:
     return out
 
 
-def _bytes(n: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)  # pragma: no cover
-
-
 def format_info(info: dict) -> str:
     """``cvahash archive info`` as "key: value" lines and an ingest history table."""
     stations = ", ".join(f"{s or '(none)'} ({n})" for s, n in info["stations"].items()) or "-"
@@ -141,7 +134,7 @@ def format_info(info: dict) -> str:
     rows = [("archive", f"{info['archive']} ({info['engine']})"),
             ("windows", str(info["windows"])),
             ("stations", f"{len(info['stations'])}: {stations}"),
-            ("time span (UTC)", span), ("bundles", bundles), ("size", _bytes(info["bytes"])),
+            ("time span (UTC)", span), ("bundles", bundles), ("size", human_bytes(info["bytes"])),
             ("ingests", str(len(info["ingests"])))]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k + ':':<{width + 1}} {v}" for k, v in rows]

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import add_time_range, check_threads, time_range
+
 EPILOG = """\
 examples:
   cvahash activity "woodpecker drumming" --db /data/store --by day --top 200
@@ -39,8 +41,7 @@ def register(subparsers) -> None:
                    help="count the K nearest windows (default 100)")
     g.add_argument("--radius", type=int, metavar="R",
                    help="count every window within R bits of the query")
-    p.add_argument("--since", metavar="TIME", help="only windows captured at or after TIME")
-    p.add_argument("--until", metavar="TIME", help="only windows captured before TIME")
+    add_time_range(p)
     p.add_argument("--station", metavar="NAME", help="only windows from this station")
     p.add_argument("--csv", metavar="FILE", help="write the counts as CSV to FILE")
     p.add_argument("--png", metavar="FILE", help="write a bar chart to FILE (needs matplotlib)")
@@ -58,21 +59,14 @@ def run(args: argparse.Namespace) -> int:
         parser.error(f"--top {args.top}: must be at least 1")
     if args.radius is not None and args.radius < 0:
         parser.error(f"--radius {args.radius}: must be 0 or more")
-    if args.threads < 0:
-        parser.error(f"--threads {args.threads}: must be 0 (one per core) or more")
+    check_threads(args)
 
     from ..library.library import Library
     from ..query.activity import count_activity
-    from ..query.search import parse_when, prepare_query
+    from ..query.search import prepare_query
 
     prepare_query(args.text)
-    filters = {
-        "since": parse_when(args.since) if args.since else None,
-        "until": parse_when(args.until, end_of_day=True) if args.until else None,
-        "station": args.station,
-    }
-    if filters["since"] and filters["until"] and filters["since"] >= filters["until"]:
-        parser.error(f"--since {args.since} is not before --until {args.until}")
+    filters = {**time_range(args), "station": args.station}
     with Library.open(args.db, args.bundle, mode="r", threads=args.threads,
                       graphs=("text",)) as lib:
         act = count_activity(lib.store, lib.bundle, args.text, by=args.by, top=args.top,

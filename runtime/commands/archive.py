@@ -19,6 +19,8 @@ import json
 import os
 import sys
 
+from .options import add_time_range, check_threads, time_range
+
 ARCHIVE_ENV = "CVAHASH_ARCHIVE"
 
 EPILOG = """\
@@ -41,8 +43,7 @@ def _common(p, bundle: bool = False) -> None:
                        help="model bundle the stations indexed with (default $CVAHASH_BUNDLE)")
         p.add_argument("--station", action="append", metavar="NAME",
                        help="only windows from this station; repeatable")
-        p.add_argument("--since", metavar="TIME", help="only windows captured at or after TIME")
-        p.add_argument("--until", metavar="TIME", help="only windows captured before TIME")
+        add_time_range(p)
         p.add_argument("--threads", type=int, default=0, metavar="N",
                        help="ONNX Runtime and ClickHouse threads for the query (default 0: "
                             "one per core)")
@@ -125,12 +126,11 @@ def run_ingest(args) -> int:
 def _query(args):
     """Check the query arguments before anything is opened; returns the filters."""
     parser = args._parser
-    from ..query.search import parse_like, parse_when, prepare_query
+    from ..query.search import parse_like, prepare_query
 
     if (args.text is None) == (args.like is None):
         parser.error("give either TEXT or --like FILE[@START_S] (exactly one)")
-    if args.threads < 0:
-        parser.error(f"--threads {args.threads}: must be 0 (one per core) or more")
+    check_threads(args)
     if args.text is not None:
         prepare_query(args.text)
         args._like = None
@@ -139,13 +139,7 @@ def _query(args):
     if not args.bundle:
         parser.error("give --bundle DIR (the bundle the stations indexed with) or set "
                      "$CVAHASH_BUNDLE")
-    filters = {
-        "since": parse_when(args.since) if args.since else None,
-        "until": parse_when(args.until, end_of_day=True) if args.until else None,
-        "station": args.station,
-    }
-    if filters["since"] and filters["until"] and filters["since"] >= filters["until"]:
-        parser.error(f"--since {args.since} is not before --until {args.until}")
+    filters = {**time_range(args), "station": args.station}
     return filters
 
 

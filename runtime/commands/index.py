@@ -16,6 +16,8 @@ import math
 import os
 import sys
 
+from .options import check_threads
+
 EPILOG = """\
 examples:
   cvahash index /media/sd/2024-06 --db /data/store --bundle /opt/cvahash/bundle --station ridge-2
@@ -78,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.hop is not None and not (math.isfinite(args.hop) and args.hop > 0):
         args._parser.error(f"--hop {args.hop:g}: the seconds between windows must be above 0")
-    if args.threads < 0:
-        args._parser.error(f"--threads {args.threads}: must be 0 (one per core) or more")
+    check_threads(args)
     # Find the files and open the bundle before the store is created or opened for
     # writing: a typo in a path or a bad bundle leaves no store behind.
     files = find_recordings(args.paths)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import add_time_range, check_threads, time_range
+
 EPILOG = """\
 examples:
   cvahash search "woodpecker drumming on dead tree" --db /data/store
@@ -39,8 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--db", required=True, metavar="DIR", help="code store folder")
     p.add_argument("--bundle", metavar="DIR", help="model bundle folder (see below)")
     p.add_argument("-k", type=int, default=20, metavar="N", help="number of results (default 20)")
-    p.add_argument("--since", metavar="TIME", help="only windows captured at or after TIME")
-    p.add_argument("--until", metavar="TIME", help="only windows captured before TIME")
+    add_time_range(p)
     p.add_argument("--station", metavar="NAME", help="only windows from this station")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--clips", metavar="OUT", help="write a WAV snippet per hit into folder OUT")
@@ -58,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
         parser.error("give either TEXT or --like FILE[@START_S] (exactly one)")
     if args.k < 1:
         parser.error(f"-k {args.k}: the number of results must be at least 1")
-    if args.threads < 0:
-        parser.error(f"--threads {args.threads}: must be 0 (one per core) or more")
+    check_threads(args)
     if not 0 <= args.context <= 60:
         parser.error(f"--context {args.context}: must be between 0 and 60 seconds")
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from ..library.library import Library
     from ..model.calibration import Calibration
     from ..query import report
-    from ..query.search import parse_like, parse_when, prepare_query, search_like, search_text
+    from ..query.search import parse_like, prepare_query, search_like, search_text
 
     # Check what the user typed before loading anything: bad input changes nothing.
     if args.spectrograms:
@@ -78,13 +78,7 @@ def run(args: argparse.Namespace) -> int:
         prepare_query(args.text)
     else:
         like_path, like_start = parse_like(args.like)
-    filters = {
-        "since": parse_when(args.since) if args.since else None,
-        "until": parse_when(args.until, end_of_day=True) if args.until else None,
-        "station": args.station,
-    }
-    if filters["since"] and filters["until"] and filters["since"] >= filters["until"]:
-        parser.error(f"--since {args.since} is not before --until {args.until}")
+    filters = {**time_range(args), "station": args.station}
 
     # Only the graph this search runs is hashed (and not at all when unchanged since).
     graphs = ("text",) if args.text is not None else ("audio",)

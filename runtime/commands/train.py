@@ -109,15 +109,8 @@ def run(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr_head=args.lr_head,
         lr_lora=args.lr_lora, lr_base=args.lr_base, text_max_length=args.max_text_length,
         amp=not args.no_amp)
-    options = TrainOptions(device=args.device, cache_dir=args.cache_dir,
-                           resume=not args.no_resume, progress=not args.quiet)
-    try:
-        summary = train(config, args.data, args.out, options)
-    except (ValueError, FloatingPointError) as exc:
-        print(f"cvahash train: error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary, indent=2))
-    return 0
+    return _summarise(lambda: train(config, args.data, args.out, _options(args, TrainOptions)),
+                      (ValueError, FloatingPointError))
 
 
 def _run_fixed_heads(args: argparse.Namespace) -> int:
@@ -132,11 +125,21 @@ def _run_fixed_heads(args: argparse.Namespace) -> int:
     config = RunConfig(model=args.model, bits=args.bits, objective=args.objective,
                        head="projection", lora_rank=0, seed=args.seed, epochs=0,
                        warmup_epochs=0, text_max_length=args.max_text_length)
-    options = TrainOptions(device=args.device, cache_dir=args.cache_dir,
-                           resume=not args.no_resume, progress=not args.quiet)
+    return _summarise(lambda: fit_run(config, args.out, args.data, _options(args, TrainOptions)),
+                      (ValueError, CvahashError))
+
+
+def _options(args: argparse.Namespace, options_type):
+    """The run options both ways of training take from the command line."""
+    return options_type(device=args.device, cache_dir=args.cache_dir,
+                        resume=not args.no_resume, progress=not args.quiet)
+
+
+def _summarise(work, errors) -> int:
+    """Run ``work``; print its summary as JSON (exit 0) or the expected error (exit 1)."""
     try:
-        summary = fit_run(config, args.out, args.data, options)
-    except (ValueError, CvahashError) as exc:
+        summary = work()
+    except errors as exc:
         print(f"cvahash train: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

@@ -275,7 +275,8 @@ def saved_summary(kind: str, saved: Sequence[Saved], out_dir: str | os.PathLike)
     return lines
 
 
-def _bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
+    """A byte count in decimal units (``12.3 MB``)."""
     for unit in ("bytes", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
@@ -298,8 +299,8 @@ def format_info(info: dict) -> str:
         ("code width", f"{info['bits']} bits"),
         ("fingerprint", info["fingerprint"]),
         ("bundle", info["bundle"] or "- (not recorded; pass --bundle to search)"),
-        ("size", (f"{_bytes(info['bytes'])} (codes {_bytes(info['code_bytes'])}, "
-                  f"metadata {_bytes(info['metadata_bytes'])})")),
+        ("size", (f"{human_bytes(info['bytes'])} (codes {human_bytes(info['code_bytes'])}, "
+                  f"metadata {human_bytes(info['metadata_bytes'])})")),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..store.records import Hit, utc_datetime
+from ..store.records import Hit
+from ..timeutil import utc_datetime
 
 __all__ = ["Hit", "SearchResult", "hit_dict", "jsonable"]
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CvahashError, StoreCorrupt, StoreError
+from .code_store import CodeStore
 from .format import (
     HEADER_SIZE,
     LOCK_FILE,
@@ -70,8 +71,6 @@ class Diagnosis:
 
 def diagnose(directory) -> Diagnosis:
     """Read-only check of a store directory."""
-    from .code_store import CodeStore
-
     d = Diagnosis(Path(directory))
     try:
         with CodeStore.open(directory, "r", finish_commits=False) as store:

@@ -29,6 +29,7 @@ import abc
 
 import numpy as np
 
+from ..errors import InvalidArgument
 from .records import Hit
 
 
@@ -85,8 +86,6 @@ class CodeStorage(abc.ABC):
         """The k nearest windows to one query code."""
         q = np.asarray(query)
         if q.ndim != 1:
-            from ..errors import InvalidArgument
-
             raise InvalidArgument(f"search_one takes one code (nbytes,), got shape {q.shape}")
         return self.search(q[None, :], k, **filters)[0]
 

@@ -14,18 +14,16 @@ however many windows it has. Irregular windows are segments of one row.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 
 from ..errors import InvalidArgument
+from ..limits import CLOCK_SOURCE_RE, KNOWN_CLOCK_SOURCES
+from ..timeutil import utc_datetime
 
 # Windows whose times sit on a segment's grid within this many seconds extend it.
 # Reconstructed offsets and capture times may differ from the given ones by as much.
 GRID_TOLERANCE_S = 1e-5
-
-KNOWN_CLOCK_SOURCES = ("gps", "ntp", "rtc", "audiomoth", "filename", "file-mtime", "unknown")
-_CLOCK_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
 
 def to_utc_seconds(value, what: str) -> float:
@@ -63,10 +61,6 @@ def stored_time(value, what: str) -> float:
     return seconds
 
 
-def utc_datetime(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
-
-
 def _finite(value, what: str, minimum: float | None = None, above: bool = False) -> float:
     try:
         x = float(value)
@@ -80,7 +74,7 @@ def _finite(value, what: str, minimum: float | None = None, above: bool = False)
 
 
 def check_clock_source(value) -> str:
-    if not isinstance(value, str) or not _CLOCK_RE.match(value):
+    if not isinstance(value, str) or not CLOCK_SOURCE_RE.match(value):
         raise InvalidArgument(
             f"clock_source must be a short lowercase word such as "
             f"{', '.join(KNOWN_CLOCK_SOURCES)}; got {value!r}")

@@ -16,6 +16,7 @@ from ..errors import CvahashError
 from .journal import entry_segment
 from .metadata import (
     SCHEMA,
+    SCHEMA_VERSION,
     MetadataCorrupt,
     read_info,
     recording_crc,
@@ -222,8 +223,6 @@ def apply_record(conn: sqlite3.Connection, record: dict) -> None:
 def new_database(conn: sqlite3.Connection, base: dict, store_id_hex: str, bits: int,
                  fingerprint: str, created_utc: float) -> None:
     """Schema and store_info of a store whose state is the ``base`` record (no commit)."""
-    from .metadata import SCHEMA_VERSION
-
     conn.executescript(SCHEMA)
     conn.execute("BEGIN")
     conn.executemany("INSERT INTO store_info VALUES (?, ?)", [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidArgument
+from ..kernel import hamming
 from .format import META_FILE, code_file_name
 from .identity import StoreIdentity
 from .metadata import MetadataCorrupt
@@ -90,8 +91,6 @@ class Reader:
     def search_rows(self, queries, k: int, since, until, station, recording, fingerprint,
                     threads):
         """The kernel's arrays ``(distances, rows)`` (inside a snapshot)."""
-        from ..kernel import hamming
-
         self.identity.require(fingerprint)
         q = self.identity.check_codes(queries, "query codes")
         allowed, eligible = self._allowed(since, until, station, recording)
