@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidArgument
+from ..errors import CvahashError, InvalidArgument
 from ..kernel import hamming
 from ..limits import MAX_CODE_BITS as MAX_WATCH_BITS
 
@@ -124,7 +124,6 @@ class Watchlist:
             log.error("%s; keeping the web watches read before", exc)
             return
         own = [w for w in self.watches if not w.from_web]
-        bits = None
         taken = {w.name for w in own}
         keep = []
         for e in entries:
@@ -137,7 +136,12 @@ class Watchlist:
         before = {w.name: w for w in self.watches if w.from_web}
         new: list[Watch] = []
         if keep:
-            codes = self._encode([e["query"] for e in keep])
+            try:
+                codes = self._encode([e["query"] for e in keep])
+            except CvahashError as exc:
+                log.error("watchlist %s: cannot encode its queries (%s); keeping the web "
+                          "watches read before", self._web_path, exc)
+                return
             bits = codes.shape[1] * 8
             for e, code in zip(keep, codes, strict=True):
                 if e["radius"] > bits:
