@@ -448,3 +448,23 @@ def test_daemon_logs_a_startup_and_a_shutdown_line_at_info(bundle, tmp_path):
     assert len(stop_line) == 1 and lines[-1] == stop_line[0], res.stderr
     assert f"stopped (end of {rec}): {n} windows written this run" in stop_line[0]
     assert "last commit 20" in stop_line[0]
+
+
+def test_file_replay_alerts_on_the_web_pages_watchlist(bundle, tmp_path):
+    """A watch added on the web page (watchlist.json beside the alerts log) alerts like a
+    [[watchlist]] entry of the config, with no [[watchlist]] in the config."""
+    rec = tmp_path / "20240612_053000.wav"
+    events = [(3, 6.0, 9.0), (5, 16.0, 19.0), (3, 26.0, 29.0)]
+    sf.write(rec, tone_scene(34.0, events), 48000)
+    cfg = write_config(tmp_path / "station.toml", bundle, hop=5.0, retention=False, watch=())
+    (tmp_path / "watchlist.json").write_text(json.dumps(
+        {"watches": [{"name": "from the page", "query": "band3", "radius": 0}]}))
+    proc = start_daemon(cfg, dict(os.environ), "--source", f"file:{rec}", "--fast")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    alerts = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert alerts and all(a["watch"] == "from the page" and a["distance"] == 0 for a in alerts)
+    start = datetime(2024, 6, 12, 5, 30).timestamp()  # local time, as the file name is read
+    for a in alerts:
+        assert any(overlaps(a["capture_s"], a["length_s"], start + s, start + e)
+                   for k, s, e in events if k == 3), a

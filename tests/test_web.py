@@ -601,3 +601,25 @@ def test_serve_without_the_web_extra_names_the_pip_command(tmp_path, monkeypatch
     assert main(["serve", "--db", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "pip install '.[web]' in the cvahash checkout" in err and "starlette" in err
+
+
+def test_strip_png_writer_round_trips_through_pil():
+    from PIL import Image
+
+    from cvahash.station.web.pictures import png_bytes
+
+    rgb = np.random.default_rng(3).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    got = np.asarray(Image.open(io.BytesIO(png_bytes(rgb))).convert("RGB"))
+    assert np.array_equal(got, rgb)
+
+
+def test_pictures_leave_no_front_end_scratch_behind_and_draw_the_same():
+    from cvahash.model import frontend
+    from cvahash.station.web.pictures import strip_png
+
+    params = frontend.FrontendParams()
+    x = np.random.default_rng(4).standard_normal(params.n_samples).astype(np.float32)
+    first = strip_png(x, params)
+    assert not hasattr(frontend._scratch, "windowed")  # released: no 20 MB kept per thread
+    want = frontend.log_mel(x, params)  # allocates again
+    assert np.isfinite(want).all() and strip_png(x, params) == first

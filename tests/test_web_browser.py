@@ -218,6 +218,22 @@ def test_the_pages_in_a_real_browser(server, browser, tmp_path):
         ".then(r => done(r.status)).catch(e => done(String(e)));")
     assert status == 403
 
+    # Watchlist: add a standing query with the page's form, see it listed, remove it.
+    form = d.find_element(By.CSS_SELECTOR, "form.watch-add")
+    form.find_element(By.NAME, "q").send_keys("bird chirps")
+    radius = form.find_element(By.NAME, "radius")
+    radius.clear()
+    radius.send_keys("10")
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    watch = wait(d).until(EC.presence_of_element_located((By.CSS_SELECTOR, "li.watch")))
+    assert "bird chirps" in watch.text and "radius 10" in watch.text
+    watchlist = json.loads((server["root"] / "watchlist.json").read_text())["watches"]
+    assert watchlist == [{"name": "bird chirps", "query": "bird chirps", "radius": 10}]
+    shoot(d, tmp_path, "watchlist")
+    watch.find_element(By.CSS_SELECTOR, "button").click()
+    wait(d).until(lambda drv: not drv.find_elements(By.CSS_SELECTOR, "li.watch"))
+    assert json.loads((server["root"] / "watchlist.json").read_text())["watches"] == []
+
     # Station: health and store.
     d.find_element(By.LINK_TEXT, "Station").click()
     verdict = wait(d).until(EC.presence_of_element_located((By.ID, "verdict")))

@@ -128,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..station.web.app import create_app
+    from ..station.web.memory import limit_heap
 
+    limit_heap()  # big short-lived arrays (pictures, searches) leave no heap behind
     app = create_app(settings)
     log = logging.getLogger("cvahash.serve")
     log.warning("serving %s on http://%s:%d/", settings.db, listen, port)

@@ -49,7 +49,7 @@ from .capture import Block, CaptureError, DeviceSource, FileSource
 from .health import Health, write_status
 from .notify import Notifier, targets_from_settings
 from .retention import AudioRetention
-from .watchlist import Watchlist
+from .watchlist import Watchlist, web_watchlist_path
 
 log = logging.getLogger(__name__)
 
@@ -261,11 +261,12 @@ class Daemon:
         bundle = self._open_bundle()
         # What `cvahash config check` reports, refused here in the same words.
         self.cfg.check_station(bundle, self._alerts_given)
-        if self.cfg.watchlist:
-            self.watchlist = Watchlist.from_entries(self.cfg.watchlist, bundle.encode_text,
-                                                    self.alerts_log)
-            log.info("watchlist: %d standing queries", len(self.watchlist.watches))
-            self._start_notifier()
+        self.watchlist = Watchlist.from_entries(self.cfg.watchlist, bundle.encode_text,
+                                                self.alerts_log)
+        # ... and the watches added on the web page's Alerts page, re-read when they change.
+        self.watchlist.follow(web_watchlist_path(self.alerts_log), bundle.encode_text)
+        log.info("watchlist: %d standing queries", len(self.watchlist.watches))
+        self._start_notifier()
         self.store = self._open_store(bundle)
         source = self._make_source()
         if self.cfg.retention.enabled and not isinstance(source, FileSource):

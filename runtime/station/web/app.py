@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -74,6 +76,7 @@ from .params import (
 )
 from .settings import SharedLibrary, WebSettings, fix_for
 from .status import info_doc, station_doc
+from .watches import WatchEditor, watch_routes
 
 __all__ = ["WebSettings", "alert_id", "create_app"]
 
@@ -90,9 +93,13 @@ def create_app(settings: WebSettings) -> Starlette:
     library = SharedLibrary(settings)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     busy = asyncio.Semaphore(settings.searches_at_once)
+    # Heavy work on its own few threads: each thread that computes a spectrogram may hold
+    # the front-end's 20 MB of scratch arrays, so a pool of forty could keep 800 MB.
+    heavy = ThreadPoolExecutor(settings.searches_at_once, thread_name_prefix="cvahash-web")
     pictures = Pictures(library, settings)
     alerts_log = settings.alerts_log or Path(settings.db).parent / "alerts.jsonl"
     acks_path = acks_path_for(alerts_log)
+    watch_editor = WatchEditor(settings, alerts_log, library)
 
     # --- sessions and responses ---
     def session_of(request: Request) -> dict | None:
@@ -156,7 +163,8 @@ def create_app(settings: WebSettings) -> Starlette:
         """Run CPU-heavy work (searches, pictures, audio) at most `searches_at_once` at a
         time: twenty phones queue instead of growing the server's memory twenty-fold."""
         async with busy:
-            return await run_in_threadpool(fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(
+                heavy, functools.partial(fn, *args, **kwargs))
 
     # --- search ---
     def do_search(q, k, filters):
@@ -282,8 +290,9 @@ def create_app(settings: WebSettings) -> Starlette:
     # --- alerts ---
     async def alerts_page(request: Request) -> Response:
         alerts = await run_in_threadpool(alerts_with_acks, alerts_log)
+        watches = await run_in_threadpool(watch_editor.listing)
         return page(request, "alerts.html", {"alerts": alerts, "alerts_log": alerts_log,
-                                             "page_name": "alerts"})
+                                             "page_name": "alerts", "watches": watches})
 
     async def alerts_api(request: Request) -> Response:
         alerts = await run_in_threadpool(alerts_with_acks, alerts_log)
@@ -409,6 +418,7 @@ def create_app(settings: WebSettings) -> Starlette:
         Route("/login", protect(login_page, public=True)),
         Route("/login", protect(login, public=True), methods=["POST"]),
         Route("/logout", protect(logout, public=True), methods=["POST"]),
+        *watch_routes(watch_editor, protect=protect, api=api),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
@@ -426,6 +436,7 @@ def create_app(settings: WebSettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
+        heavy.shutdown(wait=False, cancel_futures=True)
         library.close()
 
     async def security(request: Request, call_next):

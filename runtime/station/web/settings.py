@@ -55,6 +55,7 @@ class SharedLibrary:
                 # The audio graph is checked and loaded only when "more like this" needs it.
                 lib = Library.open(self.settings.db, self.settings.bundle, mode="r",
                                    threads=self.settings.threads, graphs=("text",))
+                lib.bundle.save_memory = True  # text graph without pre-packed weights
                 self._pair = (lib.store, lib.bundle)
             except CvahashError as exc:
                 self._error = exc
