@@ -13,7 +13,7 @@ import pytest
 from cvahash.cli import main
 from cvahash.errors import FingerprintMismatch, StoreError, UpdateRejected
 from cvahash.store.code_store import CodeStore, Recording, Segment
-from cvahash.update.apply import apply_update, build_update, merge_stores, segments_of
+from cvahash.update.apply import apply_update, build_update, segments_of
 from cvahash.update.format import (
     ROW_DTYPE,
     UpdateForOtherBundle,
@@ -24,6 +24,7 @@ from cvahash.update.format import (
     sign_raw,
     write_update,
 )
+from cvahash.update.merge import merge_stores
 
 FP = "bundle-A"
 T0 = 1_780_000_000.0

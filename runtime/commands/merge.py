@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..update.apply import merge_stores
+    from ..update.merge import merge_stores
 
     result = merge_stores(args.sources, args.out)
     per_station = ", ".join(f"{name or '(none)'}: {n}" for name, n in

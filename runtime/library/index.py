@@ -23,19 +23,14 @@ The capture time of window j is the recording's start + its offset in the file.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import math
 import os
 import queue
-import stat
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 
@@ -44,6 +39,8 @@ from ..model import audio
 from ..model.audio import iter_windows
 from ..model.frontend import log_mel
 from ..store.records import Recording, Segment
+from .progress import Progress, seconds_down
+from .recordings import content_hash, entry_problem, find_recordings
 
 __all__ = [
     "BATCH_WINDOWS",
@@ -51,6 +48,7 @@ __all__ = [
     "Progress",
     "Skipped",
     "content_hash",
+    "entry_problem",
     "find_recordings",
     "held_content",
     "index_recordings",
@@ -59,9 +57,6 @@ __all__ = [
 # Windows per ONNX Runtime call: large enough to amortise per-call overhead, small
 # enough that a batch of float64 front-end work (about 0.5 MB a window) stays modest.
 BATCH_WINDOWS = 8
-# Bytes read from each of the sampled places of a file by `content_hash`.
-_HASH_CHUNK = 1 << 16
-_HASH_PLACES = 16
 
 
 @dataclass
@@ -119,121 +114,6 @@ class IndexReport:
             lines += [f"  {s.reason}" if str(s.path) in s.reason else f"  {s.path}: {s.reason}"
                       for s in self.skipped]  # fmt: skip
         return lines
-
-
-def content_hash(path: str | os.PathLike) -> str:
-    """A fingerprint of a file's bytes, cheap even for hours of audio on an SD card.
-
-    SHA-256 over the size, the first and last 64 KiB and 16 evenly spaced 64 KiB
-    samples (at most about 1.1 MB read): a recording that was rewritten, re-encoded,
-    truncated or extended gets a new hash; the same file found again gets the same
-    one. Prefixed ``"s256:"`` so a full-file hash could be told apart later.
-    """
-    p = Path(path)
-    size = p.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(p, "rb") as f:
-        if size <= _HASH_CHUNK * (_HASH_PLACES + 2):
-            h.update(f.read())
-        else:
-            places = np.linspace(0, size - _HASH_CHUNK, _HASH_PLACES + 2).astype(np.int64)
-            for at in places:
-                f.seek(int(at))
-                h.update(f.read(_HASH_CHUNK))
-    return "s256:" + h.hexdigest()[:32]
-
-
-class Progress:
-    """One status line on stderr, rewritten in place on a terminal (at most 4 times a
-    second); elsewhere (journald, a log file) one line per finished file.
-
-    With ``total_audio_s`` (the seconds of audio the run will read) the line is a bar by
-    audio seconds with the time left, since one long recording can outweigh hundreds of
-    short ones: ``[######------]  52%  1.04 of 2.00 h audio, 41x real time, 2 min 10 s
-    left``."""
-
-    BAR = 20
-
-    def __init__(self, total_files: int, stream: TextIO | None = None, enabled: bool = True,
-                 total_audio_s: float | None = None):
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.total = total_files
-        self.total_audio_s = total_audio_s
-        self.t0 = time.monotonic()
-        self._last = 0.0
-        self._width = 0
-        self._skipped_s = 0.0  # audio of files skipped or already indexed: not to wait for
-
-    def skip(self, audio_s: float) -> None:
-        """Audio the run counted in ``total_audio_s`` but will not read."""
-        self._skipped_s += audio_s
-
-    def _text(self, done_files: int, windows: int, audio_s: float, elapsed: float) -> str:
-        rate = audio_s / elapsed
-        if not self.total_audio_s:
-            pct = 100.0 * done_files / self.total if self.total else 100.0
-            return (f"[{done_files}/{self.total} files {pct:3.0f}%] {windows} windows, "
-                    f"{audio_s / 3600:.2f} h audio, {rate:.0f}x real time")
-        total = max(self.total_audio_s - self._skipped_s, 0.0)
-        frac = min(audio_s / total, 1.0) if total > 0 else 1.0
-        full = int(frac * self.BAR)
-        left = (total - audio_s) / rate if rate > 0 and audio_s > 0 else None
-        eta = "" if left is None or frac >= 1 else f", {_duration(left)} left"
-        return (f"[{'#' * full}{'-' * (self.BAR - full)}] {100 * frac:3.0f}%  "
-                f"{_hours(audio_s)} of {_hours(total)} audio, {done_files}/{self.total} "
-                f"files, {rate:.0f}x real time{eta}")
-
-    def update(self, done_files: int, windows: int, audio_s: float, current: str = "",
-               *, finished: bool = False, final: bool = False) -> None:  # fmt: skip
-        """Show the state; ``finished``: a file was just done; ``final``: the run is."""
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if self.tty and not final and now - self._last < 0.25:
-            return
-        self._last = now
-        elapsed = max(now - self.t0, 1e-9)
-        text = self._text(done_files, windows, audio_s, elapsed)
-        if current:
-            text += f"  {current}"
-        if self.tty:
-            text = text[:160]
-            pad = max(self._width - len(text), 0)
-            self._width = len(text)
-            self.stream.write("\r" + text + " " * pad + ("\n" if final else ""))
-        elif final or finished:
-            # Not a terminal (journald, a log file): one line per finished file.
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def note(self, line: str) -> None:
-        """A line that must stay visible (a skipped file), above the status line."""
-        if self.tty and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self._width = 0
-        self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.0f} s"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-
-
-def _seconds_down(seconds: float) -> str:
-    """Seconds rounded *down* to the millisecond: 0.9999 s reads "0.999 s", never "1.00 s"
-    beside a 1 s minimum."""
-    return f"{math.floor(seconds * 1000) / 1000:.3f} s"
 
 
 _DONE = object()
@@ -398,73 +278,6 @@ def held_content(store, digest: str) -> str | None:
     return _Held.of(store).by_hash.get(digest)
 
 
-def entry_problem(path: Path) -> str | None:
-    """Why a folder entry found while indexing is not a recording to read, or None.
-
-    Each kind gets its own reason, and none stops the run: a dangling symbolic link, a
-    link loop, a FIFO (reading one would block), a device or socket, anything else that
-    is not a regular file, an unreadable file, and a folder that cannot be listed (its
-    recordings are not indexed; the rest are).
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return ("a dangling symbolic link (its target does not exist)" if os.path.islink(path)
-                else "it no longer exists")
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return "a symbolic link loop"
-        return f"it cannot be read ({e.strerror or e})"
-    mode = st.st_mode
-    if stat.S_ISDIR(mode):
-        try:
-            os.listdir(path)
-        except OSError as e:
-            return (f"a folder that cannot be read ({e.strerror or e}); the recordings in it "
-                    "were not indexed")
-        return "a folder named as a file"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe), not a recording file"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device, not a recording file"
-    if stat.S_ISSOCK(mode):
-        return "a socket, not a recording file"
-    if not stat.S_ISREG(mode):
-        return "not a regular file"
-    if not os.access(path, os.R_OK):
-        return "it cannot be read (permission denied)"
-    return None
-
-
-def _unreadable_folders(paths: list[Path]) -> list[Path]:
-    """Subfolders under ``paths`` that cannot be listed (os.walk skips them silently)."""
-    bad: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            for _root, dirs, _files in os.walk(p, onerror=lambda e: bad.append(Path(e.filename))):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-    return bad
-
-
-def find_recordings(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """The audio files under ``paths`` (`cvahash.model.audio.find_audio`), plus entries
-    that are not readable recordings (broken links, FIFOs, unreadable folders, ...) so
-    that indexing can name each with its reason (`entry_problem`); AudioError when a
-    path does not exist or there are no audio files at all."""
-    paths = [Path(p) for p in paths]
-    # a named path that is a broken link exists as an entry: skipped later, with a reason
-    broken = [p for p in paths if os.path.lexists(p) and not p.exists()]
-    rest = [p for p in paths if p not in broken]
-    files = audio.find_audio(rest) if rest else []
-    files = sorted({*files, *broken, *_unreadable_folders(rest)}, key=str)
-    if not files:
-        raise AudioError(
-            f"no audio files under {', '.join(map(str, paths))} (looked for "
-            f"{', '.join(sorted(audio.AUDIO_EXTENSIONS))}; hidden files are ignored)"
-        )
-    return files
-
-
 def index_recordings(
     paths: Iterable[str | os.PathLike],
     store,
@@ -525,7 +338,7 @@ def index_recordings(
             if info.truncated:
                 progress.note(f"note {path}: the file is shorter than its header says (cut "
                               f"off while recording?); indexing the "
-                              f"{_seconds_down(info.duration_s)} present")
+                              f"{seconds_down(info.duration_s)} present")
             start, clock = audio.capture_time(path, info)
             recording = Recording(path=key_path, station=station,
                                   start_utc=None if start is None else start.timestamp(),
@@ -554,7 +367,7 @@ def index_recordings(
                                  "same command again once the file is complete")
             if not offsets:
                 raise AudioError(f"{path}: shorter than the 1 s minimum "
-                                 f"({_seconds_down(info.duration_s)}); nothing to index")
+                                 f"({seconds_down(info.duration_s)}); nothing to index")
             t = time.perf_counter()
             segs = _segments(recording, offsets, lengths,
                              0.0 if start is None else start.timestamp(), clock, hop_s)  # fmt: skip

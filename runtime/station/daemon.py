@@ -37,8 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CvahashError, StoreError
-from ..library.index import content_hash, held_content
+from ..library.index import held_content
 from ..library.library import Library
+from ..library.recordings import content_hash
 from ..model.audio import Windower, downmix
 from ..model.bundle import ModelBundle
 from ..model.frontend import log_mel
