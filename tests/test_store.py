@@ -403,3 +403,30 @@ def test_sqlite_failures_are_told_apart():
     for damage in (sqlite3.DatabaseError("database disk image is malformed"),
                    sqlite3.OperationalError("no such column: hop_s")):
         assert isinstance(db_failure(damage, "m.sqlite", "read"), StoreCorrupt)
+
+
+def _resident_kib(path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        first = line.split()[0] if line.strip() else ""
+        if "-" in first and ":" not in first:  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_release_pages_gives_back_memory_and_keeps_results(tmp_path):
+    n = 200_000  # 1.6 MB of codes: several hundred pages
+    with CodeStore.create(tmp_path / "s", BITS, FP) as s:
+        s.append(row_codes(range(n)), windows_for(0, n, per_window=False), commit=True)
+    queries = row_codes([5, 77_777, n - 1])
+    with CodeStore.open(tmp_path / "s") as r:
+        before = r.search_rows(queries, 10)
+        code_file = next((tmp_path / "s").glob("codes-*.bin")).resolve()
+        assert _resident_kib(code_file) > 1000  # the scan read the whole file
+        r.release_pages()
+        assert _resident_kib(code_file) < 100
+        after = r.search_rows(queries, 10)  # the next search maps the pages again
+        assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))

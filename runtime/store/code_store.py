@@ -278,6 +278,14 @@ class CodeStore(CodeStorage):
             self._live()
             return self._sync.committed_codes()
 
+    def release_pages(self) -> None:
+        """Give back the memory pages of the code file that searches have read (they stay
+        in the kernel's page cache; the next search maps them again). For long-running
+        readers such as the web page, between searches; results do not change."""
+        with self._lock:
+            if self._rows is not None:
+                self._rows.release_pages()
+
     def require(self, fingerprint: str | None = None, bits: int | None = None) -> None:
         """Raise FingerprintMismatch unless the store was made for this bundle."""
         self._id.require(fingerprint, bits)

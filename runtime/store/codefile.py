@@ -74,6 +74,13 @@ class CodeFile:
         os.ftruncate(self.fd, HEADER_SIZE + rows * self.nbytes)
         os.fsync(self.fd)
 
+    def release_pages(self) -> None:
+        """Let the kernel take back the mapped pages this process has read: they stay in
+        the page cache, and the next read faults them back in (a long-running reader's
+        resident memory then does not hold the whole code file between searches)."""
+        if self._mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self._mm.madvise(mmap.MADV_DONTNEED)
+
     def drop_map(self) -> None:
         # Views handed out keep the old map alive (numpy holds a reference); we just
         # stop using it. Closing it here would fail while views exist.

@@ -99,6 +99,9 @@ class CodeRows:
         """Read-only uint8 (rows, nbytes) view of the first ``rows`` code rows."""
         return self._file.view(rows)
 
+    def release_pages(self) -> None:
+        self._file.release_pages()
+
     def write_rows(self, at_row: int, rows: np.ndarray) -> None:
         self._file.write_rows(at_row, rows)
 

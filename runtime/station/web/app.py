@@ -167,9 +167,14 @@ def create_app(settings: WebSettings) -> Starlette:
                 heavy, functools.partial(fn, *args, **kwargs))
 
     # --- search ---
+    # Each search reads the whole code file through its memory map; its pages are given
+    # back after the search so the server's resident memory stays small between them.
     def do_search(q, k, filters):
         store, bundle = library.get()
-        return search_text(store, bundle, q, k, threads=settings.threads, **filters)
+        try:
+            return search_text(store, bundle, q, k, threads=settings.threads, **filters)
+        finally:
+            store.release_pages()
 
     def do_like(row, k, filters):
         store, bundle = library.get()
@@ -179,8 +184,11 @@ def create_app(settings: WebSettings) -> Starlette:
             raise NotFound(f"window {row}: its recording {path} no longer exists (deleted by "
                            "audio retention or moved), so it cannot be searched by example")
         check_audio_path(path, settings)
-        return search_like(store, bundle, path, window.offset_s, k, threads=settings.threads,
-                           **filters)
+        try:
+            return search_like(store, bundle, path, window.offset_s, k,
+                               threads=settings.threads, **filters)
+        finally:
+            store.release_pages()
 
     def search_args(request):
         return (int_param(request, "k", DEFAULT_K, 1, MAX_K), filters(request))
@@ -227,8 +235,11 @@ def create_app(settings: WebSettings) -> Starlette:
     # --- activity ---
     def do_activity(q, by, top, radius, filters):
         store, bundle = library.get()
-        return count_activity(store, bundle, q, by=by, top=top, radius=radius,
-                              threads=settings.threads, **filters)
+        try:
+            return count_activity(store, bundle, q, by=by, top=top, radius=radius,
+                                  threads=settings.threads, **filters)
+        finally:
+            store.release_pages()
 
     def activity_args(request):
         by = param(request, "by", "hour")
