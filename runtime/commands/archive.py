@@ -163,7 +163,6 @@ def run_search(args) -> int:
     _target(args)
     filters = _query(args)
     # lazy: the query layer loads numpy and onnxruntime; `cvahash --help` stays fast
-    from ..model.calibration import Calibration
     from ..query import report
     from ..query.search import search_like, search_text
 
@@ -175,15 +174,7 @@ def run_search(args) -> int:
         else:
             result = search_like(view, bundle, *args._like, args.k, threads=args.threads,
                                  **filters)
-    # as `cvahash search`: the bundle's precision-vs-distance curve speaks for text queries
-    calibration = Calibration.from_manifest(bundle.manifest) if args.text is not None else None
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    if args.json:
-        print(report.to_json(result, calibration))
-    elif result.hits:
-        print(report.format_table(result.hits, calibration))
-    else:
+    if not report.print_result(result, bundle.manifest, as_json=args.json):  # as `search`
         print("no windows match (the archive holds none of this bundle, or the filters "
               "exclude everything)", file=sys.stderr)
     return 0

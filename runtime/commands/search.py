@@ -65,7 +65,6 @@ def run(args: argparse.Namespace) -> int:
 
     # Lazy: the query layer loads numpy and onnxruntime; `cvahash --help` stays fast.
     from ..library.library import Library
-    from ..model.calibration import Calibration
     from ..query import report
     from ..query.search import parse_like, prepare_query, search_like, search_text
 
@@ -94,16 +93,7 @@ def run(args: argparse.Namespace) -> int:
             result = search_like(store, bundle, like_path, like_start, args.k,
                                  threads=args.threads, **filters)
 
-    # The bundle's precision-vs-distance curve was fitted on caption->clip pairs: it speaks
-    # for text queries only (none for --like, none for bundles exported without one).
-    calibration = Calibration.from_manifest(bundle.manifest) if args.text is not None else None
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    if args.json:
-        print(report.to_json(result, calibration))
-    elif result.hits:
-        print(report.format_table(result.hits, calibration))
-    else:
+    if not report.print_result(result, bundle.manifest, as_json=args.json):
         print(why_nothing(args, stats), file=sys.stderr)
     origins = None
     if args.clips or args.spectrograms:

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -145,6 +146,29 @@ def to_json(result: SearchResult, calibration: Calibration | None = None) -> str
     With ``calibration`` each hit carries ``confidence`` and ``estimated_precision``, and
     ``calibration`` says where the estimate comes from."""
     return json.dumps(to_doc(result, calibration), indent=2, ensure_ascii=False)
+
+
+def result_calibration(result: SearchResult, manifest: dict) -> Calibration | None:
+    """The bundle's precision-vs-distance curve where it speaks for ``result``: it was
+    fitted on caption->clip pairs, so text queries only (none for a query by example,
+    none for a bundle exported without one)."""
+    return Calibration.from_manifest(manifest) if result.mode == "text" else None
+
+
+def print_result(result: SearchResult, manifest: dict, *, as_json: bool) -> bool:
+    """Print a search result as `cvahash search` does: its notes on stderr, then one JSON
+    document or the table (with confidence for text queries). False when there is no
+    hit to print in a table, so the caller can say why."""
+    calibration = result_calibration(result, manifest)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if as_json:
+        print(to_json(result, calibration))
+        return True
+    if not result.hits:
+        return False
+    print(format_table(result.hits, calibration))
+    return True
 
 
 def to_doc(result: SearchResult, calibration: Calibration | None = None) -> dict:
