@@ -25,25 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cvahash.store.code_store import CodeStore, Recording, Segment
+# The store benchmark's layout: one-hour recordings of 720 windows on a 5 s hop.
+from store_bench import segments  # bench/ is on sys.path when run as a script
 
-PER_REC, HOP = 720, 5.0
-START = 1_735_689_600.0
-
-
-def segments(first: int, n: int) -> list[Segment]:
-    out, r = [], first
-    while r < first + n:
-        i = r // PER_REC
-        end = min(first + n, (i + 1) * PER_REC)
-        rec = Recording(path=f"/sd/audio/{i:06d}.flac", station="ridge-3",
-                        start_utc=START + i * PER_REC * HOP, sample_rate=48000,
-                        duration_s=PER_REC * HOP, content_hash=f"{i:016x}")
-        out.append(Segment(recording=rec, first_offset_s=(r - i * PER_REC) * HOP,
-                           length_s=10.0, capture_start_utc=START + r * HOP, hop_s=HOP,
-                           n_rows=end - r, clock_source="gps"))
-        r = end
-    return out
+from cvahash.store.code_store import CodeStore
 
 
 def main() -> int:
