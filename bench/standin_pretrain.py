@@ -1,14 +1,16 @@
-"""Pretrain the stand-in CLAP: a text warm-up on call labels, then label-aware contrastive.
+"""Pretrain the stand-in CLAP: label-anchored and label-aware contrastive, with augmentation.
 
     .venv/bin/python bench/standin_pretrain.py --corpus DIR --out OUT \
-        [--text-epochs 40] [--epochs 30] [--more-epochs 60]
+        [--epochs 20] [--extra 2000] [--noise 400] [--eval-every 0]
 
-The recipe of docs/benchmarks/quality.md run 5, implemented in
+The recipe of docs/benchmarks/quality.md run 7, implemented in
 ``cvahash.export.train.standin`` (see its docstring; ``make demo ARGS=--retrain`` runs the
-same recipe for the shipped demo bundle). Only the train split is used; val/test
-(held-out background and phrasings) stay unseen. Evaluate with
-``bench/standin_probe.py --corpus DIR clip-run OUT/supclip-more`` or use it as
-``bench/quality.py --pretrained OUT/supclip-more``.
+same recipe for the shipped demo bundle). Only the corpus's train split (and ``--extra``
+new train-split clips of the same generator) is used; val/test (held-out background and
+phrasings) stay unseen. ``--eval-every N`` prints val mAP@10 every N epochs (monitoring
+only; it does not steer training). Evaluate with
+``bench/standin_probe.py --corpus DIR clip-run OUT/model`` or use it as
+``bench/quality.py --pretrained OUT/model``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, required=True, help="folder with manifest.jsonl")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--text-epochs", type=int, default=40)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--more-epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--extra", type=int, default=2000,
+                    help="new train-split clips rendered beside the corpus's own")
+    ap.add_argument("--noise", type=int, default=400, help="training-only backgrounds")
+    ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -37,8 +41,8 @@ def main(argv=None) -> int:
 
     quiet_transformers()
     source, timings = pretrain_standin(args.corpus / "manifest.jsonl", args.out,
-                                       text_epochs=args.text_epochs, epochs=args.epochs,
-                                       more_epochs=args.more_epochs, seed=args.seed)
+                                       epochs=args.epochs, extra=args.extra, noise=args.noise,
+                                       eval_every=args.eval_every, seed=args.seed)
     print(json.dumps({"model": str(source), "timings": timings}, indent=2))
     return 0
 

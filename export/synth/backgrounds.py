@@ -7,6 +7,12 @@ independent segments joined by sine-window overlap-add (sin^2 + cos^2 = 1, so th
 level of uncorrelated noise stays constant across the joins).
 
 "stream" is the noise condition held out of train and val (`HELDOUT_BACKGROUNDS`).
+
+`render_augment_background(rng, n, sr)` is training-time augmentation only (the stand-in
+pretraining, `cvahash.export.train.standin`): a random member of a wide procedural family
+(coloured noise of random slope and band, band-passed noise bursts, amplitude-modulated
+noise bands, filtered clicks, and the four training backgrounds), never "stream" and none
+of its code. It is not a corpus background and never captioned.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from .calls import coloured_noise, fast_fft_len
 BACKGROUNDS = ("pink", "rain", "wind", "stream", "quiet")
 HELDOUT_BACKGROUNDS = ("stream",)
 TRAIN_BACKGROUNDS = tuple(b for b in BACKGROUNDS if b not in HELDOUT_BACKGROUNDS)
+TRAINING_BACKGROUNDS_FOR_AUGMENT = TRAIN_BACKGROUNDS
 
 # Mix levels in dB of calls over background. "quiet" is a faint room-tone rumble, so it
 # is mixed far below the calls; the others span 0-20 dB as the corpus promises.
@@ -116,6 +123,77 @@ def render_background(kind: str, rng: np.random.Generator, n: int, sr: int) -> n
     if n <= 0:
         return np.zeros(0)
     return _RENDER[kind](rng, n, sr)
+
+
+AUGMENT_KINDS = ("tilted", "bursts", "modulated", "clicks", *TRAINING_BACKGROUNDS_FOR_AUGMENT)
+
+
+def _tilted(rng, n, sr):
+    # coloured noise f^(-slope/2) in a random band
+    slope = rng.uniform(-0.5, 2.5)
+    lo, hi = np.exp(rng.uniform(np.log(30), np.log(2000))), np.exp(rng.uniform(np.log(3000),
+                                                                               np.log(_TOP_HZ)))
+    return _shaped(rng, n, sr, lambda f: np.maximum(f, 30.0) ** (-slope / 2) * (f > lo) * (f < hi))
+
+
+def _band(rng, n, sr, centre, width_oct):
+    logf = np.log2(np.maximum(np.fft.rfftfreq(fast_fft_len(n), 1.0 / sr), 1.0))
+    m = fast_fft_len(n)
+    spec = np.fft.rfft(rng.standard_normal(m)) * np.exp(-(((logf - np.log2(centre))
+                                                            / width_oct) ** 2))
+    return _unit(np.fft.irfft(spec, m)[:n])
+
+
+def _bursts(rng, n, sr):
+    # band-passed noise bursts of random length, level and band over a faint floor
+    out = 0.05 * _tilted(rng, n, sr)
+    for _ in range(int(rng.integers(2, 20))):
+        length = int(min(n, rng.uniform(0.05, 2.0) * sr))
+        start = int(rng.integers(0, max(1, n - length)))
+        band = _band(rng, length, sr, np.exp(rng.uniform(np.log(100), np.log(10000))),
+                     rng.uniform(0.2, 2.0))
+        env = np.sin(np.pi * (np.arange(length) + 0.5) / length) ** rng.uniform(0.3, 3)
+        out[start:start + length] += rng.lognormal(0, 0.8) * band * env
+    return _unit(out)
+
+
+def _modulated(rng, n, sr):
+    # 1-4 noise bands, each with its own random amplitude modulation (0.2-40 Hz)
+    out = np.zeros(n)
+    for _ in range(int(rng.integers(1, 5))):
+        band = _band(rng, n, sr, np.exp(rng.uniform(np.log(80), np.log(10000))),
+                     rng.uniform(0.15, 2.0))
+        rate = np.exp(rng.uniform(np.log(0.2), np.log(40)))
+        depth = rng.uniform(0.2, 1.5)
+        out += rng.lognormal(0, 0.6) * band * np.exp(depth * np.tanh(_slow_curve(rng, n, sr,
+                                                                                  rate)))
+    return _unit(out)
+
+
+def _clicks(rng, n, sr):
+    # Poisson clicks (damped resonances) at a random rate and band, over a faint floor
+    f_lo = np.exp(rng.uniform(np.log(150), np.log(6000)))
+    drops = _droplets(rng, n, sr, rng.uniform(5, 800), f_lo, min(f_lo * rng.uniform(1.2, 4),
+                                                                  _TOP_HZ))
+    return _unit(_unit(drops) + rng.uniform(0.0, 0.5) * _tilted(rng, n, sr))
+
+
+_AUGMENT = {"tilted": _tilted, "bursts": _bursts, "modulated": _modulated, "clicks": _clicks}
+
+
+def render_augment_background(rng: np.random.Generator, n: int, sr: int) -> tuple[str, np.ndarray]:
+    """A random training-only background: (kind, n samples at unit RMS).
+
+    One or two members of `AUGMENT_KINDS` summed at random levels. Used only to augment
+    the stand-in's training clips; "stream" is never drawn.
+    """
+    k = int(rng.integers(1, 3))
+    kinds = [AUGMENT_KINDS[int(i)] for i in rng.choice(len(AUGMENT_KINDS), k, replace=False)]
+    out = np.zeros(n)
+    for kind in kinds:
+        render = _AUGMENT.get(kind) or _RENDER[kind]
+        out += rng.lognormal(0, 0.7) * render(rng, n, sr)
+    return "+".join(kinds), _unit(out)
 
 
 class BackgroundStream:
