@@ -3,7 +3,7 @@
     .venv/bin/python bench/standin_probe.py --corpus DIR band-stats
     .venv/bin/python bench/standin_probe.py --corpus DIR htsat --epochs 24
     .venv/bin/python bench/standin_probe.py --corpus DIR text --epochs 30
-    .venv/bin/python bench/standin_probe.py --corpus DIR clip-run RUN_DIR
+    .venv/bin/python bench/standin_probe.py --corpus DIR clip-run RUN_DIR|MODEL_DIR
 
 Diagnostics for bench/quality.py, whose tiny CLAP (pretrained from scratch with the
 ``clip`` objective) retrieves call types at chance. Each probe says where learning fails:
@@ -14,7 +14,8 @@ Diagnostics for bench/quality.py, whose tiny CLAP (pretrained from scratch with 
   (cross-entropy on each clip's first call label): can that architecture learn it, and how
   fast?
 - ``text``: the tiny text tower trained supervised on the captions: can it read the call?
-- ``clip-run``: a ``--objective clip`` run's continuous retrieval on train / val / test,
+- ``clip-run``: a ``--objective clip`` run's (or a stand-in model folder's) continuous
+  retrieval on train / val / test,
   with two relevance definitions (the clip's own caption; any shared call label): does it
   generalise or memorise?
 
@@ -159,7 +160,16 @@ def clip_run(corpus: Path, run_dir: Path, limit: int = 200) -> None:
     from cvahash.export.train.run import load_run
     from cvahash.export.train.tokenizer import tokenize
 
-    model, config, tok = load_run(run_dir)
+    if (run_dir / "config.json").is_file() and not (run_dir / "run.json").is_file():
+        # a save_pretrained model folder (bench/standin_pretrain.py's OUT/model)
+        from cvahash.export.train.model import HashingModel, load_clap
+        from cvahash.export.train.run import RunConfig
+
+        clap, tok = load_clap(run_dir)
+        model = HashingModel(clap, 16).eval()
+        config = RunConfig(model=str(run_dir), text_max_length=32)
+    else:
+        model, config, tok = load_run(run_dir)
     data, _ = load(corpus, ("train", "val", "test"))
     for split, (es, feats, _) in data.items():
         es, feats = es[:limit], feats[:limit]

@@ -6,8 +6,9 @@
 1. a model bundle: the tiny one the repository ships (tests/data/demo-bundle, made by
    this toolchain: see `--retrain`), or with `--retrain` a new one trained and exported
    here (synthetic corpus of 1000 clips -> the stand-in CLAP of
-   cvahash.export.train.standin: text warm-up, then supclip pretraining -> 64-bit
-   contrastive heads -> int8 ONNX bundle; about 15 minutes at one thread, `--quick` a
+   cvahash.export.train.standin: calls re-rendered apart from their backgrounds and
+   mixed over random training-only noise, label-anchored + supclip pretraining -> 64-bit
+   contrastive heads -> int8 ONNX bundle; about 30 minutes at one thread, `--quick` a
    few minutes with a near-chance result);
 2. a two-hour field recording with known events (cvahash synth --soundscape; `--seed` and
    `--background stream` give one whose seed and background training never saw, and
@@ -43,11 +44,11 @@ def cli(*args: str) -> int:
     return main(list(args))
 
 
-# The retrain recipe (docs/benchmarks/quality.md run 5): corpus size and epochs, full and
-# --quick (a few minutes' smoke run of the same path; its bundle is near chance).
-RECIPE = {"clips": 1000, "text_epochs": 40, "epochs": 30, "more_epochs": 60, "head_epochs": 60}
-QUICK_RECIPE = {"clips": 100, "text_epochs": 2, "epochs": 1, "more_epochs": 0,
-                "head_epochs": 1}
+# The retrain recipe (docs/benchmarks/quality.md run 7): corpus size, extra training clips,
+# noise bank and epochs, full and --quick (a few minutes' smoke run of the same path; its
+# bundle is near chance).
+RECIPE = {"clips": 1000, "epochs": 40, "extra": 2000, "noise": 400, "head_epochs": 60}
+QUICK_RECIPE = {"clips": 100, "epochs": 1, "extra": 0, "noise": 8, "head_epochs": 1}
 
 
 def retrain(work: Path, seed: int = 0, quick: bool = False) -> Path:
@@ -62,11 +63,11 @@ def retrain(work: Path, seed: int = 0, quick: bool = False) -> Path:
             raise SystemExit("demo: `cvahash synth` failed; see the message above")
     manifest = str(corpus / "manifest.jsonl")
     print(f"\n$ python bench/standin_pretrain.py --corpus {corpus} --out {work / 'standin'} "
-          f"--text-epochs {recipe['text_epochs']} --epochs {recipe['epochs']} "
-          f"--more-epochs {recipe['more_epochs']} --seed {seed}", flush=True)
-    model, _ = pretrain_standin(Path(manifest), work / "standin",
-                                text_epochs=recipe["text_epochs"], epochs=recipe["epochs"],
-                                more_epochs=recipe["more_epochs"], seed=seed, log=None)
+          f"--epochs {recipe['epochs']} --extra {recipe['extra']} --noise {recipe['noise']} "
+          f"--seed {seed}", flush=True)
+    model, _ = pretrain_standin(Path(manifest), work / "standin", epochs=recipe["epochs"],
+                                extra=recipe["extra"], noise=recipe["noise"], seed=seed,
+                                log=None)
     steps = [
         ("train", "--model", str(model), "--objective", "contrastive", "--data", manifest,
          "--bits", "64", "--lora-rank", "0", "--epochs", str(recipe["head_epochs"]),
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle_dir = Path(args.bundle)
     elif args.retrain or not (SHIPPED_BUNDLE / "manifest.json").exists():
         print("== 1. training and exporting a tiny bundle (" + ("a few minutes" if args.quick
-              else "about 15 minutes at one thread") + ")")
+              else "about 30 minutes at one thread") + ")")
         bundle_dir = retrain(out / "train", quick=args.quick)
     else:
         bundle_dir = SHIPPED_BUNDLE

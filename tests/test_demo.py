@@ -47,8 +47,9 @@ def test_demo_on_a_recording_and_words_training_never_saw(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_retrain_path_makes_a_bundle_of_the_recipe(tmp_path, capsys):
-    """`make demo ARGS="--retrain --quick"`: corpus, stand-in pretraining (text warm-up,
-    supclip), 64-bit contrastive heads, int8 export, then the demo on that bundle."""
+    """`make demo ARGS="--retrain --quick"`: corpus, stand-in pretraining (augmented,
+    label-anchored + supclip), 64-bit contrastive heads, int8 export, then the demo on
+    that bundle."""
     pytest.importorskip("torch")
     from cvahash.export.demo import main
 
@@ -61,5 +62,5 @@ def test_demo_retrain_path_makes_a_bundle_of_the_recipe(tmp_path, capsys):
     shipped = check_bundle(REPO / "tests" / "data" / "demo-bundle")
     assert manifest["frontend"] == shipped["frontend"]
     assert manifest["tokenizer"] == shipped["tokenizer"]
-    assert (tmp_path / "train" / "standin" / "text-warm").is_dir()
+    assert (tmp_path / "train" / "standin" / "model" / "config.json").is_file()
     assert out.count("precision@10 = ") == 5

@@ -1,5 +1,5 @@
-"""The stand-in's pretraining recipe learns: a tiny CLAP pretrained here with ``supclip``
-retrieves held-out clips by held-out phrasings far above chance.
+"""The stand-in's pretraining recipe (cvahash.export.train.standin) learns: a tiny CLAP
+pretrained with it retrieves held-out clips by held-out phrasings far above chance.
 
 Four sound kinds (tone, buzz, chirp, clicks), 1 s clips; the test clips are new
 renderings with captions in a phrasing no training caption used. About 30-60 s on one

@@ -17,18 +17,20 @@ The recipe (docs/benchmarks/quality.md run 7), from the corpus's *train* split o
    backgrounds; never "stream").
 3. **Augmentation, every step.** A batch's calls are mixed, in the power domain of the
    log-mel, with the clip's own background (probability ``own_background``) or a random
-   noise from the bank with a random spectral tilt (+-12 dB across the bands), at a
-   random SNR (-5..25 dB over the frames that hold calls), then shifted by a random gain
-   (+-10 dB) and a random circular time shift. Captions lose each word with probability
-   0.15 (at least two words are kept).
+   noise from the bank with a random spectral tilt (+-12 dB across the bands) and time
+   shift, at a random SNR over the frames that hold calls (uniform in [low, 25] dB, where
+   ``low`` falls linearly from +10 to -5 dB over the first half of the steps: clean calls
+   first), then shifted by a random gain (+-10 dB) and a random circular time shift.
+   Captions lose each word with probability 0.15 (at least two words are kept).
 4. **One loss, both towers from scratch.** A tiny CLAP (``build_tiny_clap`` with 16 x 16
    audio patches, so the second HTSAT stage attends over the whole window) and a
-   caption tokenizer trained on the pool's captions. Per batch of 64: multi-label
-   cross-entropy of the normalised text projection *and* of the normalised audio
-   projection through one shared linear layer over the call labels (so both towers put a
-   call type in the same direction), plus the ``supclip`` loss (captions whose clips share
-   a call label are positives; temperature 0.07). AdamW lr 2e-3, cosine schedule with a
-   5 % warm-up, ``epochs`` passes over the pool.
+   caption tokenizer trained on the pool's captions. Per batch of 64: for the text
+   projection and for the audio projection, cross-entropy of 10 x cosine to one shared
+   set of learnt call-type prototypes against the clip's labels spread evenly (so both
+   towers put a call type in the same direction), plus the ``supclip`` loss (captions
+   whose clips share a call label are positives; temperature 0.07). AdamW, lr 2e-3 for
+   the text side and 5e-3 for the audio tower, audio projection and prototypes; cosine
+   schedule with a 5 % warm-up; ``epochs`` passes over the pool.
 
 The folder written (``OUT/model``) is a ``save_pretrained`` ClapModel with its tokenizer,
 usable as ``cvahash train --model OUT/model`` and ``bench/quality.py --pretrained``.
