@@ -47,8 +47,10 @@ def cli(*args: str) -> int:
 # The retrain recipe (docs/benchmarks/quality.md run 7): corpus size, extra training clips,
 # noise bank and epochs, full and --quick (a few minutes' smoke run of the same path; its
 # bundle is near chance).
-RECIPE = {"clips": 1000, "epochs": 40, "extra": 2000, "noise": 400, "head_epochs": 60}
-QUICK_RECIPE = {"clips": 100, "epochs": 1, "extra": 0, "noise": 8, "head_epochs": 1}
+RECIPE = {"clips": 1000, "epochs": 40, "extra": 2000, "noise": 400, "text_steps": 5000,
+          "head_epochs": 60}
+QUICK_RECIPE = {"clips": 100, "epochs": 1, "extra": 0, "noise": 8, "text_steps": 20,
+                "head_epochs": 1}
 
 
 def retrain(work: Path, seed: int = 0, quick: bool = False) -> Path:
@@ -64,10 +66,10 @@ def retrain(work: Path, seed: int = 0, quick: bool = False) -> Path:
     manifest = str(corpus / "manifest.jsonl")
     print(f"\n$ python bench/standin_pretrain.py --corpus {corpus} --out {work / 'standin'} "
           f"--epochs {recipe['epochs']} --extra {recipe['extra']} --noise {recipe['noise']} "
-          f"--seed {seed}", flush=True)
+          f"--text-steps {recipe['text_steps']} --seed {seed}", flush=True)
     model, _ = pretrain_standin(Path(manifest), work / "standin", epochs=recipe["epochs"],
-                                extra=recipe["extra"], noise=recipe["noise"], seed=seed,
-                                log=None)
+                                extra=recipe["extra"], noise=recipe["noise"],
+                                text_steps=recipe["text_steps"], seed=seed, log=None)
     steps = [
         ("train", "--model", str(model), "--objective", "contrastive", "--data", manifest,
          "--bits", "64", "--lora-rank", "0", "--epochs", str(recipe["head_epochs"]),

@@ -68,9 +68,10 @@ def chance_map10(labels, trials=2000, seed=0):
 
 def test_standin_recipe_beats_chance_on_held_out_phrasings(tmp_path):
     """The recipe of cvahash.export.train.standin (augmented label-anchored + supclip
-    pretraining), small: a plain manifest (no synth parts, so the clips themselves are
-    the "calls"), a 16-item noise bank, 40 epochs of 4 batches of 16. No broadband-noise
-    kind: the recipe mixes random noise under every clip, so noise is background to it."""
+    pretraining, then the text stage), small: a plain manifest (no synth parts, so the
+    clips themselves are the "calls"), a 16-item noise bank, 40 epochs of 4 batches of 16,
+    100 text-stage steps. No broadband-noise kind: the recipe mixes random noise under
+    every clip, so noise is background to it."""
     from cvahash.export.train import metrics
     from cvahash.export.train.model import load_clap
     from cvahash.export.train.standin import pretrain_standin
@@ -81,7 +82,7 @@ def test_standin_recipe_beats_chance_on_held_out_phrasings(tmp_path):
     torch.set_num_threads(1)
     manifest = make_corpus(tmp_path, n_train=16)
     model_dir, _ = pretrain_standin(manifest, tmp_path / "standin", epochs=40, extra=0,
-                                    noise=16, seed=0, batch=16, log=None)
+                                    noise=16, seed=0, batch=16, text_steps=100, log=None)
     clap, tok = load_clap(model_dir)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     test = [r for r in rows if r["split"] == "test"]

@@ -31,6 +31,11 @@ The recipe (docs/benchmarks/quality.md run 7), from the corpus's *train* split o
    whose clips share a call label are positives; temperature 0.07). AdamW, lr 2e-3 for
    the text side and 5e-3 for the audio tower, audio projection and prototypes; cosine
    schedule with a 5 % warm-up; ``epochs`` passes over the pool.
+5. **Text stage.** The audio tower frozen, the text tower and text projection alone
+   train ``text_steps`` steps (batch 64, AdamW lr 1e-3 constant) with ``supclip``
+   against the pool's audio embeddings, on captions perturbed by `perturb_captions`
+   (word dropout, inserted random words and letter strings, changed word forms, joined
+   words): step 4's text tower reads seen captions well but new wording badly.
 
 The folder written (``OUT/model``) is a ``save_pretrained`` ClapModel with its tokenizer,
 usable as ``cvahash train --model OUT/model`` and ``bench/quality.py --pretrained``.
@@ -60,6 +65,7 @@ TILT_DB = 12.0
 LABEL_SCALE = 10.0
 CLEAN_START_DB = 10.0
 LR_TEXT, LR_AUDIO = 2e-3, 5e-3
+TEXT_STAGE_LR = 1e-3
 
 
 @dataclass
@@ -231,6 +237,82 @@ def label_loss(z: torch.Tensor, prototypes: torch.Tensor, y: torch.Tensor) -> to
     return -(target * F.log_softmax(logits[has], dim=1)).sum(1).mean()
 
 
+def perturb_captions(captions: list[str], vocab: list[str], rng: np.random.Generator):
+    """Step 5's caption noise: word dropout, then 0-3 inserted words (a random word of the
+    training captions or a random 3-8 letter string), plural/truncated word forms and two
+    neighbours joined, so the text tower learns to read a caption's call words through
+    words and word forms it has never seen."""
+    out = []
+    for c in drop_words(captions, rng):
+        w = c.split()
+        for _ in range(int(rng.integers(0, 4))):
+            if rng.random() < 0.5:
+                letters = rng.integers(0, 26, int(rng.integers(3, 9)))
+                new = "".join(chr(97 + int(k)) for k in letters)
+            else:
+                new = vocab[int(rng.integers(len(vocab)))]
+            w.insert(int(rng.integers(0, len(w) + 1)), new)
+        for j in range(len(w)):
+            r = rng.random()
+            if r < 0.1 and len(w[j]) > 4:
+                w[j] = w[j][:-1] if w[j].endswith("s") else w[j] + "s"
+            elif r < 0.15 and len(w[j]) > 5:
+                w[j] = w[j][: int(rng.integers(3, len(w[j])))]
+        if len(w) > 2 and rng.random() < 0.2:
+            j = int(rng.integers(len(w) - 1))
+            w[j:j + 2] = [w[j] + w[j + 1]]
+        out.append(" ".join(w))
+    return out
+
+
+def text_stage(clap, tok, pool: Pool, bank: torch.Tensor, steps: int, seed: int = 0,
+               log=sys.stderr) -> list[dict]:
+    """Step 5: the text tower (and text projection) alone, ``supclip`` against the frozen
+    audio embeddings of the pool (one augmented rendering each: own background at
+    probability 0.5, SNR 0-25 dB), captions perturbed by `perturb_captions`; batch 64,
+    AdamW lr 1e-3 constant."""
+    from .losses import make_objective
+    from .tokenizer import tokenize
+
+    gen = torch.Generator().manual_seed(seed + 5)
+    rng = np.random.default_rng([seed, 5])
+    calls = torch.from_numpy(pool.calls)
+    bgs = None if pool.backgrounds is None else torch.from_numpy(pool.backgrounds)
+    clap.eval()
+    with torch.no_grad():
+        audio = torch.cat([clap.audio_projection(clap.audio_model(input_features=augment(
+            calls[i:i + 64], None if bgs is None else bgs[i:i + 64], bank, gen, 0.5,
+            (0.0, SNR_DB[1]))[:, None]).pooler_output) for i in range(0, len(calls), 64)])
+    audio = F.normalize(audio, dim=1)
+    vocab = sorted({w for c in pool.captions for w in c.split()})
+    supclip = make_objective("supclip", temperature=0.07)
+    params = [*clap.text_model.parameters(), *clap.text_projection.parameters()]
+    opt = torch.optim.AdamW(params, lr=TEXT_STAGE_LR)
+    ty, ay = torch.from_numpy(pool.text_labels), torch.from_numpy(pool.audio_labels)
+    batch = min(BATCH, len(calls))
+    clap.text_model.train()
+    history, total, t0 = [], 0.0, time.monotonic()
+    for step in range(steps):
+        idx = torch.randint(len(calls), (batch,), generator=gen)
+        ids, mask = tokenize(tok, perturb_captions([pool.captions[i] for i in idx], vocab,
+                                                   rng), 32)
+        t = clap.text_projection(clap.text_model(input_ids=ids, attention_mask=mask)
+                                 .pooler_output)
+        loss = supclip(t, audio[idx], positives=(ty[idx] @ ay[idx].T) > 0)["supclip"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += float(loss.detach())
+        if (step + 1) % 250 == 0 or step + 1 == steps:
+            history.append({"text_step": step + 1, "supclip": round(total / 250, 4),
+                            "s": round(time.monotonic() - t0, 1)})
+            total = 0.0
+            if log is not None:
+                print(json.dumps(history[-1]), file=log, flush=True)
+    clap.eval()
+    return history
+
+
 def _eval_split(clap, tok, manifest: Path, split: str, cache: dict) -> float:
     """Text->audio call-label mAP@10 (continuous) on a split of the corpus (first 200)."""
     from . import metrics
@@ -259,15 +341,16 @@ def _eval_split(clap, tok, manifest: Path, split: str, cache: dict) -> float:
     return float(metrics.retrieval_scores(ranking, rel, (10,))["mAP@10"])
 
 
-def pretrain_standin(manifest: Path, out: Path, *, epochs: int = 20, extra: int = 2000,
+def pretrain_standin(manifest: Path, out: Path, *, epochs: int = 40, extra: int = 2000,
                      noise: int = 400, own_background: float = 0.3, supclip_weight: float = 1.0,
                      seed: int = 0, batch: int = BATCH, eval_every: int = 0, eval_splits=("val",),
-                     tiny: dict | None = None, log=sys.stderr) -> tuple[Path, dict]:
-    """Steps 1-4; returns the model folder (``OUT/model``) and the timings."""
+                     tiny: dict | None = None, text_steps: int = 5000,
+                     from_model: Path | None = None, log=sys.stderr) -> tuple[Path, dict]:
+    """Steps 1-5; returns the model folder (``OUT/model``) and the timings.
+
+    ``from_model``: skip steps 1-4's training and run step 5 on that model folder (a
+    step-4 model written with ``text_steps=0``)."""
     from .device import quiet_transformers
-    from .losses import make_objective
-    from .model import build_tiny_clap
-    from .tokenizer import tokenize, train_caption_tokenizer
 
     quiet_transformers()
     manifest, out = Path(manifest), Path(out)
@@ -279,6 +362,40 @@ def pretrain_standin(manifest: Path, out: Path, *, epochs: int = 20, extra: int 
     t0 = time.monotonic()
     bank = torch.from_numpy(noise_bank(noise, seed, out / "cache", log=log))
     timings["noise_bank_s"] = time.monotonic() - t0
+
+    if from_model is not None:
+        from .model import load_clap
+
+        clap, tok = load_clap(from_model)
+        history = []
+    else:
+        clap, tok, history, timings["train_s"] = _joint(
+            pool, bank, manifest, epochs=epochs, own_background=own_background,
+            supclip_weight=supclip_weight, seed=seed, batch=batch, eval_every=eval_every,
+            eval_splits=eval_splits, tiny=tiny, log=log)
+    if text_steps:
+        t0 = time.monotonic()
+        history += text_stage(clap, tok, pool, bank, text_steps, seed, log=log)
+        timings["text_stage_s"] = time.monotonic() - t0
+        if eval_every:
+            row = {f"{split}_mAP@10": round(_eval_split(clap, tok, manifest, split, {}), 4)
+                   for split in eval_splits}
+            history.append({"after": "text stage", **row})
+            if log is not None:
+                print(json.dumps(history[-1]), file=log, flush=True)
+    model_dir = out / "model"
+    clap.eval().save_pretrained(str(model_dir))
+    tok.save_pretrained(str(model_dir))
+    (out / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    return model_dir, timings
+
+
+def _joint(pool: Pool, bank: torch.Tensor, manifest: Path, *, epochs, own_background,
+           supclip_weight, seed, batch, eval_every, eval_splits, tiny, log):
+    """Step 4: both towers from scratch; returns (clap, tokenizer, history, seconds)."""
+    from .losses import make_objective
+    from .model import build_tiny_clap
+    from .tokenizer import tokenize, train_caption_tokenizer
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -341,9 +458,4 @@ def pretrain_standin(manifest: Path, out: Path, *, epochs: int = 20, extra: int 
         history.append(row)
         if log is not None:
             print(json.dumps(row), file=log, flush=True)
-    timings["train_s"] = time.monotonic() - t0
-    model_dir = out / "model"
-    clap.eval().save_pretrained(str(model_dir))
-    tok.save_pretrained(str(model_dir))
-    (out / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    return model_dir, timings
+    return clap.eval(), tok, history, time.monotonic() - t0
