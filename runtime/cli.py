@@ -49,7 +49,9 @@ COMMANDS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with every command, or, when ``argv`` names a command, that one only (a
+    cold `cvahash search` then imports one command module instead of all of them)."""
     parser = argparse.ArgumentParser(
         prog="cvahash",
         description="Find sounds in field recordings by typing what you want to hear.",
@@ -58,19 +60,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output on stderr (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    named = _named_command(argv)
     for name, _where in COMMANDS:
+        if named is not None and name != named:
+            continue
         try:
             module = importlib.import_module(f"cvahash.commands.{name}")
         except ModuleNotFoundError as exc:
             if exc.name == f"cvahash.commands.{name}":
+                if named is not None:  # not built in this version: let argparse say so
+                    return build_parser()
                 continue  # command not built in this version
             raise
         module.register(sub)
     return parser
 
 
+def _named_command(argv: list[str] | None) -> str | None:
+    """The command ``argv`` runs when it is one of `COMMANDS` and only -v flags come
+    before it; None otherwise (then every command is registered, as --help needs)."""
+    for arg in argv or ():
+        if arg == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            continue
+        return arg if any(arg == name for name, _ in COMMANDS) else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],

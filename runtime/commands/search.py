@@ -13,6 +13,7 @@ Exit codes: 0 ok (also when nothing matched the filters), 1 error, 2 usage.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .options import add_time_range, check_threads, time_range
@@ -63,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.context <= 60:
         parser.error(f"--context {args.context}: must be between 0 and 60 seconds")
 
+    # One query per process. numpy starts a BLAS thread per core when it loads, which a
+    # search does not use (a --like query's one window is a small product): about 40
+    # CPU-ms and more wall time on a busy station (docs/benchmarks/runtime.md, run 8).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # Lazy: the query layer loads numpy and onnxruntime; `cvahash --help` stays fast.
     from ..library.library import Library
     from ..query import report
@@ -84,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     with Library.open(args.db, args.bundle, mode="r", threads=args.threads,
                       graphs=graphs) as lib:
         store, bundle = lib.store, lib.bundle
+        # One text query: the text graph's weights are used as mapped, not packed first.
+        bundle.pack_text_weights = False
         stats = store.stats()
         if args.station is not None:
             check_station(args.station, stats["stations"], args.db)

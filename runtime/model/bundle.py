@@ -28,7 +28,6 @@ import math
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InvalidArgument
+from . import mapped
 from .frontend import FrontendParams
 from .integrity import (
     AUDIO_GRAPH,
@@ -124,6 +124,12 @@ class ModelBundle:
         # full-size int8 text graph: about 55 MB less RSS, text encoding about 1.25x
         # slower). `cvahash serve` sets it; a long-running page encodes little text.
         self.save_memory = False
+        # Set to False before the text graph is first used by a process that encodes one
+        # or two queries (`cvahash search`): the int8 weights are then used as mapped
+        # instead of being packed for this CPU's kernels when the session is created.
+        # On the full-size graph that saves about 100 CPU-ms of cold start and costs a few
+        # ms per query (docs/benchmarks/runtime.md, run 8); the codes are the same.
+        self.pack_text_weights = True
 
         try:
             self._frontend = FrontendParams.from_dict(manifest["frontend"])
@@ -213,31 +219,21 @@ class ModelBundle:
         with self._lock:
             if branch in self._sessions:
                 return self._sessions[branch]
-            import onnxruntime as ort  # lazy: --help and `info` stay fast
 
             self._verify_for(branch)
             name = TEXT_GRAPH if branch == "text" else AUDIO_GRAPH
             providers = self._choose_providers()
-            options = ort.SessionOptions()
             threads = self._threads
             if branch == "audio":
                 self._audio_workers = self._parallel_windows(providers)
                 if self._audio_workers > 1:
                     threads = 1
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3  # ORT's own warnings are noise on a station
-            if self.save_memory and branch == "text":
-                options.add_session_config_entry("session.disable_prepacking", "1")
-            level = self._ort_level(branch)
-            if level is not None:
-                options.graph_optimization_level = level
-            try:
-                session = ort.InferenceSession(str(self.path / name), sess_options=options,
-                                               providers=providers)
-            except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-                raise BundleError(
-                    f"{self.path / name}: onnxruntime cannot load it ({exc})") from exc
+            session = None
+            if branch == "text" and self._mappable(providers):
+                session = self._mapped_text_session(threads, providers)
+            if session is None:
+                session = self._new_session(self.path / name,
+                                            self._options(branch, threads), providers)
             used = session.get_providers()
             self.providers_in_use[branch] = used
             if branch == "audio" and self._audio_workers > 1:
@@ -248,6 +244,109 @@ class ModelBundle:
                          used[0], threads or "default")
             self._sessions[branch] = session
             return session
+
+    def _options(self, branch: str, threads: int, level=None, pack: bool | None = None):
+        """Session options for ``branch``; ``level``: an optimisation level instead of the
+        one the bundle asks for (`_ort_level`); ``pack``: whether ONNX Runtime pre-packs
+        the text graph's weights (None: unless `save_memory` or `pack_text_weights` say
+        otherwise)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # ORT's own warnings are noise on a station
+        if pack is None:
+            pack = not self.save_memory and self.pack_text_weights
+        if branch == "text" and not pack:
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        level = self._ort_level(branch) if level is None else level
+        if level is not None:
+            options.graph_optimization_level = level
+        return options
+
+    def _new_session(self, path: Path, options, providers):
+        import onnxruntime as ort
+
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BundleError(f"{path}: onnxruntime cannot load it ({exc})") from exc
+
+    # -- the text graph's mapped copy (cvahash.model.mapped)
+    def _mappable(self, providers: list[str]) -> bool:
+        """Whether the text graph may run from a mapped copy: the CPU provider only, and
+        a graph the exporter saved with the hardware-independent optimisations applied."""
+        graphs = self._manifest.get("graphs")
+        entry = graphs.get("text") if isinstance(graphs, dict) else None
+        return (providers == ["CPUExecutionProvider"] and isinstance(entry, dict)
+                and entry.get("ort_optimized") == "extended")
+
+    def _mapped_text_session(self, threads: int, providers):
+        """The text session from the mapped copy of text.onnx; when there is none yet,
+        the session from text.onnx itself, with the copy written on the way and kept if it
+        gives the same logits. None: load text.onnx as usual."""
+        import onnxruntime as ort
+
+        unoptimised = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        digest = str(self._manifest["files"][TEXT_GRAPH]["sha256"]).lower()
+        found = mapped.find(digest, ort.__version__)
+        if found is not None:
+            try:  # the copy carries the optimisations already
+                return ort.InferenceSession(str(found), providers=providers,
+                                            sess_options=self._options("text", threads,
+                                                                       unoptimised))
+            except Exception as exc:  # a damaged copy: make it again
+                log.warning("mapped copy %s of %s not usable (%s); loading the bundle's",
+                            found, self.path / TEXT_GRAPH, exc)
+                mapped.discard(found.parent)
+        staging = mapped.staging_folder()
+        if staging is None:
+            return None
+        options = self._options("text", threads)
+        mapped.save_options(options, staging)
+        try:
+            session = self._new_session(self.path / TEXT_GRAPH, options, providers)
+        except BundleError:
+            mapped.discard(staging)
+            raise
+        try:
+            copy_options = self._options("text", threads, unoptimised, pack=False)
+            same = self._same_logits(session, staging / mapped.GRAPH, copy_options, providers)
+        except Exception as exc:  # a copy that fails in any way: dropped
+            log.debug("mapped copy of %s not kept (%s)", self.path / TEXT_GRAPH, exc)
+            same = False
+        if same:
+            mapped.publish(staging, digest, ort.__version__)
+        else:
+            mapped.discard(staging)
+        return session
+
+    def _same_logits(self, session, copy: Path, options, providers) -> bool:
+        """Whether the graph at ``copy`` (run unoptimised, weights not pre-packed) gives
+        bit-identical logits to ``session`` on probe queries of several lengths, one
+        at a time and as one padded batch."""
+        import onnxruntime as ort
+
+        if not copy.is_file():
+            return False
+        other = ort.InferenceSession(str(copy), sess_options=options, providers=providers)
+        words = ("owl hooting at night near a creek with frogs and wind in the reeds, "
+                 "rain on leaves, a woodpecker drumming on a dead tree far away ") * 8
+        texts = ["owl", "a wren singing a loud trill", words]
+        encodings = self._make_tokenizer().encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = [{"input_ids": ids[:2], "attention_mask": mask[:2]}]
+        for i in range(len(texts)):
+            used = max(int(mask[i].sum()), 1)
+            feeds.append({"input_ids": ids[i:i + 1, :used],
+                          "attention_mask": mask[i:i + 1, :used]})
+        for feed in feeds:
+            a, b = session.run(None, feed)[0], other.run(None, feed)[0]
+            if a.shape != b.shape or not np.array_equal(a, b):
+                return False
+        return True
 
     def _ort_level(self, branch: str):
         """The ONNX Runtime optimisation level to ask for, or None for its default (all).
@@ -283,6 +382,8 @@ class ModelBundle:
     def _worker_pool(self):
         with self._lock:
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._pool = ThreadPoolExecutor(self._audio_workers,
                                                 thread_name_prefix="cvahash-audio")
             return self._pool
