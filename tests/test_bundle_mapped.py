@@ -85,7 +85,7 @@ def test_the_copy_is_made_once_then_used_and_gives_the_bundles_codes(cache, mark
                                                                     monkeypatch, pack):
     want = _reference_codes(marked, TEXTS)
     first = ModelBundle.open(marked, graphs=("text",))
-    first.pack_text_weights = pack
+    first.one_shot_text = not pack
     assert np.array_equal(first.encode_text(TEXTS), want)
     folder = _copy_folder(cache, marked)
     assert sorted(p.name for p in folder.iterdir()) == [mapped.GRAPH, mapped.DATA, mapped.RECORD]
@@ -93,7 +93,7 @@ def test_the_copy_is_made_once_then_used_and_gives_the_bundles_codes(cache, mark
 
     seen = _loaded_paths(monkeypatch)
     again = ModelBundle.open(marked, graphs=("text",))
-    again.pack_text_weights = pack
+    again.one_shot_text = not pack
     assert np.array_equal(again.encode_text(TEXTS), want)
     assert seen == [str(folder / mapped.GRAPH)]  # the copy, not the bundle's text.onnx
     assert not any(p.name.startswith(".staging-") for p in folder.parent.iterdir())

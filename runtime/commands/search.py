@@ -89,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
     with Library.open(args.db, args.bundle, mode="r", threads=args.threads,
                       graphs=graphs) as lib:
         store, bundle = lib.store, lib.bundle
-        # One text query: the text graph's weights are used as mapped, not packed first.
-        bundle.pack_text_weights = False
+        bundle.one_shot_text = True  # one query: weights used as mapped, not packed first
         stats = store.stats()
         if args.station is not None:
             check_station(args.station, stats["stations"], args.db)

@@ -124,12 +124,13 @@ class ModelBundle:
         # full-size int8 text graph: about 55 MB less RSS, text encoding about 1.25x
         # slower). `cvahash serve` sets it; a long-running page encodes little text.
         self.save_memory = False
-        # Set to False before the text graph is first used by a process that encodes one
-        # or two queries (`cvahash search`): the int8 weights are then used as mapped
-        # instead of being packed for this CPU's kernels when the session is created.
-        # On the full-size graph that saves about 100 CPU-ms of cold start and costs a few
-        # ms per query (docs/benchmarks/runtime.md, run 8); the codes are the same.
-        self.pack_text_weights = True
+        # Set before the text graph is first used by a process that encodes a query or
+        # two (`cvahash search`): the int8 weights are then used as mapped instead of
+        # being packed for this CPU's kernels when the session is created, and ORT's
+        # threads do not spin between operators. On the full-size graph that saves about
+        # 100 CPU-ms of cold start and costs a few ms per later query (docs/benchmarks/
+        # runtime.md, run 8); the codes are the same.
+        self.one_shot_text = False
 
         try:
             self._frontend = FrontendParams.from_dict(manifest["frontend"])
@@ -248,8 +249,7 @@ class ModelBundle:
     def _options(self, branch: str, threads: int, level=None, pack: bool | None = None):
         """Session options for ``branch``; ``level``: an optimisation level instead of the
         one the bundle asks for (`_ort_level`); ``pack``: whether ONNX Runtime pre-packs
-        the text graph's weights (None: unless `save_memory` or `pack_text_weights` say
-        otherwise)."""
+        the text graph's weights (None: unless `save_memory` or `one_shot_text`)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -257,9 +257,11 @@ class ModelBundle:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # ORT's own warnings are noise on a station
         if pack is None:
-            pack = not self.save_memory and self.pack_text_weights
+            pack = not (self.save_memory or self.one_shot_text)
         if branch == "text" and not pack:
             options.add_session_config_entry("session.disable_prepacking", "1")
+        if branch == "text" and self.one_shot_text:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         level = self._ort_level(branch) if level is None else level
         if level is not None:
             options.graph_optimization_level = level
