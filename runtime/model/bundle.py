@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,8 @@ DEFAULT_AUDIO_BATCH = 8
 # With threads=0 ("one per core") at most this many windows run at once: each holds its
 # own activations (about 30 MB for the full-size HTSAT), which adds up on a big workstation.
 MAX_AUTO_AUDIO_WORKERS = 8
+# Text queries whose logits a bundle remembers (a few hundred bytes each).
+TEXT_MEMO = 256
 
 
 # ---------------------------------------------------------------- codes
@@ -116,6 +119,8 @@ class ModelBundle:
         self._sessions: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._tokenizer = None
+        self._text_memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._memo_lock = threading.Lock()
         self._audio_workers = 1  # windows run at once; set when the audio session is made
         self._pool = None
         self.providers_in_use: dict[str, list[str]] = {}
@@ -470,23 +475,62 @@ class ModelBundle:
         return self.token_logits(self.tokenize(texts), batch_size=batch_size)
 
     def token_logits(self, tokens: TokenizedText, *, batch_size: int = 32) -> np.ndarray:
-        """float32 [n, bits] logits of the text graph for texts already `tokenize`d."""
-        session = self._session("text")
+        """float32 [n, bits] logits of the text graph for texts already `tokenize`d.
+
+        The logits of the last `TEXT_MEMO` distinct token sequences are remembered, so a
+        query asked again (a watchlist, a page reloaded) is not run through the graph
+        again; a row's logits depend only on its own tokens (rows run one at a time, or
+        the graph is `batch_invariant`)."""
         step = batch_size if self.batch_invariant("text") else 1
         trim = self._manifest["tokenizer"].get("trim_padding") is True
-        out = np.empty((len(tokens.input_ids), self.bits), dtype=np.float32)
-        for s in range(0, len(out), step):
-            ids = tokens.input_ids[s:s + step]
-            mask = tokens.attention_mask[s:s + step]
+        n = len(tokens.input_ids)
+        out = np.empty((n, self.bits), dtype=np.float32)
+        keys = [self._memo_key(tokens.input_ids[i], tokens.attention_mask[i], trim)
+                for i in range(n)]
+        todo, first, repeats = [], {}, []  # rows to run; a text given twice runs once
+        with self._memo_lock:
+            for i, key in enumerate(keys):
+                hit = self._text_memo.get(key)
+                if hit is not None:
+                    self._text_memo.move_to_end(key)
+                    out[i] = hit
+                elif key in first:
+                    repeats.append(i)
+                else:
+                    first[key] = i
+                    todo.append(i)
+        if not todo:
+            return out
+        session = self._session("text")
+        rows = np.asarray(todo)
+        for s in range(0, len(rows), step):
+            part = rows[s:s + step]
+            ids = tokens.input_ids[part]
+            mask = tokens.attention_mask[part]
             if trim:
                 # Padding columns no text of this run attends to are cut: the pooled
                 # first token cannot see masked positions, and a 10-token query runs
                 # 4-7x faster than one padded to 77 (docs/benchmarks/bundle.md).
                 used = int(mask.sum(axis=1).max())
                 ids, mask = ids[:, :used], mask[:, :used]
-            out[s:s + step] = self._checked(session.run(None, {"input_ids": ids,
-                                                               "attention_mask": mask})[0])
+            out[part] = self._checked(session.run(None, {"input_ids": ids,
+                                                         "attention_mask": mask})[0])
+        for i in repeats:
+            out[i] = out[first[keys[i]]]
+        with self._memo_lock:
+            for i in todo:
+                self._text_memo[keys[i]] = out[i].copy()
+                self._text_memo.move_to_end(keys[i])
+            while len(self._text_memo) > TEXT_MEMO:
+                self._text_memo.popitem(last=False)
         return out
+
+    @staticmethod
+    def _memo_key(ids: np.ndarray, mask: np.ndarray, trim: bool) -> bytes:
+        if trim:
+            used = int(mask.sum())
+            ids, mask = ids[:used], mask[:used]
+        return ids.tobytes() + b"|" + mask.tobytes()
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Packed codes uint8 [n, ceil(bits/8)] of text queries (empty text: ValueError)."""
