@@ -90,14 +90,17 @@ def run(args: argparse.Namespace) -> int:
                       graphs=graphs) as lib:
         store, bundle = lib.store, lib.bundle
         bundle.one_shot_text = True  # one query: weights used as mapped, not packed first
-        stats = store.stats()
+        stats = None  # the store's summary, read only when a message needs it
         if args.station is not None:
+            stats = store.stats()
             check_station(args.station, stats["stations"], args.db)
         if args.text is not None:
             result = search_text(store, bundle, args.text, args.k, threads=args.threads, **filters)
         else:
             result = search_like(store, bundle, like_path, like_start, args.k,
                                  threads=args.threads, **filters)
+        if not result.hits and stats is None:
+            stats = store.stats()
 
     if not report.print_result(result, bundle.manifest, as_json=args.json):
         print(why_nothing(args, stats), file=sys.stderr)
