@@ -86,9 +86,15 @@ def _named_command(argv: list[str] | None) -> str | None:
     return None
 
 
+# Set by `main` when the command that ran allows `run` to skip the interpreter's teardown.
+_quick_exit = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _quick_exit
     parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    _quick_exit = bool(getattr(args, "quick_exit", False))
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -125,6 +131,18 @@ def run() -> None:
         print("interrupted", file=sys.stderr)
         rc = 130
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if _quick_exit:
+        # A command that has closed everything it opened (`search`) ends without the
+        # interpreter's teardown: freeing the ONNX Runtime session, numpy and every module
+        # costs a cold search about 40 CPU-ms after its output is out
+        # (docs/benchmarks/runtime.md, run 8).
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader that left, or a closed stream
+                pass
+        os._exit(rc)
     sys.exit(rc)
 
 

@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--spectrograms", metavar="OUT", help="write a spectrogram PNG per hit into OUT")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="ONNX Runtime and search threads (default 0: one per core)")
-    p.set_defaults(func=run, _parser=p)
+    # quick_exit: everything is closed when run returns; the CLI skips the teardown.
+    p.set_defaults(func=run, _parser=p, quick_exit=True)
 
 
 def run(args: argparse.Namespace) -> int:
