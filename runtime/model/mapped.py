@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -93,6 +92,8 @@ def save_options(options, staging: Path) -> None:
 
 def staging_folder() -> Path | None:
     """A fresh folder beside the copies to write a new one into, or None (not writable)."""
+    import tempfile  # lazy: only the first load of a graph makes a copy
+
     try:
         parent = cache_dir() / FOLDER
         parent.mkdir(parents=True, exist_ok=True)
