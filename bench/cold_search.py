@@ -18,6 +18,11 @@ cold search spends its time, phase by phase, in one process of this checkout.
 
 Prints the median and range of wall time, CPU time (user + system) and peak RSS, and the
 load average before and after. The stand-in bundle needs the [export] extra (onnx).
+
+Bytecode: each timed package is compiled to ``__pycache__`` first, as ``pip install``
+does on a station. A checkout run with ``PYTHONDONTWRITEBYTECODE=1`` (as on the shared
+build machine) otherwise compiles every cvahash module from source at every start, about
+80 CPU-ms of a cold search; ``--no-compile`` times that case.
 """
 
 from __future__ import annotations
@@ -96,6 +101,17 @@ for name, w, c in [(n, w - pw, c - pc) for (n, w, c), (_, pw, pc) in zip(marks[1
 """
 
 
+def compile_package(env: dict) -> str:
+    """Compile the `cvahash` package that ``env`` imports to bytecode; its folder."""
+    code = ("import compileall, os, cvahash\n"
+            "folder = os.path.dirname(cvahash.__file__)\n"
+            "compileall.compile_dir(folder, quiet=1)\n"
+            "print(folder)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
 def timed(cmd: list[str], env: dict) -> tuple[float, float, int]:
     """(wall s, CPU s, peak RSS MiB) of one run of ``cmd`` in a fresh process."""
     t = time.perf_counter()
@@ -129,6 +145,8 @@ def main(argv=None) -> int:
                     "time alternately with this checkout")
     ap.add_argument("--text", default="owl hooting")
     ap.add_argument("--split", action="store_true", help="time one search phase by phase")
+    ap.add_argument("--no-compile", action="store_true", help="do not compile the packages "
+                    "to bytecode first")
     args = ap.parse_args(argv)
     if args.bundle is not None:
         if args.db is None:
@@ -146,14 +164,17 @@ def main(argv=None) -> int:
             sf.write(rec, (rng.standard_normal(48000 * 30) * 0.1).astype(np.float32), 48000)
             subprocess.run(cli("index", str(rec), "--db", str(db), "--bundle", str(bundle),
                                "--quiet", "--threads", "1"), check=True)
+    variants = {"new": dict(os.environ)}
+    if args.base is not None:
+        variants = {"base": {**os.environ, "PYTHONPATH": str(args.base.resolve())}, **variants}
+    if not args.no_compile:
+        for name, env in variants.items():
+            print(f"{name}: bytecode compiled in {compile_package(env)}")
     if args.split:
         subprocess.run([sys.executable, "-c", SPLIT, str(db), str(bundle), args.text],
                        check=True)
         return 0
     search = cli("search", args.text, "--db", str(db), "--bundle", str(bundle), "-k", "10")
-    variants = {"new": dict(os.environ)}
-    if args.base is not None:
-        variants = {"base": {**os.environ, "PYTHONPATH": str(args.base.resolve())}, **variants}
     for env in variants.values():  # warm the page cache (and make the mapped text graph)
         subprocess.run(search, check=True, capture_output=True, env=env)
     load_before = os.getloadavg()
