@@ -190,3 +190,15 @@ def test_cli_search_gives_the_same_hits_from_the_copy(cache, marked, tmp_path):
     assert _copy_folder(cache, marked).is_dir()
     using = json.loads(search(marked))
     assert plain["hits"] and making["hits"] == plain["hits"] == using["hits"]
+
+
+def test_a_copy_made_meanwhile_by_another_process_is_kept(cache, marked):
+    ModelBundle.open(marked, graphs=("text",)).encode_text(TEXTS[:1])
+    folder = _copy_folder(cache, marked)
+    before = {p.name: p.stat().st_ino for p in folder.iterdir()}
+    staging = mapped.staging_folder()  # a second process that wrote its own copy
+    for name in (mapped.GRAPH, mapped.DATA):
+        shutil.copyfile(folder / name, staging / name)
+    assert mapped.publish(staging, folder.name, ort.__version__) == folder / mapped.GRAPH
+    assert {p.name: p.stat().st_ino for p in folder.iterdir()} == before
+    assert not staging.exists()

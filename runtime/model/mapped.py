@@ -111,7 +111,10 @@ def publish(staging: Path, digest: str, ort_version: str) -> Path | None:
                   "files": files, "made": time.time()}
         (staging / RECORD).write_text(json.dumps(record) + "\n", encoding="utf-8")
         folder = _folder(digest)
-        if folder.exists():  # a stale copy (or another process was quicker): replace it
+        if find(digest, ort_version) is not None:  # another process was quicker
+            discard(staging)
+            return folder / GRAPH
+        if folder.exists():  # a stale copy: replace it
             shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)  # fails if another process just put one there
         # The rename changes no identity (same inodes, mtime and ctime kept), so the
