@@ -264,25 +264,37 @@ def window_identity(station: str, content_hash: str, path: str, offset_s: float)
 
 
 def _new_windows(store: CodeStore, update: UpdatePackage) -> np.ndarray:
-    """Boolean mask over the update's rows: True for windows the store does not hold."""
+    """Boolean mask over the update's rows: True for windows the store does not hold.
+
+    Each (station, content) pair gets a small integer and each offset is counted in whole
+    milliseconds, so one window is one int64 and the comparison is one `np.isin` over
+    arrays (the update can carry millions of windows)."""
     recs = [window_identity(r["station"], r["content_hash"], r["path"], 0)[:2]
             for r in update.recordings]
-    wanted = set(recs)
-    held: set[tuple] = set()
+    number = {who: i for i, who in enumerate(dict.fromkeys(recs))}
+    held: list[np.ndarray] = []
     for seg, _codes in store.iter_segments():
         rec = seg.recording
-        who = window_identity(rec.station, rec.content_hash, rec.path, 0)[:2]
-        if who not in wanted:
+        i = number.get(window_identity(rec.station, rec.content_hash, rec.path, 0)[:2])
+        if i is None:
             continue
-        for j in range(seg.n_rows):
-            held.add((*who, round(seg.first_offset_s + j * seg.hop_s, 3)))
+        offsets = seg.first_offset_s + np.arange(seg.n_rows) * seg.hop_s
+        held.append(_window_keys(np.full(seg.n_rows, i), offsets))
     if not held:
         return np.ones(update.count, bool)
-    rec_ids = update.rows["recording"].tolist()
-    offsets = update.rows["offset_s"].tolist()
-    return np.array([(*recs[r], round(o, 3)) not in held for r, o in zip(rec_ids, offsets,
-                                                                            strict=True)],
-                    dtype=bool)
+    rec_number = np.array([number[who] for who in recs], dtype=np.int64)
+    rows = _window_keys(rec_number[np.asarray(update.rows["recording"], dtype=np.int64)],
+                        np.asarray(update.rows["offset_s"], dtype=np.float64))
+    return ~np.isin(rows, np.concatenate(held))
+
+
+_MS_BITS = 42  # offsets up to 2**42 ms (139 years) below the recording number
+
+
+def _window_keys(numbers: np.ndarray, offsets_s: np.ndarray) -> np.ndarray:
+    """One int64 per window: the recording's number above its offset in milliseconds."""
+    ms = np.rint(np.asarray(offsets_s, dtype=np.float64) * 1000.0).astype(np.int64)
+    return (np.asarray(numbers, dtype=np.int64) << _MS_BITS) | (ms & ((1 << _MS_BITS) - 1))
 
 
 def _bundle_for(update: UpdatePackage, bundle_dir: str | Path):
