@@ -202,3 +202,12 @@ def test_a_copy_made_meanwhile_by_another_process_is_kept(cache, marked):
     assert mapped.publish(staging, folder.name, ort.__version__) == folder / mapped.GRAPH
     assert {p.name: p.stat().st_ino for p in folder.iterdir()} == before
     assert not staging.exists()
+
+
+def test_a_copy_that_cannot_be_written_only_costs_the_speed(cache, marked, monkeypatch):
+    # ONNX Runtime fails to write the copy (a full disk, a folder gone): text.onnx is loaded
+    monkeypatch.setattr(mapped, "save_options", lambda options, staging: setattr(
+        options, "optimized_model_filepath", str(staging / "missing" / mapped.GRAPH)))
+    bundle = ModelBundle.open(marked, graphs=("text",))
+    assert np.array_equal(bundle.encode_text(TEXTS), _reference_codes(marked, TEXTS))
+    assert list((cache / mapped.FOLDER).iterdir()) == []

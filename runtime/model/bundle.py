@@ -313,10 +313,12 @@ class ModelBundle:
         options = self._options("text", threads)
         mapped.save_options(options, staging)
         try:
-            session = self._new_session(self.path / TEXT_GRAPH, options, providers)
-        except BundleError:
+            session = ort.InferenceSession(str(self.path / TEXT_GRAPH), sess_options=options,
+                                           providers=providers)
+        except Exception as exc:  # e.g. a full disk under the cache: load it without
+            log.debug("mapped copy of %s not written (%s)", self.path / TEXT_GRAPH, exc)
             mapped.discard(staging)
-            raise
+            return None
         try:
             copy_options = self._options("text", threads, unoptimised, pack=False)
             same = self._same_logits(session, staging / mapped.GRAPH, copy_options, providers)
