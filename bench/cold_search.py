@@ -101,6 +101,32 @@ for name, w, c in [(n, w - pw, c - pc) for (n, w, c), (_, pw, pc) in zip(marks[1
 """
 
 
+WARM = r"""
+import json, statistics, sys, time
+from cvahash.model.bundle import ModelBundle
+from cvahash.store.code_store import CodeStore
+db, bundle_dir, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+bundle = ModelBundle.open(bundle_dir, threads=threads, graphs=("text",))
+texts = [f"woodpecker drumming on a dead tree {i}" for i in range(22)]
+enc, srch, again = [], [], []
+with CodeStore.open(db, "r") as store:
+    for i, text in enumerate(texts):
+        t = time.perf_counter()
+        q = bundle.encode_text([text])
+        t1 = time.perf_counter()
+        store.search(q, 20, threads=threads)
+        if i >= 2:  # the first calls load the graph and fault in the code file
+            enc.append(t1 - t)
+            srch.append(time.perf_counter() - t1)
+    for text in texts[2:]:
+        t = time.perf_counter()
+        store.search(bundle.encode_text([text]), 20, threads=threads)
+        again.append(time.perf_counter() - t)
+print(json.dumps({k: 1e3 * statistics.median(v) for k, v in
+                  (("encode", enc), ("search", srch), ("again", again))}))
+"""
+
+
 def compile_package(env: dict) -> str:
     """Compile the `cvahash` package that ``env`` imports to bytecode; its folder."""
     code = ("import compileall, os, cvahash\n"
@@ -145,6 +171,9 @@ def main(argv=None) -> int:
                     "time alternately with this checkout")
     ap.add_argument("--text", default="owl hooting")
     ap.add_argument("--split", action="store_true", help="time one search phase by phase")
+    ap.add_argument("--warm", type=int, metavar="THREADS", help="instead: warm queries in "
+                    "one process per variant and round (new texts, then the same again), "
+                    "with THREADS threads (0: one per core)")
     ap.add_argument("--no-compile", action="store_true", help="do not compile the packages "
                     "to bytecode first")
     args = ap.parse_args(argv)
@@ -174,6 +203,8 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, "-c", SPLIT, str(db), str(bundle), args.text],
                        check=True)
         return 0
+    if args.warm is not None:
+        return warm(variants, db, bundle, args.warm, args.runs)
     search = cli("search", args.text, "--db", str(db), "--bundle", str(bundle), "-k", "10")
     for env in variants.values():  # warm the page cache (and make the mapped text graph)
         subprocess.run(search, check=True, capture_output=True, env=env)
@@ -196,6 +227,26 @@ def main(argv=None) -> int:
         print(f"  new / base: wall {ratio:.2f}x, CPU {cpu:.2f}x")
     print(f"  load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
           f"({os.cpu_count()} CPUs)")
+    return 0
+
+
+def warm(variants: dict, db: Path, bundle: Path, threads: int, rounds: int) -> int:
+    """Median warm latencies (ms) per variant: encode a new text, search 10M rows, and
+    the same texts asked again; one fresh process per variant and round, alternating."""
+    load = os.getloadavg()[0]
+    rows: dict[str, list[dict]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, env in variants.items():
+            out = subprocess.run([sys.executable, "-c", WARM, str(db), str(bundle),
+                                  str(threads)], env=env, check=True, capture_output=True,
+                                 text=True).stdout
+            rows[name].append(json.loads(out.splitlines()[-1]))
+    print(f"warm queries, {threads or 'default'} threads, {rounds} rounds (20 queries each), "
+          f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
+    for name, rs in rows.items():
+        cells = ", ".join(f"{k} {min(r[k] for r in rs):.1f}-{max(r[k] for r in rs):.1f}"
+                          for k in ("encode", "search", "again"))
+        print(f"  {name:5s} ms per query (range of the rounds' medians): {cells}")
     return 0
 
 
