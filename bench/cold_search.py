@@ -185,7 +185,15 @@ def main(argv=None) -> int:
         if args.out is None:
             ap.error("give --out (stand-in bundle) or --bundle and --db")
         args.out.mkdir(parents=True, exist_ok=True)
-        bundle = stand_in_bundle(args.out, args.pad_mb)
+        bundle = args.out / "bundle"
+        if not (bundle / "manifest.json").is_file():
+            # In a child: a parent that held the 157 MB graph would pass its peak RSS on to
+            # every timed process (Linux keeps the larger of the two across fork + exec).
+            subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                            "import cold_search as c; from pathlib import Path; "
+                            "c.stand_in_bundle(Path(sys.argv[2]), float(sys.argv[3]))",
+                            str(Path(__file__).parent), str(args.out), str(args.pad_mb)],
+                           check=True)
         db = args.out / "store"
         if not db.exists():
             rec = args.out / "rec.wav"
