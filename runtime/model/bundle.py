@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InvalidArgument
-from . import mapped
+from . import mapped, tokenindex
 from .frontend import FrontendParams
 from .integrity import (
     AUDIO_GRAPH,
@@ -413,17 +413,52 @@ class ModelBundle:
                 self._tokenizer = self._make_tokenizer()
             return self._tokenizer
 
+    def _query_tokenizer(self, texts: list[str]):
+        """For a one-shot process: a tokenizer that knows only the tokens and merges these
+        texts can use (`cvahash.model.tokenindex`), or None (then the whole file is
+        loaded). The index is made, once, the first time it is missing."""
+        with self._lock:
+            self._verify_for("text")
+        digest = str(self._manifest["files"][TOKENIZER_FILE]["sha256"]).lower()
+        index = tokenindex.open_index(digest)
+        if index is None:
+            self._build_token_index(digest)
+            return None
+        try:
+            small = index.tokenizer_for(texts)
+        except Exception as exc:  # a damaged index: load the file, make the index again
+            log.debug("token index of %s not usable (%s)", self.path / TOKENIZER_FILE, exc)
+            index.close()
+            tokenindex.index_path(digest).unlink(missing_ok=True)
+            return None
+        index.close()
+        return None if small is None else self._with_settings(small)
+
+    def _build_token_index(self, digest: str) -> None:
+        path = self.path / TOKENIZER_FILE
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(spec, dict) and tokenindex.qualifies(spec):
+            tokenindex.build(spec, self._load_tokenizer_file(), digest)
+
+    def _load_tokenizer_file(self):
+        from tokenizers import Tokenizer  # lazy: only text queries need it
+
+        path = self.path / TOKENIZER_FILE
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a plain Exception
+            raise BundleError(f"{path}: the tokenizers package cannot read it ({exc})") from exc
+
     def _make_tokenizer(self):
         """tokenizer.json with the manifest's truncation and padding switched on (the saved
         file carries none; docs/architecture.md, measured facts)."""
-        from tokenizers import Tokenizer  # lazy: only text queries need it
+        return self._with_settings(self._load_tokenizer_file())
 
+    def _with_settings(self, tok):
         settings = self._manifest["tokenizer"]
-        path = self.path / TOKENIZER_FILE
-        try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises a plain Exception
-            raise BundleError(f"{path}: the tokenizers package cannot read it ({exc})") from exc
         pad = {"pad_id": int(settings.get("pad_id", 1)),
                "pad_token": str(settings.get("pad_token", "<pad>"))}
         tok.no_padding()
@@ -453,7 +488,10 @@ class ModelBundle:
         padding and truncation from the manifest; ``truncated[i]`` tells whether text i
         was longer than ``max_length`` tokens and was cut."""
         texts = self._check_texts(texts)
-        encodings = self._load_tokenizer().encode_batch(texts)
+        tok = None
+        if self.one_shot_text and self._tokenizer is None:
+            tok = self._query_tokenizer(texts)
+        encodings = (tok or self._load_tokenizer()).encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
