@@ -166,3 +166,24 @@ def test_long_lived_bundles_load_the_whole_file(cache, tmp_path):
     bundle = ModelBundle.open(bundle_dir, graphs=("text",))
     assert np.array_equal(bundle.tokenize(FIXED).input_ids, _reference(bundle_dir, FIXED)[0])
     assert not (cache / "mapped-graphs").exists()  # no index made for them
+
+
+def test_a_tokenizer_that_cannot_be_indexed_is_not_tried_again(cache, tmp_path, monkeypatch):
+    spec = json.loads((DEMO / "tokenizer.json").read_text())
+    spec["normalizer"] = {"type": "Lowercase"}
+    (tmp_path / "tok.json").write_text(json.dumps(spec))
+    bundle_dir = _with_tokenizer(tmp_path / "bundle", tmp_path / "tok.json")
+    _one_shot(bundle_dir).tokenize(["owl"])
+    tried = []
+    monkeypatch.setattr(tokenindex, "build", lambda *a: tried.append(a))
+    got = _one_shot(bundle_dir).tokenize(["OWL"])
+    assert tried == []
+    assert np.array_equal(got.input_ids, _reference(bundle_dir, ["OWL"])[0])
+
+
+def test_the_first_one_shot_query_loads_the_tokenizer_once(cache, tmp_path, monkeypatch):
+    bundle_dir = _with_tokenizer(tmp_path / "bundle")
+    loads = _count_file_loads(monkeypatch)
+    got = _one_shot(bundle_dir).tokenize(FIXED)  # makes the index on the way
+    assert len(loads) == 1
+    assert np.array_equal(got.input_ids, _reference(bundle_dir, FIXED)[0])

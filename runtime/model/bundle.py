@@ -422,7 +422,8 @@ class ModelBundle:
         digest = str(self._manifest["files"][TOKENIZER_FILE]["sha256"]).lower()
         index = tokenindex.open_index(digest)
         if index is None:
-            self._build_token_index(digest)
+            if not tokenindex.passed_over(digest):
+                self._build_token_index(digest)
             return None
         try:
             small = index.tokenizer_for(texts)
@@ -435,13 +436,21 @@ class ModelBundle:
         return None if small is None else self._with_settings(small)
 
     def _build_token_index(self, digest: str) -> None:
-        path = self.path / TOKENIZER_FILE
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        """Index tokenizer.json for later one-shot queries (or note that it cannot be);
+        the whole tokenizer loaded on the way serves this process."""
+        if not tokenindex.writable():
             return
-        if isinstance(spec, dict) and tokenindex.qualifies(spec):
-            tokenindex.build(spec, self._load_tokenizer_file(), digest)
+        full = self._load_tokenizer_file()
+        try:
+            spec = json.loads((self.path / TOKENIZER_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            spec = None
+        if not (isinstance(spec, dict) and tokenindex.qualifies(spec)
+                and tokenindex.build(spec, full, digest) is not None):
+            tokenindex.pass_over(digest)
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = self._with_settings(full)
 
     def _load_tokenizer_file(self):
         from tokenizers import Tokenizer  # lazy: only text queries need it

@@ -209,6 +209,33 @@ def _same(small, full, texts) -> bool:
                and x.type_ids == y.type_ids for x, y in zip(a, b, strict=True))
 
 
+def writable() -> bool:
+    """Whether the cache folder can take an index (else nothing is tried)."""
+    try:
+        folder = cache_dir() / FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        return os.access(folder, os.W_OK)
+    except OSError:
+        return False
+
+
+def _marker(digest: str) -> Path:
+    return cache_dir() / FOLDER / f"tokenizer-{digest.lower()}.not-indexed"
+
+
+def pass_over(digest: str) -> None:
+    """Remember that this tokenizer is not indexed (not plain byte-level BPE, or its index
+    did not tokenize the probe identically), so later queries do not try again."""
+    try:
+        _marker(digest).touch()
+    except OSError:
+        pass
+
+
+def passed_over(digest: str) -> bool:
+    return _marker(digest).exists()
+
+
 def open_index(digest: str) -> TokenIndex | None:
     """The index of the tokenizer whose sha256 is ``digest``, if it is there and unchanged
     since it was written (its identity is in the record of verified files)."""
