@@ -14,9 +14,10 @@ totals for matrix products and for everything else.
 another on 2 intra-op threads, and 2 at once on one single-threaded session (what
 `cvahash.model.bundle.ModelBundle` does for graphs that run one window per call).
 
-``interleaved``: wall-clock time per window of several graphs, run in turn (graph A, B,
-A, B, ...) so that the machine's drift from one minute to the next hits them alike;
-medians of ``--runs`` runs each. The fair way to compare precisions on a shared VM.
+``interleaved``: wall-clock and process CPU time per window of several graphs, run in
+turn (graph A, B, A, B, ...) so that the machine's drift from one minute to the next hits
+them alike; medians of ``--runs`` runs each, CPU time also as a ratio to the first graph.
+The fair way to compare graphs on a shared VM.
 
 ``ops``: ONNX Runtime's profiler per op type (1 thread), each graph profiled in turn for
 ``--rounds`` rounds (medians over rounds), with the int8 matrix products (integer MatMul
@@ -139,16 +140,22 @@ def interleaved(paths: list[str], threads: int, runs: int = 15) -> dict[str, flo
         s.run(None, feed)
         s.run(None, feed)
     times: list[list[float]] = [[] for _ in sessions]
+    cpu: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):
         for i, s in enumerate(sessions):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             s.run(None, feed)
             times[i].append(time.perf_counter() - t)
+            cpu[i].append(time.process_time() - c)
     out = {}
-    for path, ts in zip(paths, times, strict=True):
+    base = 1000 * float(np.median(cpu[0]))
+    for path, ts, cs in zip(paths, times, cpu, strict=True):
         out[path] = 1000 * float(np.median(ts))
+        mc = 1000 * float(np.median(cs))
         print(f"{path}: {threads} thread(s), median {out[path]:.1f} ms "
-              f"(min {1000 * min(ts):.1f}, max {1000 * max(ts):.1f})")
+              f"(min {1000 * min(ts):.1f}, max {1000 * max(ts):.1f}); process CPU "
+              f"{mc:.1f} ms, {mc / base:.3f}x the first graph's")
+    print(f"load average {os.getloadavg()[0]:.1f}")
     return out
 
 
