@@ -200,3 +200,54 @@ def test_graph_without_shape_arithmetic_is_left_alone(tmp_path):
     counts = fold_batch_independent(path, x)
     assert set(counts.values()) == {0}
     assert path.read_bytes() == data
+
+
+def _gelu_graph(path, w):
+    """x [B, 8] -> MatMul w -> com.microsoft.Gelu (erf form) -> out [B, 8]."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
+             helper.make_node("Gelu", ["m"], ["out"], domain="com.microsoft")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", 8])],
+        [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                      helper.make_opsetid("com.microsoft", 1)]),
+              str(path))
+
+
+def test_fast_gelu_is_the_tanh_form_and_kept_only_if_codes_agree(tmp_path):
+    from cvahash.export.onnx.graph_passes import gelu_as_fast_gelu
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 8)).astype(np.float32)
+    x = (rng.standard_normal((64, 8)) * 2).astype(np.float32)
+    feeds = [{"x": x[i:i + 16]} for i in range(0, 64, 16)]
+    m = torch.from_numpy(x.astype(np.float64) @ w.astype(np.float64))
+    erf_form = torch.nn.functional.gelu(m).numpy()
+    tanh_form = torch.nn.functional.gelu(m, approximate="tanh").numpy()
+    path = tmp_path / "g.onnx"
+    _gelu_graph(path, w)
+    np.testing.assert_allclose(_run_feed(path, {"x": x}), erf_form, atol=1e-4)
+
+    data = path.read_bytes()
+    assert gelu_as_fast_gelu(path, feeds, erf_form, floor=1.01) is None  # cannot reach it
+    assert path.read_bytes() == data
+
+    kept = gelu_as_fast_gelu(path, feeds, erf_form, floor=0.99)
+    assert kept is not None and kept["nodes"] == 1 and kept["bit_agreement"] >= 0.99
+    assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["MatMul", "FastGelu"]
+    got = _run_feed(path, {"x": x})
+    np.testing.assert_allclose(got, tanh_form, atol=1e-4)
+    assert 0 < np.abs(got - erf_form).max() <= 6e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx"]  # no leftovers
+
+
+def test_fast_gelu_leaves_a_graph_without_gelu(tmp_path):
+    from cvahash.export.onnx.graph_passes import gelu_as_fast_gelu
+
+    path = tmp_path / "g.onnx"
+    _resize_graph(path, 10, 12, 4, mode="linear")
+    data = path.read_bytes()
+    x = np.ones((1, 1, 10, 4), np.float32)
+    assert gelu_as_fast_gelu(path, [{"x": x}], np.ones((1, 1, 12, 4)), floor=0.0) is None
+    assert path.read_bytes() == data
