@@ -201,7 +201,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
     from .graph_passes import (  # lazy: onnx loads only for an export
         SAVED_ORT_LEVEL,
         fold_batch_independent,
-        gelu_as_fast_gelu,
         replace_cubic_resize,
         save_ort_optimized,
     )
@@ -280,13 +279,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
         # probe feeds). Only for int8, which runs on the CPU provider: fp16/fp32 bundles
         # may run on a GPU provider, for which CPU fusions and casts would be wrong.
         ort_saved = {"text": False, "audio": False}
-        fast_gelu = None
         if precision == "int8":
             ort_saved = {"text": save_ort_optimized(tmp_dir / TEXT_GRAPH, text_feeds),
                          "audio": save_ort_optimized(tmp_dir / AUDIO_GRAPH, audio_feeds)}
-            # GELU's tanh form, kept only if the codes agree as well as the chosen method's.
-            fast_gelu = gelu_as_fast_gelu(tmp_dir / AUDIO_GRAPH, audio_feeds, audio_ref,
-                                          audio_choice.bit_agreement - audio_choice.tolerance)
         shutil.rmtree(work)
 
         tok_src = run_dir / "tokenizer" / TOKENIZER_FILE
@@ -309,9 +304,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
             "quantization": {"text": text_choice.to_dict(), "audio": audio_choice.to_dict(),
                              "fp32_check": fp32_check, "probe": probe_source,
                              "graph_passes": {"audio": {"cubic_resize_as_taps": resize_taps,
-                                                        "shape_fold": shape_fold,
-                                                        **({"fast_gelu": fast_gelu}
-                                                           if fast_gelu else {})}},
+                                                        "shape_fold": shape_fold}},
                              "probe_texts": len(probe.captions),
                              "probe_windows": len(probe.features)},
             "graphs": {"text": {"file": TEXT_GRAPH, "inputs": ["input_ids", "attention_mask"],
