@@ -26,7 +26,8 @@ and everything else, and the whole graph's process CPU time per window measured 
 the profiler in the same rounds; the shares are what a projection to another CPU uses.
 
 Graphs: the files ``bench/bundle_bench.py --out DIR`` writes (audio-fp32.onnx,
-audio-dynamic-qint8.onnx, ...). Results: docs/benchmarks/bundle.md, run 4.
+audio-dynamic-qint8.onnx, ...) or a bundle's audio.onnx. Results: docs/benchmarks/bundle.md,
+run 4; docs/benchmarks/runtime.md, run 8b.
 """
 
 from __future__ import annotations

@@ -227,8 +227,8 @@ def _prune(graph) -> int:
             keep.append(node)
             needed.update(i for i in node.input if i)
             for a in node.attribute:  # If/Loop bodies read outer names too
-                if a.g is not None:
-                    needed.update(i for n in a.g.node for i in n.input)
+                for body in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    needed.update(i for n in body.node for i in n.input)
     dropped = len(graph.node) - len(keep)
     del graph.node[:]
     graph.node.extend(reversed(keep))
