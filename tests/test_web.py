@@ -209,7 +209,10 @@ def test_full_spectrogram_is_the_cli_figure_and_the_strip_its_log_mel(client, st
     top = mel.max()
     want = colormaps["magma"](np.clip((mel - top + 80) / 80, 0, 1), bytes=True)[..., :3]
     assert strip.shape == (params.n_mels, mel.shape[1], 3)
-    assert np.abs(strip.astype(int) - want.astype(int)).max() <= 1
+    # equal up to rounding: a value on the edge of one of magma's 256 colours may land in
+    # its neighbour (up to 3 levels apart in a channel), which happens to a pixel or two
+    diff = np.abs(strip.astype(int) - want.astype(int))
+    assert diff.max() <= 3 and (diff > 1).mean() < 1e-4
 
 
 @pytest.mark.parametrize("url, status", [
