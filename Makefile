@@ -19,7 +19,7 @@ C_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 .PHONY: demo test test-fast bench system-deps venv clean lint
 
 # `make demo ARGS=--retrain` trains and exports the tiny bundle here instead of using
-# the shipped one (tests/data/demo-bundle; the stand-in recipe, about 30 min at 1 thread;
+# the shipped one (tests/data/demo-bundle; the stand-in recipe, about 25 min at 1 thread;
 # `ARGS="--retrain --quick"` checks that path in minutes); `ARGS="--minutes 30"` for a
 # shorter run; `ARGS="--seed 11 --background stream --heldout-queries"` for a recording
 # and query words the bundle's training never saw.

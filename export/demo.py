@@ -8,7 +8,7 @@
    here (synthetic corpus of 1000 clips -> the stand-in CLAP of
    cvahash.export.train.standin: calls re-rendered apart from their backgrounds and
    mixed over random training-only noise, label-anchored + supclip pretraining -> 64-bit
-   contrastive heads -> int8 ONNX bundle; about 30 minutes at one thread, `--quick` a
+   contrastive heads -> int8 ONNX bundle; about 25 minutes at one thread, `--quick` a
    few minutes with a near-chance result);
 2. a two-hour field recording with known events (cvahash synth --soundscape; `--seed` and
    `--background stream` give one whose seed and background training never saw, and
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle_dir = Path(args.bundle)
     elif args.retrain or not (SHIPPED_BUNDLE / "manifest.json").exists():
         print("== 1. training and exporting a tiny bundle (" + ("a few minutes" if args.quick
-              else "about 30 minutes at one thread") + ")")
+              else "about 25 minutes at one thread") + ")")
         bundle_dir = retrain(out / "train", quick=args.quick)
     else:
         bundle_dir = SHIPPED_BUNDLE
