@@ -256,6 +256,8 @@ def plot_ratio_vs_bits(results: list[dict], path: Path) -> Path:
             if r["objective"] in ("lsh", "itq"):
                 lora = "no captions"
             groups.setdefault(f"{r['objective']}, {lora}", []).append(r)
+    colours = {"crovca": "tab:red", "contrastive": "tab:blue", "itq": "tab:green",
+               "lsh": "tab:grey"}  # one colour per objective; LoRA dashed
     fig, ax = plt.subplots(figsize=(9, 4.5))
     names = sorted(groups)
     for i, name in enumerate(names):
@@ -266,8 +268,9 @@ def plot_ratio_vs_bits(results: list[dict], path: Path) -> Path:
         low = [v - r["ratio_pretrained_map10"]["low"] for v, r in zip(y, rs, strict=True)]
         high = [r["ratio_pretrained_map10"]["high"] - v for v, r in zip(y, rs, strict=True)]
         dashed = "LoRA" in name
-        ax.errorbar(x, y, yerr=[low, high], fmt="o--" if dashed else "o-", capsize=3,
-                    markersize=4, linewidth=1.2, label=name)
+        colour = colours.get(rs[0]["objective"])
+        ax.errorbar(x, y, yerr=[low, high], fmt="s--" if dashed else "o-", capsize=3,
+                    markersize=4, linewidth=1.2, label=name, color=colour)
     ax.plot([64], [0.95], "k*", markersize=12, label="targets (64 b: 0.95x, 128 b: 1.0x)")
     ax.plot([128], [1.0], "k*", markersize=12)
     ax.axhline(1.0, color="grey", linewidth=0.8)
