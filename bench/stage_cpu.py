@@ -14,7 +14,7 @@ on C cores is then at most ``C * 10 s / (sum of the stages)``.
     .venv/bin/python bench/stage_cpu.py --bundle BUNDLE --recording REC.wav
     PYTHONPATH=OTHER_CHECKOUT_PKG .venv/bin/python bench/stage_cpu.py ...   # another version
 
-Results: docs/benchmarks/runtime.md (run 6).
+Results: docs/benchmarks/runtime.md (runs 6 and 8b).
 """
 
 from __future__ import annotations

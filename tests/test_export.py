@@ -106,6 +106,25 @@ def test_fp32_bundle_reproduces_pytorch(fp32_bundle, held_out, reference):
                                   np.packbits(reference["text"] > 0, axis=1))
 
 
+def test_audio_graph_has_no_shape_arithmetic_and_any_batch(fp32_bundle, held_out, reference):
+    """The exporter folds HTSAT's reshape targets, shifted-window masks and zero pads to
+    constants; the graph must still take any batch size and match PyTorch there."""
+    import onnx
+    import onnxruntime as ort
+
+    manifest = json.loads((fp32_bundle / MANIFEST_NAME).read_text())
+    fold = manifest["quantization"]["graph_passes"]["audio"]["shape_fold"]
+    assert fold["constants"] > 0 and fold["nodes_removed"] > 0
+    ops = {n.op_type for n in onnx.load(str(fp32_bundle / "audio.onnx")).graph.node}
+    assert not ops & {"Shape", "Pad", "Where", "Range"}
+    session = ort.InferenceSession(str(fp32_bundle / "audio.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    feats = held_out.features
+    for n in (1, 3, len(feats)):
+        got = session.run(None, {"input_features": feats[:n]})[0]
+        np.testing.assert_allclose(got, reference["audio"][:n], atol=5e-4, rtol=1e-3)
+
+
 def test_text_graph_has_dynamic_batch_and_sequence(fp32_bundle, reference):
     import onnxruntime as ort
 

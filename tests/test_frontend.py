@@ -208,6 +208,22 @@ def test_ten_second_windows_match_transformers(clap_extractor, params, name):
 
 
 @pytest.mark.workstation
+@pytest.mark.parametrize(
+    "n_fft, hop", [(1023, 480), (1025, 480), (511, 333), (1024, 333)],
+    ids=["odd-nfft", "odd-nfft-up", "odd-nfft-odd-hop", "odd-hop"],
+)
+def test_odd_fft_sizes_and_hops_match_transformers(clap_extractor, n_fft, hop):
+    # An odd n_fft pads one sample short of a frame, so transformers counts one frame
+    # fewer; log_mel used to crash on the size mismatch instead.
+    params = FrontendParams(n_fft=n_fft, hop_length=hop)
+    x = _signals()["chirp"].astype(np.float32)
+    ref = _reference(clap_extractor(params), x)
+    ours = log_mel(x, params)
+    assert ours.shape == ref.shape == (1, 1, params.n_frames, 64)
+    assert np.abs(ours - ref).max() <= TOL_DB
+
+
+@pytest.mark.workstation
 @pytest.mark.parametrize("padding", ["repeatpad", "repeat", "pad"])
 @pytest.mark.parametrize("n", [1, 100, 30000, 160001, N - 1])
 def test_short_windows_are_padded_like_transformers(clap_extractor, padding, n):

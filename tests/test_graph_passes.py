@@ -112,3 +112,91 @@ def test_ort_optimized_graph_is_kept_when_identical(tmp_path):
 
 def _run_feed(path, feed):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def _windowed_graph(path, width=4, frames=8):
+    """input [B, frames, width] -> zero Pad to a multiple of 4 frames (computed from the
+    shape at run time, as the exporter writes HTSAT's padding) -> Reshape to
+    [B * frames / 4, 4, width] (target computed from Shape) -> + a [4, 4]-shaped mask
+    built from Range/Equal/Where over the window length -> MatMul with it -> Reshape
+    back to [B, frames, width]. Numpy reference: `_windowed_reference`."""
+    c = {
+        "i0": np.array([0], np.int64), "i1": np.array([1], np.int64),
+        "four": np.array(4, np.int64), "minus_big": np.array(-100.0, np.float32),
+        "zero_f": np.array(0.0, np.float32), "zero_i": np.array(0, np.int64),
+        "one_i": np.array(1, np.int64), "ax0": np.array([0], np.int64),
+        "ax1": np.array([1], np.int64), "zeros4": np.zeros(4, np.int64),
+        "tail": np.array([4, width], np.int64), "mid": np.array([frames, width], np.int64),
+    }
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "i0"], ["b"], axis=0),
+        helper.make_node("Gather", ["shape", "i1"], ["f"], axis=0),
+        # pads = [0, 0, 0, 0, (4 - f % 4) % 4, 0] -> all zero for a multiple of 4
+        helper.make_node("Mod", ["f", "four"], ["fm"]),
+        helper.make_node("Sub", ["four", "fm"], ["fs"]),
+        helper.make_node("Mod", ["fs", "four"], ["pad_f"]),
+        helper.make_node("Concat", ["zeros4", "pad_f", "i0"], ["pads"], axis=0),
+        helper.make_node("Pad", ["x", "pads"], ["xp"]),
+        # target [B * f / 4, 4, width]
+        helper.make_node("Mul", ["b", "f"], ["bf"]),
+        helper.make_node("Div", ["bf", "four"], ["nw"]),
+        helper.make_node("Concat", ["nw", "tail"], ["target"], axis=0),
+        helper.make_node("Reshape", ["xp", "target"], ["win"]),
+        # mask[i, j] = 0 where i == j else -100, over the window length 4 from the shape
+        helper.make_node("Shape", ["win"], ["wshape"]),
+        helper.make_node("Gather", ["wshape", "one_i"], ["wl"], axis=0),
+        helper.make_node("Range", ["zero_i", "wl", "one_i"], ["r"]),
+        helper.make_node("Unsqueeze", ["r", "ax0"], ["rr"]),
+        helper.make_node("Unsqueeze", ["r", "ax1"], ["rc"]),
+        helper.make_node("Sub", ["rc", "rr"], ["d"]),
+        helper.make_node("Equal", ["d", "zero_i"], ["eq"]),
+        helper.make_node("Where", ["eq", "zero_f", "minus_big"], ["mask"]),
+        helper.make_node("MatMul", ["mask", "win"], ["mixed"]),
+        helper.make_node("Concat", ["b", "mid"], ["back"], axis=0),
+        helper.make_node("Reshape", ["mixed", "back"], ["out"]),
+    ]
+    inits = [numpy_helper.from_array(v, k) for k, v in c.items()]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", frames, width])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", frames, width])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def _windowed_reference(x):
+    b, f, w = x.shape
+    mask = np.where(np.eye(4, dtype=bool), 0.0, -100.0)
+    return (mask @ x.reshape(b * f // 4, 4, w).astype(np.float64)).reshape(b, f, w)
+
+
+def test_shape_arithmetic_is_folded_for_every_batch(tmp_path):
+    from cvahash.export.onnx.graph_passes import fold_batch_independent
+
+    path = tmp_path / "g.onnx"
+    _windowed_graph(path)
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((n, 8, 4)).astype(np.float32) for n in (1, 2, 5)]
+    for x in xs:
+        np.testing.assert_allclose(_run(path, x), _windowed_reference(x), rtol=1e-5, atol=1e-4)
+    counts = fold_batch_independent(path, xs[0])
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    # the mask and the pads are constants, the zero Pad is gone, the batch-dependent
+    # Reshape targets keep -1 for the batch
+    assert counts["pads_removed"] == 1 and counts["reshapes"] == 2
+    assert "Pad" not in ops and "Where" not in ops and "Range" not in ops and "Shape" not in ops
+    assert sorted(ops) == ["MatMul", "Reshape", "Reshape"]
+    assert counts["nodes_removed"] == 23 - 3
+    for x in xs:  # batch sizes it never saw
+        np.testing.assert_allclose(_run(path, x), _windowed_reference(x), rtol=1e-5, atol=1e-4)
+
+
+def test_graph_without_shape_arithmetic_is_left_alone(tmp_path):
+    from cvahash.export.onnx.graph_passes import fold_batch_independent
+
+    path = tmp_path / "g.onnx"
+    _resize_graph(path, 100, 120, 8, mode="linear")  # its sizes depend on the batch
+    data = path.read_bytes()
+    x = np.random.default_rng(4).standard_normal((2, 1, 100, 8)).astype(np.float32)
+    counts = fold_batch_independent(path, x)
+    assert set(counts.values()) == {0}
+    assert path.read_bytes() == data

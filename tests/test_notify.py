@@ -307,3 +307,36 @@ def test_a_missing_library_is_a_failed_send_with_the_fix(tmp_path, monkeypatch):
     append(log, [alert(1)])
     assert n.send_pending(now=0) == 0 and n.failures == 2
     assert all(n.pending(t) > 0 for t in targets)  # kept for when the library is there
+
+
+@pytest.mark.parametrize("damage", ["garbage", "huge", "fifo"])
+def test_a_damaged_state_file_resumes_at_new_alerts_without_hanging(tmp_path, caplog, damage):
+    import os
+
+    sent = []
+
+    class Recorder:
+        name = "recorder"
+
+        def send(self, a):
+            sent.append(a["row"])
+
+        def close(self):
+            pass
+
+    log = tmp_path / "alerts.jsonl"
+    append(log, [alert(1)])  # already in the log before the notifier starts
+    state = tmp_path / "alerts.notify.json"
+    if damage == "garbage":
+        state.write_bytes(b"\x00\xffnot json")
+    elif damage == "huge":
+        state.write_text('{"cursors": {"recorder": 0}, "pad": "' + "x" * (2 << 20) + '"}')
+    else:
+        os.mkfifo(state)  # reading it with a plain open() would block forever
+    with caplog.at_level("WARNING"):
+        n = Notifier(log, [Recorder()], state_path=state)
+    assert "unreadable state file" in caplog.text and str(state) in caplog.text
+    append(log, [alert(2)])
+    assert n.send_pending() == 1 and sent == [102]  # alert 1 is not sent again
+    if damage != "fifo":
+        assert json.loads(state.read_text())["cursors"]["recorder"] == log.stat().st_size

@@ -284,7 +284,17 @@ def test_a_spectrogram_says_what_a_person_needs_to_read_it():
     assert "1" in ticks and "8" in ticks
     grey = [p for p in ax.patches if p.get_x() == pytest.approx(32.3, abs=0.02)]
     assert grey and grey[0].get_width() == pytest.approx(7.7, abs=0.02)
-    assert any("end of recording" in t.get_text() for t in ax.texts)
+    (note,) = [t.get_text() for t in ax.texts if "end of recording" in t.get_text()]
+    assert "2.3 s 3 more times" in note and "0.8 s of silence" in note
+    # ... which is what the front-end fed the model: three more copies, then the floor
+    from cvahash.model.frontend import MEL_FLOOR, log_mel
+    mel = log_mel(call, params)[0, 0]
+    frame = params.hop_length / params.sample_rate
+    floor = 10 * np.log10(MEL_FLOOR)
+    first = np.median(mel[5:int(2.0 / frame)].max(axis=1))
+    fourth = np.median(mel[int(3 * 2.3 / frame) + 5:int((3 * 2.3 + 2.0) / frame)].max(axis=1))
+    assert abs(fourth - first) < 1.0 and first > floor + 50
+    assert np.allclose(mel[int(4 * 2.3 / frame) + 3:], floor)  # past the last frame's reach
     whole = plots.spectrogram_figure(np.tile(call, 5), params, start_s=0.0, capture_time=None,
                                      title="t")
     assert not whole.axes[0].patches and not whole.axes[0].texts  # a full window: no mark

@@ -318,7 +318,9 @@ def test_schema_versions_are_explicit(tmp_path):
     import sqlite3
     path = tmp_path / "s"
     CodeStore.create(path, BITS, FP).close()
-    for version, message in ((0, r"CodeStore.migrate\("), (99, "upgrade cvahash")):
+    # schema 0 never existed, so there is no upgrade path: the message says to re-index
+    for version, message in ((0, r"cannot upgrade; index the recordings again"),
+                             (99, "upgrade cvahash")):
         conn = sqlite3.connect(path / "meta.sqlite")
         conn.execute("UPDATE store_info SET value = ? WHERE key = 'schema_version'", (version,))
         conn.commit()

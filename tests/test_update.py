@@ -355,3 +355,73 @@ def test_a_store_made_from_an_update_is_searchable_and_explains_missing_audio(tm
            "station ridge-2"
     assert res.stderr.count(line) == 2, res.stderr
     assert "deleted by audio retention" not in res.stderr
+
+
+def _segments_reference(update, keep=None):
+    """segments_of as a plain row-by-row loop (the implementation before it took runs in
+    numpy blocks): the same grouping rule, written the obvious way."""
+    from cvahash.store.records import GRID_TOLERANCE_S as tol
+    rows = update.rows if keep is None else update.rows[keep]
+    runs, start, n, hop = [], 0, 0, 0.0
+    for i in range(len(rows)):
+        r, s = rows[i], rows[start] if n else None
+        if n:
+            same = (r["recording"] == s["recording"] and r["clock"] == s["clock"]
+                    and abs(r["length_s"] - s["length_s"]) <= tol)
+            if same and n == 1:
+                step = float(r["offset_s"] - s["offset_s"])
+                same = step > tol and abs(r["capture_utc"] - s["capture_utc"] - step) <= tol
+                hop = step if same else hop
+            elif same:
+                same = (abs(s["offset_s"] + n * hop - r["offset_s"]) <= tol
+                        and abs(s["capture_utc"] + n * hop - r["capture_utc"]) <= tol)
+            if same:
+                n += 1
+                continue
+            runs.append((start, n, hop if n > 1 else 0.0))
+        start, n, hop = i, 1, 0.0
+    if n:
+        runs.append((start, n, hop if n > 1 else 0.0))
+    return [(int(rows[a]["recording"]), float(rows[a]["offset_s"]), b, h) for a, b, h in runs]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_segments_and_duplicate_windows_match_a_plain_loop(seed):
+    """Rows in long regular runs broken at random (a gap, a jitter beyond the tolerance, a
+    new recording or clock), grouped as the plain loop groups them; and the duplicate check
+    finds exactly the windows a set of (station, content, offset) tuples finds."""
+    from cvahash.update.apply import _new_windows, segments_of, window_identity
+    rng = np.random.default_rng(seed)
+    n = 5000
+    rec = np.repeat(rng.integers(0, 4, 40), rng.integers(1, 250, 40))[:n]
+    n = len(rec)
+    hop = np.where(rng.random(n) < 0.5, 5.0, 2.5)
+    offset = np.cumsum(hop) + np.where(rng.random(n) < 0.01, rng.choice([0.0001, 0.3, 7.0], n), 0)
+    rows = np.zeros(n, ROW_DTYPE)
+    rows["recording"], rows["offset_s"], rows["length_s"] = rec, offset, 10.0
+    rows["clock"] = (rng.random(n) < 0.005).astype(int)
+    rows["capture_utc"] = T0 + offset + np.where(rng.random(n) < 0.005, 0.5, 0.0)
+    recordings = [{"path": f"r{i}.flac", "station": "s" if i < 3 else "t",
+                   "content_hash": f"h{i % 3}" if i < 3 else "", "start_utc": T0,
+                   "sample_rate": 48000, "duration_s": 9e5} for i in range(4)]
+    update = UpdatePackage(update_id="u", created="", fingerprint=FP, bits=64, since=None,
+                           source={}, key_id="k", codes=np.zeros((n, 8), np.uint8), rows=rows,
+                           recordings=recordings, clocks=["gps", "rtc"])
+    keep = rng.random(n) < 0.9
+    for k in (None, keep):
+        paths = [r["path"] for r in recordings]
+        got = [(paths.index(s.recording.path), s.first_offset_s, s.n_rows, s.hop_s)
+               for s in segments_of(update, k)]
+        assert got == _segments_reference(update, k) and len(got) > 60  # runs broken often
+
+    class Held:  # a store holding the update's rows where `keep` is True
+        def iter_segments(self):
+            for s in segments_of(update, keep):
+                yield s, None
+    held = {(*window_identity(recordings[r]["station"], recordings[r]["content_hash"],
+                              recordings[r]["path"], 0)[:2], round(float(o), 3))
+            for r, o in zip(rec[keep], offset[keep], strict=True)}
+    want = np.array([(*window_identity(recordings[r]["station"], recordings[r]["content_hash"],
+                                       recordings[r]["path"], 0)[:2], round(float(o), 3))
+                     not in held for r, o in zip(rec, offset, strict=True)])
+    np.testing.assert_array_equal(_new_windows(Held(), update), want)

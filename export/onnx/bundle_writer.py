@@ -200,6 +200,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
     )
     from .graph_passes import (  # lazy: onnx loads only for an export
         SAVED_ORT_LEVEL,
+        fold_batch_independent,
         replace_cubic_resize,
         save_ort_optimized,
     )
@@ -244,6 +245,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
         # HTSAT's bicubic frame stretch as a fixed 4-tap filter (checked against the
         # graph's own Resize here and against PyTorch by the fp32 check below).
         resize_taps = replace_cubic_resize(audio_fp32, probe.features[:2])
+        # Shape arithmetic, shifted-window masks and zero pads as constants (checked at
+        # batch 1 and 3 against the graph before the pass).
+        shape_fold = fold_batch_independent(audio_fp32, probe.features[:1])
 
         ids, mask, text_feeds = _text_feeds(tokenizer, settings, probe.captions)
         text_ref = torch_text_logits(merged, ids, mask)
@@ -299,7 +303,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, precision: str = "int8"
             "precision": precision,
             "quantization": {"text": text_choice.to_dict(), "audio": audio_choice.to_dict(),
                              "fp32_check": fp32_check, "probe": probe_source,
-                             "graph_passes": {"audio": {"cubic_resize_as_taps": resize_taps}},
+                             "graph_passes": {"audio": {"cubic_resize_as_taps": resize_taps,
+                                                        "shape_fold": shape_fold}},
                              "probe_texts": len(probe.captions),
                              "probe_windows": len(probe.features)},
             "graphs": {"text": {"file": TEXT_GRAPH, "inputs": ["input_ids", "attention_mask"],

@@ -195,3 +195,150 @@ def save_ort_optimized(path: str | Path, feeds) -> bool:
         return True
     finally:
         saved.unlink(missing_ok=True)
+
+
+# --- shape arithmetic folded for every batch size ----------------------------------------
+
+SHAPE_FOLD_ATOL = 1e-5  # of max |output|: folding may reorder float additions of masks
+
+
+def _shape_derived(graph) -> set[str]:
+    """Tensors whose values come from constants and the *shapes* of the graph's inputs
+    only (through ``Shape``/``Size`` nodes), never from the inputs' values."""
+    data = {i.name for i in graph.input}
+    for node in graph.node:  # the exporter writes nodes in topological order
+        if node.op_type in ("Shape", "Size"):
+            continue
+        if any(i in data for i in node.input if i):
+            data.update(o for o in node.output if o)
+    derived = set()
+    for node in graph.node:
+        if node.op_type != "Constant" and not any(o in data for o in node.output):
+            derived.update(o for o in node.output if o)
+    return derived
+
+
+def _prune(graph) -> int:
+    """Drops nodes (and initializers) nothing reads; returns the number of nodes dropped."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+            for a in node.attribute:  # If/Loop bodies read outer names too
+                for body in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    needed.update(i for n in body.node for i in n.input)
+    dropped = len(graph.node) - len(keep)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    unused = [t for t in graph.initializer if t.name not in needed]
+    for t in unused:
+        graph.initializer.remove(t)
+    return dropped
+
+
+def fold_batch_independent(path: str | Path, probe_input: np.ndarray) -> dict[str, int]:
+    """Rewrites ``path`` in place: shape arithmetic that gives the same values for every
+    batch size becomes constants. Returns counts (``constants``, ``reshapes``,
+    ``pads_removed``, ``nodes_removed``), all 0 when the graph is left as it was.
+
+    The TorchScript exporter computes every reshape target, HTSAT's shifted-window
+    attention masks and its (zero) padding from ``Shape`` nodes at run time, on each
+    call: over 2,000 small nodes in the full-size audio graph. Each tensor derived only
+    from constants and input shapes (`_shape_derived`) that feeds real work is computed
+    on a probe at batch 1 and batch 3. Equal at both: it becomes an initializer. A
+    ``Reshape`` target whose result differs in one dimension only (the batch-dependent
+    one) becomes the result's shape at batch 1 with -1 there. A ``Pad`` whose pads are
+    all zero is dropped. The graph is kept only if it gives the outputs of the original
+    at batch 1 and 3 (to within `SHAPE_FOLD_ATOL` of their range); the agreement checks
+    against PyTorch follow.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    graph = model.graph
+    zero = {"constants": 0, "reshapes": 0, "pads_removed": 0, "nodes_removed": 0}
+    if len(graph.input) != 1:
+        return zero
+    derived = _shape_derived(graph)
+    frontier: dict[str, list] = {}
+    for node in graph.node:
+        if any(o in derived for o in node.output):
+            continue
+        for k, i in enumerate(node.input):
+            if i in derived:
+                frontier.setdefault(i, []).append((node, k))
+    if not frontier:
+        return zero
+    # For a reshape target, the shape the Reshape produces (the target may hold -1 or 0).
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    reshaped = {}
+    for name, users in frontier.items():
+        if all(n.op_type == "Reshape" and k == 1 for n, k in users):
+            reshaped[name] = name + "/probe_reshaped_shape"
+            probe.graph.node.append(onnx.helper.make_node(
+                "Shape", [users[0][0].output[0]], [reshaped[name]]))
+    names = sorted(frontier) + sorted(reshaped.values()) + [o.name for o in graph.output]
+    x = np.asarray(probe_input[:1], dtype=np.float32)
+    feed_name = graph.input[0].name
+    one = _probe_shapes(probe, names, {feed_name: x})
+    three = _probe_shapes(probe, names, {feed_name: np.concatenate([x, x, x])})
+    del probe
+    counts = dict(zero)
+    for name in sorted(frontier):
+        a, b = one[name], three[name]
+        users = frontier[name]
+        if a.shape == b.shape and np.array_equal(a, b):
+            value = a
+        elif name in reshaped and one[reshaped[name]].shape == three[reshaped[name]].shape \
+                and int((one[reshaped[name]] != three[reshaped[name]]).sum()) == 1:
+            # the shape produced at batch 1, with -1 for the one entry the batch changes
+            sa, sb = one[reshaped[name]], three[reshaped[name]]
+            value = np.where(sa != sb, -1, sa).astype(np.int64)
+            counts["reshapes"] += 1
+        else:
+            continue
+        const = name + "/folded"
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), const))
+        for node, k in users:
+            node.input[k] = const
+        counts["constants"] += 1
+    # Pads of zero (HTSAT pads to a multiple of the window size, a no-op for its input).
+    inits = {t.name: t for t in graph.initializer}
+    for node in list(graph.node):
+        if node.op_type != "Pad" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        if np.any(numpy_helper.to_array(inits[node.input[1]])):
+            continue
+        out, src = node.output[0], node.input[0]
+        if out in {o.name for o in graph.output}:
+            continue
+        for other in graph.node:
+            for k, i in enumerate(other.input):
+                if i == out:
+                    other.input[k] = src
+        graph.node.remove(node)
+        counts["pads_removed"] += 1
+    counts["nodes_removed"] = _prune(graph) + counts["pads_removed"]
+    if not counts["constants"]:
+        return zero
+    onnx.checker.check_model(model)
+    outs = [o.name for o in graph.output]
+    for feed, before in ((x, one), (np.concatenate([x, x, x]), three)):
+        after = _probe_shapes(model, outs, {feed_name: feed})
+        for o in outs:
+            ref = before[o]
+            if after[o].shape != ref.shape or not (
+                    np.abs(after[o] - ref).max() <= SHAPE_FOLD_ATOL * max(1.0, np.abs(ref).max())):
+                log.info("graph pass: folding shape arithmetic changes %s; left as it is", o)
+                return zero
+    onnx.save(model, str(path))
+    log.info("graph pass: %d shape tensors folded (%d reshapes), %d zero pads dropped, %d nodes "
+             "fewer", counts["constants"], counts["reshapes"], counts["pads_removed"],
+             counts["nodes_removed"])
+    return counts
+

@@ -14,6 +14,9 @@ Methods (``METHODS``):
 - ``...-per-channel``: the same with one scale per output channel.
 - ``static-qdq``: QDQ graph with activation ranges calibrated on real log-mel windows
   (audio only: it was measured costing the text graph 20-30 % of its bits; docs/architecture.md).
+  Slower than dynamic int8 for the audio graph on AVX2 (1.05x of fp32's speed) and on
+  AVX-512 VNNI (1.12x dynamic int8's CPU time; docs/benchmarks/runtime.md, run 8b), so it
+  is listed last and wins only by agreeing better on the real corpus.
 - ``fp16``: float16 weights and compute, float32 inputs/outputs (for a Jetson GPU).
 
 Conv layers are left in float: ORT's CPU ConvInteger takes uint8 only, and HTSAT's only

@@ -125,8 +125,13 @@ class FrontendParams:
 
     @property
     def n_frames(self) -> int:
-        """Spectrogram frames per window (1001): centred frames, one per hop, plus one."""
-        return 1 + self.n_samples // self.hop_length
+        """Spectrogram frames per window (1001): centred frames, one per hop, plus one.
+
+        Counted as transformers counts them over the reflect-padded window, so an odd
+        ``n_fft`` (padded by ``n_fft // 2`` at each end, one sample short of ``n_fft``)
+        gives one frame fewer when ``n_samples`` is a multiple of ``hop_length``."""
+        padded = self.n_samples + 2 * (self.n_fft // 2)
+        return 1 + (padded - self.n_fft) // self.hop_length
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of every field (for manifest.json)."""

@@ -9,9 +9,10 @@ picture the model saw, so that a person can read it without knowing the model:
 - a title with the query, rank, Hamming distance, station and capture time,
 - a colour scale in dB,
 - when the window is shorter than the model's input (the last window of a recording,
-  a short file), the rest of the picture is what the front-end filled in by repeating
-  the audio; it is greyed out and the end of the recording is marked, so a 2.3 s call
-  does not read as four calls.
+  a short file), the rest of the picture is what the front-end filled in (whole
+  repeats of the audio, then silence, for the default "repeatpad"); it is greyed out, the
+  end of the recording is marked and the fill is named, so a 2.3 s call does not read as
+  four calls.
 
 matplotlib is used without pyplot (a `Figure` on the Agg canvas): no display, no global
 state, safe in a service. `require()` raises `MissingExtra` with the install command when
@@ -111,11 +112,27 @@ def spectrogram_figure(samples: np.ndarray, params: FrontendParams, *, start_s: 
         end = start_s + real_s
         ax.axvspan(end, start_s + input_s, color="0.55", alpha=0.85, lw=0)
         ax.axvline(end, color="white", lw=1.5)
-        ax.text(end + 0.08, mel.shape[0] * 0.5,
-                f"end of recording\n(the model saw the\n{real_s:.1f} s repeated here)",
+        ax.text(end + 0.08, mel.shape[0] * 0.5, "end of recording\n" +
+                padding_note(params.padding, real_s, input_s),
                 color="black", fontsize=9, va="center", ha="left")
     ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10, loc="left")
     return fig
+
+
+def padding_note(padding: str, real_s: float, input_s: float) -> str:
+    """What the front-end put after a window of ``real_s`` seconds to fill ``input_s``
+    (its ``padding`` mode), in words for the greyed part of the picture."""
+    if padding == "pad" or real_s <= 0:
+        return "(the model saw\nsilence here)"
+    if padding == "repeat":
+        return f"(the model saw the\n{real_s:.1f} s repeated here)"
+    copies = int(input_s / real_s)  # "repeatpad": whole copies, then silence
+    rest = input_s - copies * real_s
+    if copies < 2:
+        return f"(the model saw\n{rest:.1f} s of silence here)"
+    again = "once more" if copies == 2 else f"{copies - 1} more times"
+    return (f"(the model saw the\n{real_s:.1f} s {again}" +
+            (f",\nthen {rest:.1f} s of silence)" if rest >= 0.05 else ")"))
 
 
 def hit_title(hit, query: str | None) -> tuple[str, str]:

@@ -30,12 +30,15 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ..safeio import read_capped
+
 log = logging.getLogger(__name__)
 
 __all__ = ["AppriseTarget", "MqttTarget", "Notifier", "targets_from_settings"]
 
 POLL_S = 2.0  # how often the log is checked for new lines
 MAX_LINE = 64 * 1024  # longer lines are not alerts the watchlist wrote: skipped
+MAX_STATE = 1024 * 1024  # the cursor file holds one offset per target: a few hundred bytes
 
 
 class SendFailed(Exception):
@@ -160,9 +163,15 @@ class Notifier:
     # --- state ---
     def _load(self) -> dict[str, int]:
         try:
-            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+            data = json.loads(read_capped(self.state_path, MAX_STATE, what="notify state file"))
             cursors = {str(k): int(v) for k, v in data.get("cursors", {}).items()}
-        except (OSError, ValueError, TypeError, AttributeError):
+        except FileNotFoundError:
+            cursors = {}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            # A damaged or foreign file: start every target at the end of the log, so
+            # nothing already in it is sent twice; the next save replaces the file.
+            log.warning("notify: ignoring unreadable state file %s (%s); targets resume "
+                        "from new alerts only", self.state_path, exc)
             cursors = {}
         end = self._size()
         for t in self.targets:

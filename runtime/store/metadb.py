@@ -113,6 +113,11 @@ class MetadataDB:
             raise StoreError(f"{where} has schema version {schema!r}; this cvahash reads up "
                              f"to {SCHEMA_VERSION}: upgrade cvahash")
         if schema < SCHEMA_VERSION:
+            if not all(v in MIGRATIONS for v in range(schema, SCHEMA_VERSION)):
+                raise StoreError(f"{where} has schema version {schema}, which this cvahash "
+                                 f"(schema {SCHEMA_VERSION}) cannot upgrade; index the "
+                                 f"recordings again into a new store (`cvahash index "
+                                 f"RECORDINGS --db NEW_DIR --bundle BUNDLE`)")
             raise StoreError(f"{where} has schema version {schema}, this cvahash uses "
                              f"{SCHEMA_VERSION}; upgrade it once with "
                              f"CodeStore.migrate({str(self.directory)!r}) (back it up first)")

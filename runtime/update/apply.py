@@ -264,25 +264,40 @@ def window_identity(station: str, content_hash: str, path: str, offset_s: float)
 
 
 def _new_windows(store: CodeStore, update: UpdatePackage) -> np.ndarray:
-    """Boolean mask over the update's rows: True for windows the store does not hold."""
+    """Boolean mask over the update's rows: True for windows the store does not hold.
+
+    Each (station, content) pair gets a small integer and each offset is counted in whole
+    milliseconds, so one window is one int64 and the comparison is one search over
+    arrays (the update can carry millions of windows): a sorted search, several times
+    faster here than `np.isin`'s hashing."""
     recs = [window_identity(r["station"], r["content_hash"], r["path"], 0)[:2]
             for r in update.recordings]
-    wanted = set(recs)
-    held: set[tuple] = set()
+    number = {who: i for i, who in enumerate(dict.fromkeys(recs))}
+    held: list[np.ndarray] = []
     for seg, _codes in store.iter_segments():
         rec = seg.recording
-        who = window_identity(rec.station, rec.content_hash, rec.path, 0)[:2]
-        if who not in wanted:
+        i = number.get(window_identity(rec.station, rec.content_hash, rec.path, 0)[:2])
+        if i is None:
             continue
-        for j in range(seg.n_rows):
-            held.add((*who, round(seg.first_offset_s + j * seg.hop_s, 3)))
+        offsets = seg.first_offset_s + np.arange(seg.n_rows) * seg.hop_s
+        held.append(_window_keys(np.full(seg.n_rows, i), offsets))
     if not held:
         return np.ones(update.count, bool)
-    rec_ids = update.rows["recording"].tolist()
-    offsets = update.rows["offset_s"].tolist()
-    return np.array([(*recs[r], round(o, 3)) not in held for r, o in zip(rec_ids, offsets,
-                                                                            strict=True)],
-                    dtype=bool)
+    rec_number = np.array([number[who] for who in recs], dtype=np.int64)
+    rows = _window_keys(rec_number[np.asarray(update.rows["recording"], dtype=np.int64)],
+                        np.asarray(update.rows["offset_s"], dtype=np.float64))
+    held_keys = np.sort(np.concatenate(held))
+    at = np.minimum(np.searchsorted(held_keys, rows), len(held_keys) - 1)
+    return held_keys[at] != rows
+
+
+_MS_BITS = 42  # offsets up to 2**42 ms (139 years) below the recording number
+
+
+def _window_keys(numbers: np.ndarray, offsets_s: np.ndarray) -> np.ndarray:
+    """One int64 per window: the recording's number above its offset in milliseconds."""
+    ms = np.rint(np.asarray(offsets_s, dtype=np.float64) * 1000.0).astype(np.int64)
+    return (np.asarray(numbers, dtype=np.int64) << _MS_BITS) | (ms & ((1 << _MS_BITS) - 1))
 
 
 def _bundle_for(update: UpdatePackage, bundle_dir: str | Path):
@@ -351,11 +366,13 @@ def segments_of(update: UpdatePackage, keep: np.ndarray | None = None) -> list[S
                             sample_rate=r["sample_rate"], duration_s=r["duration_s"],
                             content_hash=r["content_hash"]) for r in update.recordings]
     rows = update.rows if keep is None else update.rows[keep]
-    rec = rows["recording"].tolist()
-    clock = rows["clock"].tolist()
-    offset = rows["offset_s"].tolist()
-    length = rows["length_s"].tolist()
-    capture = rows["capture_utc"].tolist()
+    rec_a = np.asarray(rows["recording"], dtype=np.int64)
+    clock_a = np.asarray(rows["clock"], dtype=np.int64)
+    offset_a = np.asarray(rows["offset_s"], dtype=np.float64)
+    length_a = np.asarray(rows["length_s"], dtype=np.float64)
+    capture_a = np.asarray(rows["capture_utc"], dtype=np.float64)
+    rec, clock = rec_a.tolist(), clock_a.tolist()
+    offset, length, capture = offset_a.tolist(), length_a.tolist(), capture_a.tolist()
     tol = GRID_TOLERANCE_S
     segments: list[Segment] = []
     start, n, hop = 0, 0, 0.0
@@ -366,7 +383,32 @@ def segments_of(update: UpdatePackage, keep: np.ndarray | None = None) -> list[S
                                 hop_s=hop if n > 1 else 0.0, n_rows=n,
                                 clock_source=update.clocks[clock[start]]))
 
-    for i in range(len(rec)):
+    def run_continues(i: int) -> int:
+        """How many rows from i on continue the open run (hop known), checked with numpy
+        a block at a time: the same test as the loop below, row by row."""
+        total, block = 0, 256
+        while i + total < len(rec):
+            j = slice(i + total, min(len(rec), i + total + block))
+            k = np.arange(n + total, n + total + (j.stop - j.start))
+            ok = ((rec_a[j] == rec[start]) & (clock_a[j] == clock[start])
+                  & (np.abs(length_a[j] - length[start]) <= tol)
+                  & (np.abs(offset[start] + k * hop - offset_a[j]) <= tol)
+                  & (np.abs(capture[start] + k * hop - capture_a[j]) <= tol))
+            bad = np.flatnonzero(~ok)
+            if len(bad):
+                return total + int(bad[0])
+            total += j.stop - j.start
+            block *= 4
+        return total
+
+    i = 0
+    while i < len(rec):
+        if n >= 2:  # a run on a known hop: take every row that continues it at once
+            more = run_continues(i)
+            n += more
+            i += more
+            if i >= len(rec):
+                break
         if n:
             same = (rec[i] == rec[start] and clock[i] == clock[start]
                     and abs(length[i] - length[start]) <= tol)
@@ -380,9 +422,11 @@ def segments_of(update: UpdatePackage, keep: np.ndarray | None = None) -> list[S
                         and abs(capture[start] + n * hop - capture[i]) <= tol)
             if same:
                 n += 1
+                i += 1
                 continue
             close_run()
         start, n, hop = i, 1, 0.0
+        i += 1
     if n:
         close_run()
     return segments
