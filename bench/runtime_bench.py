@@ -158,6 +158,9 @@ def cold_search(store: Path, bundle: Path, repeats: int, cores: str) -> dict:
     cmd = pin([sys.executable, "-m", "cvahash", "search", QUERY, "--db", str(store), "--bundle",
                str(bundle), "-k", "20"], cores)
     runs = []
+    # One untimed run first: the page cache, and the mapped text graph copy a station
+    # makes on its first text search (cvahash.model.mapped), are then in place.
+    measure_child(cmd)
     for _ in range(repeats):
         r = measure_child(cmd)
         if r["rc"] != 0:
@@ -169,11 +172,14 @@ def cold_search(store: Path, bundle: Path, repeats: int, cores: str) -> dict:
 
 
 def warm_latency(store: Path, bundle_dir: Path, repeats: int, threads: int) -> dict:
+    """Text encode and store search of new queries in one process (medians, the first
+    two calls left out), then the same queries again: the bundle remembers their logits,
+    so a repeated query costs the tokenizer and the search only."""
     from cvahash.model.bundle import ModelBundle
     from cvahash.store.code_store import CodeStore
 
     bundle = ModelBundle.open(bundle_dir, threads=threads)
-    enc, srch = [], []
+    enc, srch, again = [], [], []
     with CodeStore.open(store, "r") as s:
         for i in range(repeats + 2):
             t = time.perf_counter()
@@ -184,9 +190,14 @@ def warm_latency(store: Path, bundle_dir: Path, repeats: int, threads: int) -> d
             if i >= 2:  # the first calls load the graph and fault in the code file
                 enc.append(t1 - t)
                 srch.append(t2 - t1)
+        for i in range(2, repeats + 2):
+            t = time.perf_counter()
+            s.search(bundle.encode_text([f"{QUERY} {i}"]), 20, threads=threads)
+            again.append(time.perf_counter() - t)
         stats = s.stats()
     return {"encode_ms": 1e3 * statistics.median(enc), "search_ms": 1e3 * statistics.median(srch),
             "total_ms": 1e3 * statistics.median([a + b for a, b in zip(enc, srch, strict=True)]),
+            "repeated_ms": 1e3 * statistics.median(again), "threads": threads,
             "rows": stats["rows"], "bits": stats["bits"]}
 
 
@@ -369,6 +380,8 @@ def main() -> int:
           f"{', '.join(f'{x:.2f}' for x in c['wall_s'])}) | - |")
     print(f"| warm query latency (text encode + search) | {w['total_ms']:.1f} ms "
           f"({w['encode_ms']:.1f} + {w['search_ms']:.1f}) | - |")
+    print(f"| warm query asked again (remembered logits + search) | "
+          f"{w['repeated_ms']:.1f} ms | - |")
     print(f"| `cvahash search` cold, CPU time (user+sys) | median "
           f"{statistics.median(c['cpu_s']):.2f} s | - |")
     print(f"| peak RSS of `search` | {max(c['rss']) / 2**20:.0f} MiB | <= 350 MB |")

@@ -49,7 +49,9 @@ COMMANDS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with every command, or, when ``argv`` names a command, that one only (a
+    cold `cvahash search` then imports one command module instead of all of them)."""
     parser = argparse.ArgumentParser(
         prog="cvahash",
         description="Find sounds in field recordings by typing what you want to hear.",
@@ -58,20 +60,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output on stderr (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    named = _named_command(argv)
     for name, _where in COMMANDS:
+        if named is not None and name != named:
+            continue
         try:
             module = importlib.import_module(f"cvahash.commands.{name}")
         except ModuleNotFoundError as exc:
             if exc.name == f"cvahash.commands.{name}":
+                if named is not None:  # not built in this version: let argparse say so
+                    return build_parser()
                 continue  # command not built in this version
             raise
         module.register(sub)
     return parser
 
 
+def _named_command(argv: list[str] | None) -> str | None:
+    """The command ``argv`` runs when it is one of `COMMANDS` and only -v flags come
+    before it; None otherwise (then every command is registered, as --help needs)."""
+    for arg in argv or ():
+        if arg == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            continue
+        return arg if any(arg == name for name, _ in COMMANDS) else None
+    return None
+
+
+# Set by `main` when the command that ran allows `run` to skip the interpreter's teardown.
+_quick_exit = False
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    global _quick_exit
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    _quick_exit = bool(getattr(args, "quick_exit", False))
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -108,6 +131,18 @@ def run() -> None:
         print("interrupted", file=sys.stderr)
         rc = 130
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if _quick_exit:
+        # A command that has closed everything it opened (`search`) ends without the
+        # interpreter's teardown: freeing the ONNX Runtime session, numpy and every module
+        # costs a cold search about 40 CPU-ms after its output is out
+        # (docs/benchmarks/runtime.md, run 8).
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader that left, or a closed stream
+                pass
+        os._exit(rc)
     sys.exit(rc)
 
 

@@ -13,6 +13,7 @@ Exit codes: 0 ok (also when nothing matched the filters), 1 error, 2 usage.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .options import add_time_range, check_threads, time_range
@@ -50,7 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--spectrograms", metavar="OUT", help="write a spectrogram PNG per hit into OUT")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="ONNX Runtime and search threads (default 0: one per core)")
-    p.set_defaults(func=run, _parser=p)
+    # quick_exit: everything is closed when run returns; the CLI skips the teardown.
+    p.set_defaults(func=run, _parser=p, quick_exit=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.context <= 60:
         parser.error(f"--context {args.context}: must be between 0 and 60 seconds")
 
+    # One query per process. numpy starts a BLAS thread per core when it loads, which a
+    # search does not use (a --like query's one window is a small product): about 40
+    # CPU-ms and more wall time on a busy station (docs/benchmarks/runtime.md, run 8).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # Lazy: the query layer loads numpy and onnxruntime; `cvahash --help` stays fast.
     from ..library.library import Library
     from ..query import report
@@ -84,14 +90,18 @@ def run(args: argparse.Namespace) -> int:
     with Library.open(args.db, args.bundle, mode="r", threads=args.threads,
                       graphs=graphs) as lib:
         store, bundle = lib.store, lib.bundle
-        stats = store.stats()
+        bundle.one_shot_text = True  # one query: weights used as mapped, not packed first
+        stats = None  # the store's summary, read only when a message needs it
         if args.station is not None:
+            stats = store.stats()
             check_station(args.station, stats["stations"], args.db)
         if args.text is not None:
             result = search_text(store, bundle, args.text, args.k, threads=args.threads, **filters)
         else:
             result = search_like(store, bundle, like_path, like_start, args.k,
                                  threads=args.threads, **filters)
+        if not result.hits and stats is None:
+            stats = store.stats()
 
     if not report.print_result(result, bundle.manifest, as_json=args.json):
         print(why_nothing(args, stats), file=sys.stderr)

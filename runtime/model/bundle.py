@@ -27,8 +27,8 @@ import logging
 import math
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InvalidArgument
+from . import mapped, tokenindex
 from .frontend import FrontendParams
 from .integrity import (
     AUDIO_GRAPH,
@@ -71,6 +72,8 @@ DEFAULT_AUDIO_BATCH = 8
 # With threads=0 ("one per core") at most this many windows run at once: each holds its
 # own activations (about 30 MB for the full-size HTSAT), which adds up on a big workstation.
 MAX_AUTO_AUDIO_WORKERS = 8
+# Text queries whose logits a bundle remembers (a few hundred bytes each).
+TEXT_MEMO = 256
 
 
 # ---------------------------------------------------------------- codes
@@ -116,6 +119,8 @@ class ModelBundle:
         self._sessions: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._tokenizer = None
+        self._text_memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._memo_lock = threading.Lock()
         self._audio_workers = 1  # windows run at once; set when the audio session is made
         self._pool = None
         self.providers_in_use: dict[str, list[str]] = {}
@@ -124,6 +129,13 @@ class ModelBundle:
         # full-size int8 text graph: about 55 MB less RSS, text encoding about 1.25x
         # slower). `cvahash serve` sets it; a long-running page encodes little text.
         self.save_memory = False
+        # Set before the text graph is first used by a process that encodes a query or
+        # two (`cvahash search`): the int8 weights are then used as mapped instead of
+        # being packed for this CPU's kernels when the session is created, and ORT's
+        # threads do not spin between operators. On the full-size graph that saves about
+        # 100 CPU-ms of cold start and costs a few ms per later query (docs/benchmarks/
+        # runtime.md, run 8); the codes are the same.
+        self.one_shot_text = False
 
         try:
             self._frontend = FrontendParams.from_dict(manifest["frontend"])
@@ -213,31 +225,21 @@ class ModelBundle:
         with self._lock:
             if branch in self._sessions:
                 return self._sessions[branch]
-            import onnxruntime as ort  # lazy: --help and `info` stay fast
 
             self._verify_for(branch)
             name = TEXT_GRAPH if branch == "text" else AUDIO_GRAPH
             providers = self._choose_providers()
-            options = ort.SessionOptions()
             threads = self._threads
             if branch == "audio":
                 self._audio_workers = self._parallel_windows(providers)
                 if self._audio_workers > 1:
                     threads = 1
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3  # ORT's own warnings are noise on a station
-            if self.save_memory and branch == "text":
-                options.add_session_config_entry("session.disable_prepacking", "1")
-            level = self._ort_level(branch)
-            if level is not None:
-                options.graph_optimization_level = level
-            try:
-                session = ort.InferenceSession(str(self.path / name), sess_options=options,
-                                               providers=providers)
-            except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-                raise BundleError(
-                    f"{self.path / name}: onnxruntime cannot load it ({exc})") from exc
+            session = None
+            if branch == "text" and self._mappable(providers):
+                session = self._mapped_text_session(threads, providers)
+            if session is None:
+                session = self._new_session(self.path / name,
+                                            self._options(branch, threads), providers)
             used = session.get_providers()
             self.providers_in_use[branch] = used
             if branch == "audio" and self._audio_workers > 1:
@@ -248,6 +250,112 @@ class ModelBundle:
                          used[0], threads or "default")
             self._sessions[branch] = session
             return session
+
+    def _options(self, branch: str, threads: int, level=None, pack: bool | None = None):
+        """Session options for ``branch``; ``level``: an optimisation level instead of the
+        one the bundle asks for (`_ort_level`); ``pack``: whether ONNX Runtime pre-packs
+        the text graph's weights (None: unless `save_memory` or `one_shot_text`)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # ORT's own warnings are noise on a station
+        if pack is None:
+            pack = not (self.save_memory or self.one_shot_text)
+        if branch == "text" and not pack:
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        if branch == "text" and self.one_shot_text:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        level = self._ort_level(branch) if level is None else level
+        if level is not None:
+            options.graph_optimization_level = level
+        return options
+
+    def _new_session(self, path: Path, options, providers):
+        import onnxruntime as ort
+
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BundleError(f"{path}: onnxruntime cannot load it ({exc})") from exc
+
+    # -- the text graph's mapped copy (cvahash.model.mapped)
+    def _mappable(self, providers: list[str]) -> bool:
+        """Whether the text graph may run from a mapped copy: the CPU provider only, and
+        a graph the exporter saved with the hardware-independent optimisations applied."""
+        graphs = self._manifest.get("graphs")
+        entry = graphs.get("text") if isinstance(graphs, dict) else None
+        return (providers == ["CPUExecutionProvider"] and isinstance(entry, dict)
+                and entry.get("ort_optimized") == "extended")
+
+    def _mapped_text_session(self, threads: int, providers):
+        """The text session from the mapped copy of text.onnx; when there is none yet,
+        the session from text.onnx itself, with the copy written on the way and kept if it
+        gives the same logits. None: load text.onnx as usual."""
+        import onnxruntime as ort
+
+        unoptimised = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        digest = str(self._manifest["files"][TEXT_GRAPH]["sha256"]).lower()
+        found = mapped.find(digest, ort.__version__)
+        if found is not None:
+            try:  # the copy carries the optimisations already
+                return ort.InferenceSession(str(found), providers=providers,
+                                            sess_options=self._options("text", threads,
+                                                                       unoptimised))
+            except Exception as exc:  # a damaged copy: make it again
+                log.warning("mapped copy %s of %s not usable (%s); loading the bundle's",
+                            found, self.path / TEXT_GRAPH, exc)
+                mapped.discard(found.parent)
+        staging = mapped.staging_folder()
+        if staging is None:
+            return None
+        options = self._options("text", threads)
+        mapped.save_options(options, staging)
+        try:
+            session = ort.InferenceSession(str(self.path / TEXT_GRAPH), sess_options=options,
+                                           providers=providers)
+        except Exception as exc:  # e.g. a full disk under the cache: load it without
+            log.debug("mapped copy of %s not written (%s)", self.path / TEXT_GRAPH, exc)
+            mapped.discard(staging)
+            return None
+        try:
+            copy_options = self._options("text", threads, unoptimised, pack=False)
+            same = self._same_logits(session, staging / mapped.GRAPH, copy_options, providers)
+        except Exception as exc:  # a copy that fails in any way: dropped
+            log.debug("mapped copy of %s not kept (%s)", self.path / TEXT_GRAPH, exc)
+            same = False
+        if same:
+            mapped.publish(staging, digest, ort.__version__)
+        else:
+            mapped.discard(staging)
+        return session
+
+    def _same_logits(self, session, copy: Path, options, providers) -> bool:
+        """Whether the graph at ``copy`` (run unoptimised, weights not pre-packed) gives
+        bit-identical logits to ``session`` on probe queries of several lengths, one
+        at a time and as one padded batch."""
+        import onnxruntime as ort
+
+        if not copy.is_file():
+            return False
+        other = ort.InferenceSession(str(copy), sess_options=options, providers=providers)
+        words = ("owl hooting at night near a creek with frogs and wind in the reeds, "
+                 "rain on leaves, a woodpecker drumming on a dead tree far away ") * 8
+        texts = ["owl", "a wren singing a loud trill", words]
+        encodings = self._make_tokenizer().encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = [{"input_ids": ids[:2], "attention_mask": mask[:2]}]
+        for i in range(len(texts)):
+            used = max(int(mask[i].sum()), 1)
+            feeds.append({"input_ids": ids[i:i + 1, :used],
+                          "attention_mask": mask[i:i + 1, :used]})
+        for feed in feeds:
+            a, b = session.run(None, feed)[0], other.run(None, feed)[0]
+            if a.shape != b.shape or not np.array_equal(a, b):
+                return False
+        return True
 
     def _ort_level(self, branch: str):
         """The ONNX Runtime optimisation level to ask for, or None for its default (all).
@@ -283,6 +391,8 @@ class ModelBundle:
     def _worker_pool(self):
         with self._lock:
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._pool = ThreadPoolExecutor(self._audio_workers,
                                                 thread_name_prefix="cvahash-audio")
             return self._pool
@@ -303,17 +413,61 @@ class ModelBundle:
                 self._tokenizer = self._make_tokenizer()
             return self._tokenizer
 
+    def _query_tokenizer(self, texts: list[str]):
+        """For a one-shot process: a tokenizer that knows only the tokens and merges these
+        texts can use (`cvahash.model.tokenindex`), or None (then the whole file is
+        loaded). The index is made, once, the first time it is missing."""
+        with self._lock:
+            self._verify_for("text")
+        digest = str(self._manifest["files"][TOKENIZER_FILE]["sha256"]).lower()
+        index = tokenindex.open_index(digest)
+        if index is None:
+            if not tokenindex.passed_over(digest):
+                self._build_token_index(digest)
+            return None
+        try:
+            small = index.tokenizer_for(texts)
+        except Exception as exc:  # a damaged index: load the file, make the index again
+            log.debug("token index of %s not usable (%s)", self.path / TOKENIZER_FILE, exc)
+            index.close()
+            tokenindex.index_path(digest).unlink(missing_ok=True)
+            return None
+        index.close()
+        return None if small is None else self._with_settings(small)
+
+    def _build_token_index(self, digest: str) -> None:
+        """Index tokenizer.json for later one-shot queries (or note that it cannot be);
+        the whole tokenizer loaded on the way serves this process."""
+        if not tokenindex.writable():
+            return
+        full = self._load_tokenizer_file()
+        try:
+            spec = json.loads((self.path / TOKENIZER_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            spec = None
+        if not (isinstance(spec, dict) and tokenindex.qualifies(spec)
+                and tokenindex.build(spec, full, digest) is not None):
+            tokenindex.pass_over(digest)
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = self._with_settings(full)
+
+    def _load_tokenizer_file(self):
+        from tokenizers import Tokenizer  # lazy: only text queries need it
+
+        path = self.path / TOKENIZER_FILE
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a plain Exception
+            raise BundleError(f"{path}: the tokenizers package cannot read it ({exc})") from exc
+
     def _make_tokenizer(self):
         """tokenizer.json with the manifest's truncation and padding switched on (the saved
         file carries none; docs/architecture.md, measured facts)."""
-        from tokenizers import Tokenizer  # lazy: only text queries need it
+        return self._with_settings(self._load_tokenizer_file())
 
+    def _with_settings(self, tok):
         settings = self._manifest["tokenizer"]
-        path = self.path / TOKENIZER_FILE
-        try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises a plain Exception
-            raise BundleError(f"{path}: the tokenizers package cannot read it ({exc})") from exc
         pad = {"pad_id": int(settings.get("pad_id", 1)),
                "pad_token": str(settings.get("pad_token", "<pad>"))}
         tok.no_padding()
@@ -343,7 +497,10 @@ class ModelBundle:
         padding and truncation from the manifest; ``truncated[i]`` tells whether text i
         was longer than ``max_length`` tokens and was cut."""
         texts = self._check_texts(texts)
-        encodings = self._load_tokenizer().encode_batch(texts)
+        tok = None
+        if self.one_shot_text and self._tokenizer is None:
+            tok = self._query_tokenizer(texts)
+        encodings = (tok or self._load_tokenizer()).encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
@@ -367,23 +524,62 @@ class ModelBundle:
         return self.token_logits(self.tokenize(texts), batch_size=batch_size)
 
     def token_logits(self, tokens: TokenizedText, *, batch_size: int = 32) -> np.ndarray:
-        """float32 [n, bits] logits of the text graph for texts already `tokenize`d."""
-        session = self._session("text")
+        """float32 [n, bits] logits of the text graph for texts already `tokenize`d.
+
+        The logits of the last `TEXT_MEMO` distinct token sequences are remembered, so a
+        query asked again (a watchlist, a page reloaded) is not run through the graph
+        again; a row's logits depend only on its own tokens (rows run one at a time, or
+        the graph is `batch_invariant`)."""
         step = batch_size if self.batch_invariant("text") else 1
         trim = self._manifest["tokenizer"].get("trim_padding") is True
-        out = np.empty((len(tokens.input_ids), self.bits), dtype=np.float32)
-        for s in range(0, len(out), step):
-            ids = tokens.input_ids[s:s + step]
-            mask = tokens.attention_mask[s:s + step]
+        n = len(tokens.input_ids)
+        out = np.empty((n, self.bits), dtype=np.float32)
+        keys = [self._memo_key(tokens.input_ids[i], tokens.attention_mask[i], trim)
+                for i in range(n)]
+        todo, first, repeats = [], {}, []  # rows to run; a text given twice runs once
+        with self._memo_lock:
+            for i, key in enumerate(keys):
+                hit = self._text_memo.get(key)
+                if hit is not None:
+                    self._text_memo.move_to_end(key)
+                    out[i] = hit
+                elif key in first:
+                    repeats.append(i)
+                else:
+                    first[key] = i
+                    todo.append(i)
+        if not todo:
+            return out
+        session = self._session("text")
+        rows = np.asarray(todo)
+        for s in range(0, len(rows), step):
+            part = rows[s:s + step]
+            ids = tokens.input_ids[part]
+            mask = tokens.attention_mask[part]
             if trim:
                 # Padding columns no text of this run attends to are cut: the pooled
                 # first token cannot see masked positions, and a 10-token query runs
                 # 4-7x faster than one padded to 77 (docs/benchmarks/bundle.md).
                 used = int(mask.sum(axis=1).max())
                 ids, mask = ids[:, :used], mask[:, :used]
-            out[s:s + step] = self._checked(session.run(None, {"input_ids": ids,
-                                                               "attention_mask": mask})[0])
+            out[part] = self._checked(session.run(None, {"input_ids": ids,
+                                                         "attention_mask": mask})[0])
+        for i in repeats:
+            out[i] = out[first[keys[i]]]
+        with self._memo_lock:
+            for i in todo:
+                self._text_memo[keys[i]] = out[i].copy()
+                self._text_memo.move_to_end(keys[i])
+            while len(self._text_memo) > TEXT_MEMO:
+                self._text_memo.popitem(last=False)
         return out
+
+    @staticmethod
+    def _memo_key(ids: np.ndarray, mask: np.ndarray, trim: bool) -> bytes:
+        if trim:
+            used = int(mask.sum())
+            ids, mask = ids[:used], mask[:used]
+        return ids.tobytes() + b"|" + mask.tobytes()
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Packed codes uint8 [n, ceil(bits/8)] of text queries (empty text: ValueError)."""

@@ -28,11 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import soundfile as sf
-import soxr
 
 from ..errors import AudioError, CvahashError
-from ..model import audio
 from ..model.calibration import Calibration
 from . import plots
 from .results import Hit, SearchResult
@@ -202,6 +199,9 @@ def clip_name(rank: int, recording: str, start_s: float, suffix: str = ".wav") -
 def _read_span(path: Path, start_s: float, end_s: float):
     """Frames [start_s, end_s) of a recording at its own rate, float32 [n, channels],
     plus the soundfile info; raises the cvahash AudioError for missing/damaged files."""
+    import soundfile as sf  # lazy: a search that writes no audio does not load libsndfile
+
+    from ..model import audio
 
     info = audio.probe(path)
     first = max(0, math.floor(start_s * info.sample_rate))
@@ -251,6 +251,8 @@ def write_clips(hits: Sequence[Hit], out_dir: str | os.PathLike, context_s: floa
                 subtype = "FLOAT"
             target = out / clip_name(hit.rank, hit.path, hit.start_s)
             tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+            import soundfile as sf
+
             sf.write(str(tmp), frames, info.sample_rate, subtype=subtype, format="WAV")
             os.replace(tmp, target)
             saved.append(Saved(hit.rank, path=target))
@@ -279,6 +281,8 @@ def write_spectrograms(
                 raise _gone(Path(hit.path), "NaN or infinite samples in this window")
             mono = frames.mean(axis=1, dtype=np.float32)
             if info.sample_rate != params.sample_rate:
+                import soxr
+
                 mono = soxr.resample(mono, info.sample_rate, params.sample_rate, quality="HQ")
             target = out / clip_name(hit.rank, hit.path, hit.start_s, suffix=".png")
             title, subtitle = plots.hit_title(hit, query)

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgument
-from ..model import audio
 from ..model.frontend import log_mel
 from ..store.records import Hit
 from .results import SearchResult
@@ -202,6 +201,8 @@ def example_window(path: str | os.PathLike, start_s: float, params) -> np.ndarra
     """The 10 s window (``params.max_length_s``) of a recording starting at ``start_s``,
     mono at the model's rate. Raises AudioError for bad files, QueryError when the
     start lies at or past the end."""
+    from ..model import audio  # lazy: a text search reads no audio
+
     path = Path(path)
     info = audio.probe(path)
     if start_s < 0 or start_s >= info.duration_s:
