@@ -11,10 +11,10 @@ outputs of both views) or ``"embeddings"`` (the encoders' projected features).
   reference implementation: ``logdet`` of a d x d matrix grows about linearly with d, while
   the BCE is a mean over bits, so without it the regulariser outweighs the alignment more
   the more bits there are (the factor is 1/13 at 16 bits, 1/32 at 64, 1/43 at 128 with
-  batch 64). Unscaled, at 64 bits, text and audio
-  codes of the same pair agreed on 57 % of their bits (chance 50 %), every clip's code was
-  near-orthogonal to every other's, and binary mAP@10 fell to 0.34x continuous
-  (docs/benchmarks/quality.md run 8). ``rate_scale="none"`` keeps the unscaled term.
+  batch 64). Unscaled, at 64 bits, text and audio codes of the same pair agreed on 57 % of
+  their bits (chance 50 %), every clip's code was near-orthogonal to every other's, and
+  binary mAP@10 fell to 0.34x continuous (docs/benchmarks/quality.md run 8).
+  ``rate_scale="none"`` keeps the unscaled term.
 - ``contrastive``: symmetric InfoNCE on straight-through sign codes, plus a quantisation
   loss pulling |logits| to 1 and a bit-balance loss pushing each bit's mean to 0.
 - ``clip``: the ordinary continuous contrastive loss on normalised embeddings, used to
