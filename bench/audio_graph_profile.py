@@ -61,8 +61,9 @@ def _session(path: str, threads: int, profile: bool = False) -> ort.InferenceSes
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def node_times(path: str, runs: int = 6) -> dict[tuple[str, str], float]:
-    """Median ms per (node name, op type) over ``runs`` runs on one thread."""
+def _kernel_events(path: str, runs: int) -> list[dict]:
+    """ONNX Runtime's profiler events of every node kernel over ``runs`` runs of one
+    window on one thread (the profile file is removed)."""
     session = _session(path, 1, profile=True)
     feed = {session.get_inputs()[0].name: _window()}
     for _ in range(runs):
@@ -71,10 +72,15 @@ def node_times(path: str, runs: int = 6) -> dict[tuple[str, str], float]:
     with open(profile) as f:
         events = json.load(f)
     os.unlink(profile)
+    return [e for e in events
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+
+
+def node_times(path: str, runs: int = 6) -> dict[tuple[str, str], float]:
+    """Median ms per (node name, op type) over ``runs`` runs on one thread."""
     times = collections.defaultdict(list)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            times[(e["name"][: -len("_kernel_time")], e["args"]["op_name"])].append(e["dur"])
+    for e in _kernel_events(path, runs):
+        times[(e["name"][: -len("_kernel_time")], e["args"]["op_name"])].append(e["dur"])
     return {k: float(np.median(v)) / 1000 for k, v in times.items()}
 
 
@@ -166,20 +172,10 @@ FLOAT_PRODUCTS = ("MatMul", "FusedMatMul", "Gemm")
 
 
 def op_times(path: str, runs: int = 6) -> dict[str, float]:
-    """Median-run ms per op type on one thread (ONNX Runtime's profiler)."""
-    session = _session(path, 1, profile=True)
-    feed = {session.get_inputs()[0].name: _window()}
-    session.run(None, feed)
-    for _ in range(runs):
-        session.run(None, feed)
-    profile = session.end_profiling()
-    with open(profile) as f:
-        events = json.load(f)
-    os.unlink(profile)
+    """Mean ms per run and op type on one thread (ONNX Runtime's profiler)."""
     per = collections.defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per[e["args"]["op_name"]] += e["dur"] / 1000 / (runs + 1)
+    for e in _kernel_events(path, runs + 1):
+        per[e["args"]["op_name"]] += e["dur"] / 1000 / (runs + 1)
     return dict(per)
 
 

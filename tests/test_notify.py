@@ -198,21 +198,27 @@ def test_background_thread_sends_new_alerts(tmp_path):
         server.shutdown()
 
 
+class Recorder:
+    """A target that keeps the rows it was sent (the bookkeeping tests need no broker)."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, a):
+        self.sent.append(a["row"])
+
+    def close(self):
+        pass
+
+
 def test_a_damaged_line_is_skipped_not_retried_forever(tmp_path):
-    sent = []
-
-    class Fake:
-        name = "fake"
-
-        def send(self, a):
-            sent.append(a["row"])
-
-        def close(self):
-            pass
-
+    target = Recorder()
+    sent = target.sent
     log = tmp_path / "alerts.jsonl"
     log.touch()
-    n = Notifier(log, [Fake()])
+    n = Notifier(log, [target])
     append(log, [alert(1)])
     with open(log, "a") as fh:
         fh.write("{not json\n")
@@ -313,17 +319,8 @@ def test_a_missing_library_is_a_failed_send_with_the_fix(tmp_path, monkeypatch):
 def test_a_damaged_state_file_resumes_at_new_alerts_without_hanging(tmp_path, caplog, damage):
     import os
 
-    sent = []
-
-    class Recorder:
-        name = "recorder"
-
-        def send(self, a):
-            sent.append(a["row"])
-
-        def close(self):
-            pass
-
+    target = Recorder()
+    sent = target.sent
     log = tmp_path / "alerts.jsonl"
     append(log, [alert(1)])  # already in the log before the notifier starts
     state = tmp_path / "alerts.notify.json"
@@ -334,7 +331,7 @@ def test_a_damaged_state_file_resumes_at_new_alerts_without_hanging(tmp_path, ca
     else:
         os.mkfifo(state)  # reading it with a plain open() would block forever
     with caplog.at_level("WARNING"):
-        n = Notifier(log, [Recorder()], state_path=state)
+        n = Notifier(log, [target], state_path=state)
     assert "unreadable state file" in caplog.text and str(state) in caplog.text
     append(log, [alert(2)])
     assert n.send_pending() == 1 and sent == [102]  # alert 1 is not sent again
