@@ -7,14 +7,17 @@
 1. generate the synthetic corpus (cvahash.export.synth.corpus), relevance = sharing a label;
 2. pretrain a tiny CLAP from scratch with the ``clip`` objective (the stand-in foundation
    model: no pretrained weights here);
-3. train CVA-Hash heads at each bit width, for both objectives (crovca, contrastive),
-   without LoRA (heads only, on embeddings computed once) and with LoRA;
-4. evaluate each on the test split: text->audio mAP@10 with Hamming codes vs cosine of
-   the same encoders, and the pretrained encoders' cosine (how hashing changed the
-   continuous embeddings); the binary/continuous ratio with a 95 % paired bootstrap
-   interval over the test queries, and for LoRA runs also the ratio to the *pretrained*
-   encoders' continuous mAP@10 (what the untuned model's embeddings find), with its
-   interval;
+3. train CVA-Hash heads at each bit width, for each objective (crovca, contrastive,
+   distill), without LoRA (heads only, on embeddings computed once) and with LoRA; with
+   ``--head-extra N`` on the corpus's train split plus N more train-split clips of the same
+   generator (``synth.corpus.extend_train_split``: training backgrounds and seen phrasings
+   only, the clips the stand-in's pretraining pool renders);
+4. evaluate each on the test split (``--split val`` to choose settings without it):
+   text->audio mAP@10 with Hamming codes vs cosine of the same encoders, and the pretrained
+   encoders' cosine (how hashing changed the continuous embeddings); the
+   binary/continuous ratio with a 95 % paired bootstrap interval over the queries, and
+   for LoRA runs also the ratio to the *pretrained* encoders' continuous mAP@10 (what the
+   untuned model's embeddings find), with its interval;
 5. baselines at each bit width: ``lsh`` (random hyperplanes on the shared projection) and
    ``itq`` (PCA + Iterative Quantisation on the train split's audio), no captions needed.
 
@@ -77,7 +80,12 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=1500, help="clips in the corpus")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
-    ap.add_argument("--objectives", nargs="+", default=["crovca", "contrastive"])
+    ap.add_argument("--objectives", nargs="+", default=["crovca", "contrastive", "distill"])
+    ap.add_argument("--head-extra", type=int, default=0, metavar="N",
+                    help="train heads (and ITQ) on the corpus's train split plus N more "
+                         "train-split clips (default 0: the corpus's own)")
+    ap.add_argument("--split", choices=("val", "test"), default="test",
+                    help="split to evaluate on (default test; choose settings on val)")
     ap.add_argument("--lora", type=int, nargs="+", default=[0, 8], help="LoRA ranks (0 = none)")
     ap.add_argument("--lora-bits", type=int, nargs="+", default=None,
                     help="bit widths of the LoRA runs (default: all of --bits)")
@@ -129,6 +137,17 @@ def main(argv=None) -> int:
     t_corpus = time.monotonic() - t_start
     print(f"corpus: {t_corpus:.0f}s", file=sys.stderr)
 
+    head_manifest = manifest
+    if args.head_extra:
+        from cvahash.export.synth.corpus import extend_train_split
+
+        t0 = time.monotonic()
+        head_manifest = extend_train_split(out / "corpus", args.head_extra,
+                                           workers=min(2, os.cpu_count() or 1))
+        print(f"{args.head_extra} extra train clips: {time.monotonic() - t0:.0f}s",
+              file=sys.stderr)
+    split = args.split
+
     opts = TrainOptions(progress=sys.stderr.isatty(), embedding_cache={})
     clip_dir = Path(args.pretrained) if args.pretrained else out / "clip"
     clip_cfg = RunConfig(model="tiny", tiny_config=args.tiny_config,
@@ -141,7 +160,7 @@ def main(argv=None) -> int:
     t_clip = time.monotonic() - t0
     print(f"clip pretraining: {t_clip:.0f}s, {cpu_seconds():.0f} CPU-s so far", file=sys.stderr)
     if (clip_dir / "run.json").exists():  # our own clip run (not a plain CLAP checkpoint)
-        clip_eval = evaluate_run(clip_dir, manifest, progress=False)
+        clip_eval = evaluate_run(clip_dir, manifest, split=split, progress=False)
         (out / "clip_eval.json").write_text(json.dumps(clip_eval, indent=1))
         print("pretrained continuous t2a mAP@10 "
               f"{clip_eval['text_to_audio']['continuous']['mAP@10']:.3f}", file=sys.stderr)
@@ -161,8 +180,8 @@ def main(argv=None) -> int:
                                 lr_head=2e-3, lr_lora=5e-4,
                                 loss=dict(args.loss.get(objective, {})))
                 t0 = time.monotonic()
-                train(cfg, manifest, out / name, opts)
-                r = evaluate_run(out / name, manifest, progress=False)
+                train(cfg, head_manifest, out / name, opts)
+                r = evaluate_run(out / name, manifest, split=split, progress=False)
                 r["train_s"] = time.monotonic() - t0
                 results.append(r)
                 t2a = r["text_to_audio"]
@@ -178,9 +197,9 @@ def main(argv=None) -> int:
                             objective=objective, lora_rank=0, seed=args.seed, text_max_length=32,
                             epochs=0, warmup_epochs=0)
             t0 = time.monotonic()
-            fit_run(cfg, out / name, manifest if objective == "itq" else None,
+            fit_run(cfg, out / name, head_manifest if objective == "itq" else None,
                     TrainOptions(progress=False, resume=False))
-            r = evaluate_run(out / name, manifest, progress=False)
+            r = evaluate_run(out / name, manifest, split=split, progress=False)
             r["train_s"] = time.monotonic() - t0
             results.append(r)
             save(out, results, timings, t_start)
@@ -256,7 +275,8 @@ def plot_ratio_vs_bits(results: list[dict], path: Path) -> Path:
             if r["objective"] in ("lsh", "itq"):
                 lora = "no captions"
             groups.setdefault(f"{r['objective']}, {lora}", []).append(r)
-    colours = {"crovca": "tab:red", "contrastive": "tab:blue", "itq": "tab:green",
+    colours = {"crovca": "tab:red", "contrastive": "tab:blue", "distill": "tab:purple",
+               "itq": "tab:green",
                "lsh": "tab:grey"}  # one colour per objective; LoRA dashed
     fig, ax = plt.subplots(figsize=(9, 4.5))
     names = sorted(groups)
@@ -278,7 +298,9 @@ def plot_ratio_vs_bits(results: list[dict], path: Path) -> Path:
     ax.set_xticks([16, 32, 64, 128], ["16", "32", "64", "128"])
     ax.set_xlabel("bits")
     ax.set_ylabel("binary / pretrained continuous mAP@10")
-    ax.set_title("text->audio, test split (95 % bootstrap intervals over queries)", fontsize=9)
+    split = results[0].get("split", "test")
+    ax.set_title(f"text->audio, {split} split (95 % bootstrap intervals over queries)",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()

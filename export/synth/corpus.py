@@ -254,6 +254,55 @@ def generate_corpus(out_dir, n: int = 3000, seed: int = 0, *,
     return manifest
 
 
+EXTRA_DIR = "train-extra"
+
+
+def extend_train_split(corpus_dir, extra: int, *, workers: int = 1,
+                       name: str = "manifest-extended.jsonl") -> Path:
+    """Write ``extra`` more *train-split* clips beside a corpus and a manifest listing the
+    corpus's clips and them (``corpus_dir/name``; the corpus's own manifest is untouched).
+
+    The clips are the ones the stand-in's training pool renders (index ``0..extra-1`` of
+    seed ``corpus seed + 1``, split ``train``): training backgrounds and seen phrasings
+    only, so the corpus's val and test splits stay unseen. Files go to
+    ``audio/train-extra/`` in the corpus's format; their ids are prefixed ``x`` so they never
+    collide with the corpus's. Files already written are reused (same seed, same bytes).
+    """
+    out = Path(corpus_dir)
+    info_path, manifest = out / "corpus.json", out / "manifest.jsonl"
+    if not info_path.is_file() or not manifest.is_file():
+        raise InvalidArgument(f"{out} is not a `cvahash synth` corpus (no corpus.json or "
+                              "manifest.jsonl); make one with `cvahash synth --out DIR`")
+    if not isinstance(extra, (int, np.integer)) or extra < 0:
+        raise InvalidArgument(f"number of extra clips must be >= 0, got {extra!r}")
+    info = json.loads(info_path.read_text())
+    seed, sr, fmt = int(info["seed"]) + 1, int(info["sample_rate"]), info.get("format", "flac")
+    (out / "audio" / EXTRA_DIR).mkdir(parents=True, exist_ok=True)
+    jobs = [(i, seed, sr, fmt, str(out)) for i in range(int(extra))]
+    if workers == 1:
+        records = list(map(_write_extra_clip, jobs))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            records = list(pool.map(_write_extra_clip, jobs, chunksize=8))
+    target = out / name
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(manifest.read_text(encoding="utf-8"))
+        f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+    os.replace(tmp, target)
+    return target
+
+
+def _write_extra_clip(job: tuple) -> dict:
+    index, seed, sr, fmt, out_dir = job
+    rel = f"audio/{EXTRA_DIR}/{index:06d}.{fmt}"
+    path = os.path.join(out_dir, rel)
+    clip = render_clip(index, seed, "train", sr, audio_path=rel)
+    if not os.path.exists(path):
+        sf.write(path, clip.audio, sr, subtype="PCM_16", format=FORMATS[fmt])
+    return {**clip.record, "id": f"x{index:06d}"}
+
+
 # ------------------------------------------------------------------ soundscapes
 
 _EVENT_PEAK = 0.8  # highest sample of a soundscape event, so calls never clip

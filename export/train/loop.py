@@ -15,6 +15,7 @@ are computed once and the heads train on those (same result, far less compute).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -76,6 +77,16 @@ def set_rng_state(state: dict) -> None:
 
 def _cosine(frac: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
+
+
+@contextlib.contextmanager
+def _adapters_off(model: HashingModel):
+    """The pretrained encoders: LoRA adapters (if any) switched off inside the block."""
+    if model.lora_rank and hasattr(model.clap, "disable_adapter"):
+        with model.clap.disable_adapter():
+            yield
+    else:
+        yield
 
 
 # ---------------------------------------------------------------- setup
@@ -188,15 +199,21 @@ def train(config: RunConfig, manifest: str | Path, run_dir: str | Path,
         step = ckpt_state["train"]["step"]
         set_rng_state(ckpt_state["train"]["rng"])
 
-    cached = None
-    if config.objective not in PRETRAIN_OBJECTIVES and not config.lora_rank:
+    # The frozen encoders' embeddings of every training pair: what heads-only runs train
+    # on, and the teacher of objectives that distil the continuous ranking (for LoRA runs
+    # computed with the adapters switched off, i.e. the pretrained encoders).
+    cached = frozen = None
+    uses_teacher = getattr(objective, "uses_teacher", False)
+    if config.objective not in PRETRAIN_OBJECTIVES and (not config.lora_rank or uses_teacher):
         key = (config.model, str(getattr(features, "filename", id(features))),
                config.text_max_length, config.text_padding, str(device))
         memo = options.embedding_cache if options.embedding_cache is not None else {}
         if key not in memo:
-            memo[key] = encode_all(model, features, input_ids, attention_mask, device,
-                                   progress=options.progress)
-        cached = memo[key]
+            with _adapters_off(model):
+                memo[key] = encode_all(model, features, input_ids, attention_mask, device,
+                                       progress=options.progress)
+        frozen = memo[key]
+        cached = None if config.lora_rank else frozen
 
     use_amp = device.type == "cuda" and config.amp
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -237,6 +254,9 @@ def train(config: RunConfig, manifest: str | Path, run_dir: str | Path,
                 else:
                     out_t, out_a = model.text_logits(ids, am), model.audio_logits(feats)
         extra = {}
+        if uses_teacher:
+            ti = torch.from_numpy(idx).to(device)
+            extra["teacher"] = (frozen[0][ti], frozen[1][ti])
         if label_matrix is not None:
             y = torch.from_numpy(label_matrix[idx])
             extra["positives"] = (y @ y.T) > 0

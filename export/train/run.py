@@ -41,7 +41,7 @@ class RunConfig:
     model: str = "tiny"                 # hub id, local dir, or "tiny" (random tiny CLAP)
     tiny_config: dict = field(default_factory=dict)  # "tiny" only: tiny_clap_config overrides
     bits: int = 64
-    objective: str = "crovca"           # crovca | contrastive | clip | supclip | lsh | itq
+    objective: str = "crovca"           # crovca|contrastive|distill|clip|supclip|lsh|itq
     head: str = "crovca"                # crovca | seed
     head_hidden: int | None = None
     lora_rank: int = 8                  # 0 = no LoRA (heads only)

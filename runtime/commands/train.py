@@ -40,10 +40,11 @@ def register(subparsers) -> None:
                    help="run folder; resumes from its last checkpoint if it exists (required)")
     p.add_argument("--bits", type=int, default=64,
                    help="code width in bits, e.g. 32, 64, 128, 256 (default: 64)")
-    p.add_argument("--objective", choices=("crovca", "contrastive", "clip", "supclip", "lsh",
-                                           "itq"), default="crovca",
+    p.add_argument("--objective", choices=("crovca", "contrastive", "distill", "clip",
+                                           "supclip", "lsh", "itq"), default="crovca",
                    help="crovca: cross-view alignment hashing; contrastive: InfoNCE on the "
-                        "codes; clip: pretrain a tiny CLAP; supclip: the same, captions "
+                        "codes; distill: codes that rank as the model's continuous "
+                        "embeddings rank; clip: pretrain a tiny CLAP; supclip: the same, captions "
                         "sharing a call label count as matches; lsh: random hyperplanes, no "
                         "data; itq: learned from unlabelled audio (default: crovca)")
     p.add_argument("--head", choices=("crovca", "seed"), default="crovca",
