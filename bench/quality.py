@@ -12,7 +12,8 @@
    ``--head-extra N`` on the corpus's train split plus N more train-split clips of the same
    generator (``synth.corpus.extend_train_split``: training backgrounds and seen phrasings
    only, the clips the stand-in's pretraining pool renders);
-4. evaluate each on the test split (``--split val`` to choose settings without it):
+4. evaluate each on the test split (``--split val test`` also on val, to choose settings
+   without looking at test):
    text->audio mAP@10 with Hamming codes vs cosine of the same encoders, and the pretrained
    encoders' cosine (how hashing changed the continuous embeddings); the
    binary/continuous ratio with a 95 % paired bootstrap interval over the queries, and
@@ -84,8 +85,9 @@ def main(argv=None) -> int:
     ap.add_argument("--head-extra", type=int, default=0, metavar="N",
                     help="train heads (and ITQ) on the corpus's train split plus N more "
                          "train-split clips (default 0: the corpus's own)")
-    ap.add_argument("--split", choices=("val", "test"), default="test",
-                    help="split to evaluate on (default test; choose settings on val)")
+    ap.add_argument("--split", choices=("val", "test"), nargs="+", default=["test"],
+                    help="splits to evaluate on (default test; add val to choose settings "
+                         "without test)")
     ap.add_argument("--lora", type=int, nargs="+", default=[0, 8], help="LoRA ranks (0 = none)")
     ap.add_argument("--lora-bits", type=int, nargs="+", default=None,
                     help="bit widths of the LoRA runs (default: all of --bits)")
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
                                            workers=min(2, os.cpu_count() or 1))
         print(f"{args.head_extra} extra train clips: {time.monotonic() - t0:.0f}s",
               file=sys.stderr)
-    split = args.split
+    splits = list(dict.fromkeys(args.split))
 
     opts = TrainOptions(progress=sys.stderr.isatty(), embedding_cache={})
     clip_dir = Path(args.pretrained) if args.pretrained else out / "clip"
@@ -160,7 +162,7 @@ def main(argv=None) -> int:
     t_clip = time.monotonic() - t0
     print(f"clip pretraining: {t_clip:.0f}s, {cpu_seconds():.0f} CPU-s so far", file=sys.stderr)
     if (clip_dir / "run.json").exists():  # our own clip run (not a plain CLAP checkpoint)
-        clip_eval = evaluate_run(clip_dir, manifest, split=split, progress=False)
+        clip_eval = evaluate_run(clip_dir, manifest, split=splits[0], progress=False)
         (out / "clip_eval.json").write_text(json.dumps(clip_eval, indent=1))
         print("pretrained continuous t2a mAP@10 "
               f"{clip_eval['text_to_audio']['continuous']['mAP@10']:.3f}", file=sys.stderr)
@@ -181,13 +183,15 @@ def main(argv=None) -> int:
                                 loss=dict(args.loss.get(objective, {})))
                 t0 = time.monotonic()
                 train(cfg, head_manifest, out / name, opts)
-                r = evaluate_run(out / name, manifest, split=split, progress=False)
-                r["train_s"] = time.monotonic() - t0
-                results.append(r)
-                t2a = r["text_to_audio"]
+                train_s = time.monotonic() - t0
+                for split in splits:
+                    r = evaluate_run(out / name, manifest, split=split, progress=False)
+                    r["train_s"] = train_s
+                    results.append(r)
+                    t2a = r["text_to_audio"]
+                    print(f"{name} ({split}): binary {t2a['binary']['mAP@10']:.3f} continuous "
+                          f"{t2a['continuous']['mAP@10']:.3f} ({train_s:.0f}s)", file=sys.stderr)
                 save(out, results, timings, t_start)
-                print(f"{name}: binary {t2a['binary']['mAP@10']:.3f} continuous "
-                      f"{t2a['continuous']['mAP@10']:.3f} ({r['train_s']:.0f}s)", file=sys.stderr)
     from cvahash.export.train.hyperplanes import fit_run
 
     for objective in args.baselines:
@@ -199,12 +203,16 @@ def main(argv=None) -> int:
             t0 = time.monotonic()
             fit_run(cfg, out / name, head_manifest if objective == "itq" else None,
                     TrainOptions(progress=False, resume=False))
-            r = evaluate_run(out / name, manifest, split=split, progress=False)
-            r["train_s"] = time.monotonic() - t0
-            results.append(r)
+            train_s = time.monotonic() - t0
+            for split in splits:
+                r = evaluate_run(out / name, manifest, split=split, progress=False)
+                r["train_s"] = train_s
+                results.append(r)
             save(out, results, timings, t_start)
     meta = save(out, results, timings, t_start)
-    print(markdown_table(results))
+    for split in splits:
+        print(f"\n{split} split\n")
+        print(markdown_table([r for r in results if r["split"] == split]))
     print(format_table(results), file=sys.stderr)
     print(json.dumps(meta, indent=1), file=sys.stderr)
     return 0
@@ -230,10 +238,13 @@ def save(out: Path, results: list[dict], timings: dict, t_start: float) -> dict:
             "load_avg_1m": os.getloadavg()[0],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
-    if results:
-        (out / "table.md").write_text(markdown_table(results) + "\n")
-        plot_map_vs_bits(results, out / "map_vs_bits.png")
-        plot_ratio_vs_bits(results, out / "ratio_vs_bits.png")
+    splits = list(dict.fromkeys(r["split"] for r in results))
+    for split in splits:  # the first split's files keep the plain names
+        part = [r for r in results if r["split"] == split]
+        tail = "" if split == splits[0] else f"-{split}"
+        (out / f"table{tail}.md").write_text(markdown_table(part) + "\n")
+        plot_map_vs_bits(part, out / f"map_vs_bits{tail}.png")
+        plot_ratio_vs_bits(part, out / f"ratio_vs_bits{tail}.png")
     return meta
 
 
@@ -250,12 +261,13 @@ def add_pretrained_ratios(results: list[dict]) -> None:
         return np.array([np.nan if x is None else x for x in r["per_query_ap10"][kind]],
                         dtype=float)
 
-    frozen = next((r for r in results if not r["lora_rank"] and "per_query_ap10" in r), None)
-    if frozen is None:
-        return
-    reference = per_query(frozen, "continuous")
-    for r in results:
-        if "per_query_ap10" in r:
+    for split in {r["split"] for r in results}:
+        part = [r for r in results if r["split"] == split and "per_query_ap10" in r]
+        frozen = next((r for r in part if not r["lora_rank"]), None)
+        if frozen is None:
+            continue
+        reference = per_query(frozen, "continuous")
+        for r in part:
             r["ratio_pretrained_map10"] = ratio_interval(reference, per_query(r, "binary"))
 
 

@@ -8,7 +8,8 @@
    here (synthetic corpus of 1000 clips -> the stand-in CLAP of
    cvahash.export.train.standin: calls re-rendered apart from their backgrounds and
    mixed over random training-only noise, label-anchored + supclip pretraining -> 64-bit
-   contrastive heads -> int8 ONNX bundle; about 25 minutes at one thread, `--quick` a
+   distill heads on the corpus's train split and the pool's extra clips -> int8 ONNX
+   bundle; about 25 minutes at one thread, `--quick` a
    few minutes with a near-chance result);
 2. a two-hour field recording with known events (cvahash synth --soundscape; `--seed` and
    `--background stream` give one whose seed and background training never saw, and
@@ -70,8 +71,13 @@ def retrain(work: Path, seed: int = 0, quick: bool = False) -> Path:
     model, _ = pretrain_standin(Path(manifest), work / "standin", epochs=recipe["epochs"],
                                 extra=recipe["extra"], noise=recipe["noise"],
                                 text_steps=recipe["text_steps"], seed=seed, log=None)
+    heads_data = manifest
+    if recipe["extra"]:  # the heads train on the pool's clips too (the same renders)
+        if cli("synth", "--extend", str(corpus), "--extra", str(recipe["extra"])) != 0:
+            raise SystemExit("demo: `cvahash synth --extend` failed; see the message above")
+        heads_data = str(corpus / "manifest-extended.jsonl")
     steps = [
-        ("train", "--model", str(model), "--objective", "contrastive", "--data", manifest,
+        ("train", "--model", str(model), "--objective", "distill", "--data", heads_data,
          "--bits", "64", "--lora-rank", "0", "--epochs", str(recipe["head_epochs"]),
          "--warmup-epochs", "0", "--batch-size", "64", "--lr-head", "2e-3",
          "--max-text-length", "32", "--out", str(work / "hash-run"), "--seed", str(seed),

@@ -1,7 +1,8 @@
 """`cvahash synth`: make a synthetic bioacoustic corpus or a long test soundscape.
 
-Two modes (exactly one):
+Three modes (exactly one):
   cvahash synth --out DIR --n 3000 --seed 0 [--sample-rate 32000] [--format flac|wav]
+  cvahash synth --extend DIR --extra 2000    (more train-split clips for a corpus)
   cvahash synth --soundscape FILE.flac --minutes 60 --seed 0 [--events-per-minute 4]
 ``--list`` prints the call types. Needs only numpy and soundfile (base install).
 """
@@ -17,6 +18,10 @@ EPILOG = """\
 corpus: DIR/audio/{train,val,test}/NNNNNN.flac, DIR/manifest.jsonl (one JSON object per
 clip: audio, caption, labels, split, background, snr_db, sources...) and DIR/corpus.json.
 The test split alone holds the "stream" background and the held-out caption phrasings.
+
+extend: DIR/audio/train-extra/ and DIR/manifest-extended.jsonl (the corpus's clips and the
+new ones; the corpus's own manifest is untouched): more training pairs, with training
+backgrounds and seen phrasings only, so val and test stay unseen.
 Default sample rate 32000 Hz for a corpus (content stops at 14 kHz; the pipeline
 resamples) and 48000 Hz for a soundscape.
 
@@ -34,6 +39,8 @@ def register(subparsers) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--out", metavar="DIR", help="write a corpus of clips into DIR")
+    mode.add_argument("--extend", metavar="DIR",
+                      help="add --extra train-split clips to the corpus in DIR")
     mode.add_argument("--soundscape", metavar="FILE",
                       help="write one long recording with known events to FILE")
     mode.add_argument("--list", action="store_true", help="list the call types and exit")
@@ -46,6 +53,8 @@ def register(subparsers) -> None:
     corpus.add_argument("--n", type=int, default=3000, help="number of clips (default 3000)")
     corpus.add_argument("--format", choices=["flac", "wav"], default="flac",
                         help="audio format, 16-bit (default flac)")
+    corpus.add_argument("--extra", type=int, default=2000,
+                        help="--extend: number of train-split clips to add (default 2000)")
     corpus.add_argument("--workers", type=int, default=1,
                         help="processes to use; output is identical for any value (default 1)")
     scape = parser.add_argument_group("soundscape (--soundscape)")
@@ -107,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
         print(f"wrote {args.n} clips and {manifest} in {time.monotonic() - t0:.1f} s",
               file=sys.stderr)
+        return 0
+
+    if args.extend is not None:
+        t0 = time.monotonic()
+        manifest = synth.extend_train_split(args.extend, args.extra, workers=args.workers)
+        print(f"wrote {args.extra} train-split clips and {manifest} in "
+              f"{time.monotonic() - t0:.1f} s", file=sys.stderr)
         return 0
 
     path = Path(args.soundscape)
