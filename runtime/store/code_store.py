@@ -366,6 +366,17 @@ class CodeStore(CodeStorage):
             return self._reader.search(queries, k, since, until, station, recording,
                                        fingerprint, threads)
 
+    def search_with_codes(self, queries, k: int, *, since=None, until=None, station=None,
+                          recording=None, fingerprint: str | None = None,
+                          threads: int = 0) -> tuple[list[list[Hit]], list[np.ndarray]]:
+        """``search`` and the hits' codes, read in the same snapshot: ``(hits per query,
+        codes per query)``, each codes array uint8 (len(hits), nbytes) in hit order (a
+        copy). For re-ranking the candidates (`cvahash.query.search.search_text`)."""
+        with self._lock:
+            self._live(refresh=False)
+            return self._reader.search(queries, k, since, until, station, recording,
+                                       fingerprint, threads, with_codes=True)
+
     def read(self, rows) -> tuple[np.ndarray, list[Window]]:
         """Codes (a copy, uint8 (m, nbytes)) and windows of the given committed rows."""
         with self._lock:

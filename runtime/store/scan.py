@@ -102,11 +102,17 @@ class Reader:
         return hamming.knn(q, codes, k, threads=threads, allowed=allowed)
 
     def search(self, queries, k: int, since, until, station, recording, fingerprint,
-               threads) -> list[list[Hit]]:
+               threads, with_codes: bool = False):
+        """Hits per query; with ``with_codes`` also the hits' codes per query (uint8
+        (k', nbytes) copies), from the same snapshot."""
         with self.sync.snapshot():
             dist, rows = self.search_rows(queries, k, since, until, station, recording,
                                           fingerprint, threads)
             fields = self._window_fields(rows.ravel().tolist())
+            if with_codes:
+                committed = self.sync.committed_codes()
+                codes = [np.array(committed[r]) if len(r) else
+                         np.zeros((0, committed.shape[1]), np.uint8) for r in rows]
         out, i = [], 0
         for qd in dist.tolist():
             hits = []
@@ -116,7 +122,7 @@ class Reader:
                                 clock_source=clock, row=row, distance=d))
                 i += 1
             out.append(hits)
-        return out
+        return (out, codes) if with_codes else out
 
     # ------------------------------------------------------------------ metadata
     def _window_fields(self, rows: list[int]) -> list[tuple]:
