@@ -271,3 +271,26 @@ def test_help_names_the_flag_and_its_default(capsys):
         main(["search", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--hamming-only" in out and f"default: the {RERANK_DEPTH} Hamming-nearest" in out
+
+
+# --- the benchmark ranks as the station does --------------------------------------------
+
+
+def test_evaluation_weighted_ranking_is_the_station_order():
+    pytest.importorskip("torch")
+    from cvahash.export.train.evaluate import weighted_ranking
+
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((6, 24)).astype(np.float32)
+    items = rng.random((40, 24)) < 0.5
+    items[5:12] = logits[0] > 0  # ties at distance 0
+    got = weighted_ranking(logits, items, 15)
+    packed = np.packbits(items, axis=1)
+    for q, row in zip(logits, got, strict=True):
+        want, _, _ = reference(q, packed, range(len(items)), 15, 15)
+        assert row.tolist() == want
+    # equal weights: the Hamming ranking (ties by id), cut at the depth
+    flat = np.where(logits > 0, 1.0, -1.0).astype(np.float32)
+    ham = (flat[:, None, :] > 0) != items[None]
+    by_ham = np.argsort(ham.sum(2), axis=1, kind="stable")[:, :15]
+    assert np.array_equal(weighted_ranking(flat, items, 15), by_ham)
