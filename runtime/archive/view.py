@@ -130,22 +130,25 @@ class ArchiveView:
                                  fingerprint=fingerprint, threads=threads)
         return self._hits(found)
 
-    def search_with_codes(self, queries, k: int, *, since=None, until=None, station=None,
-                          recording=None, fingerprint: str | None = None,
-                          threads: int = 0) -> tuple[list[list[Hit]], list[np.ndarray]]:
-        """The station store's ``search_with_codes``: ``search`` and the hits' packed codes
-        (uint8 (len(hits), nbytes) per query, in hit order), from the same query."""
+    def search_reordered(self, queries, k: int, order, *, since=None, until=None,
+                         station=None, recording=None, fingerprint: str | None = None,
+                         threads: int = 0) -> list[list[Hit]]:
+        """The station store's ``search_reordered``: ``order(i, codes, distances)`` gets
+        query i's k nearest windows' packed codes (read in the same scan) and distances,
+        in the tie order, and picks the hits."""
         _no_recording(recording)
         found = self.search_rows(queries, k, since=since, until=until, station=station,
                                  fingerprint=fingerprint, threads=threads, with_codes=True)
         words = words_for(self.bits)
-        codes = []
-        for hits in found:
-            w = np.array([[r[f"c{i}"] for i in range(words)] for r in hits],
-                         np.uint64).reshape(len(hits), words)
-            packed = w.astype(">u8").view(np.uint8).reshape(len(hits), 8 * words)
-            codes.append(np.ascontiguousarray(packed[:, :self.nbytes]))
-        return self._hits(found), codes
+        kept = []
+        for i, near in enumerate(found):
+            w = np.array([[r[f"c{j}"] for j in range(words)] for r in near],
+                         np.uint64).reshape(len(near), words)
+            packed = w.astype(">u8").view(np.uint8).reshape(len(near), 8 * words)
+            codes = np.ascontiguousarray(packed[:, :self.nbytes])
+            dist = np.array([r["distance"] for r in near], np.int64)
+            kept.append([near[j] for j in np.asarray(order(i, codes, dist)).tolist()])
+        return self._hits(kept)
 
     def _hits(self, found) -> list[list[Hit]]:
         recs = self.recordings({r["recording"] for hits in found for r in hits})

@@ -178,13 +178,14 @@ def _given(filters: dict[str, Any]) -> dict[str, Any]:
 
 def _reranked(store, logits: np.ndarray, k: int, depth: int, filters: dict[str, Any],
               threads: int) -> list[Hit]:
-    """The ``depth`` Hamming-nearest windows, ordered by (query-weighted distance, Hamming
-    distance, the store's order), the first ``k`` of them ranked 1, 2, ..."""
-    hits, codes = store.search_with_codes(pack_codes(logits), max(k, depth), threads=threads,
-                                          **_given(filters))
-    hits, codes = hits[0], codes[0]
-    order = weighted_order(logits[0], codes, [h.distance for h in hits])[:k]
-    return [replace(hits[i], rank=rank) for rank, i in enumerate(order.tolist(), start=1)]
+    """The ``max(k, depth)`` Hamming-nearest windows, ordered by (query-weighted distance,
+    Hamming distance, the store's order), the first ``k`` of them ranked 1, 2, ..."""
+    def order(i, codes, distances):
+        return weighted_order(logits[i], codes, distances)[:k]
+
+    found = store.search_reordered(pack_codes(logits), max(k, depth), order, threads=threads,
+                                   **_given(filters))[0]
+    return [replace(h, rank=rank) for rank, h in enumerate(found, start=1)]
 
 
 def _check_k(k: int) -> int:
@@ -229,13 +230,13 @@ def search_text(store, bundle, text: str, k: int = 20, *, threads: int = 0,
     With ``rerank`` (the default) the ``max(k, depth)`` Hamming-nearest windows are
     ordered by the query-weighted distance (see the module docstring); ``rerank=False``
     gives the plain Hamming order. Either way each hit's ``distance`` is its Hamming
-    distance in bits. A store without ``search_with_codes`` is searched by Hamming
+    distance in bits. A store without ``search_reordered`` is searched by Hamming
     distance (the result's ``order`` says which)."""
     k = _check_k(k)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise InvalidArgument(f"re-rank depth {depth!r}: must be a whole number >= 1")
     query, logits, truncated, notes = text_query_logits(bundle, text)
-    if rerank and hasattr(store, "search_with_codes"):
+    if rerank and hasattr(store, "search_reordered"):
         hits, order = _reranked(store, logits, k, depth, filters, threads), "weighted"
     else:
         hits, order = _hits(store, pack_codes(logits), k, filters, threads), "hamming"

@@ -102,27 +102,29 @@ class Reader:
         return hamming.knn(q, codes, k, threads=threads, allowed=allowed)
 
     def search(self, queries, k: int, since, until, station, recording, fingerprint,
-               threads, with_codes: bool = False):
-        """Hits per query; with ``with_codes`` also the hits' codes per query (uint8
-        (k', nbytes) copies), from the same snapshot."""
+               threads, order=None) -> list[list[Hit]]:
+        """Hits per query, from one snapshot. With ``order``, see `CodeStore.search_reordered`:
+        the hits of query i are the candidates ``order(i, codes, distances)`` picks."""
         with self.sync.snapshot():
             dist, rows = self.search_rows(queries, k, since, until, station, recording,
                                           fingerprint, threads)
-            fields = self._window_fields(rows.ravel().tolist())
-            if with_codes:
+            if order is not None:
                 committed = self.sync.committed_codes()
-                codes = [np.array(committed[r]) if len(r) else
-                         np.zeros((0, committed.shape[1]), np.uint8) for r in rows]
+                picked = [np.asarray(order(i, np.array(committed[r]), d), np.int64)
+                          for i, (r, d) in enumerate(zip(rows, dist, strict=True))]
+                dist = [d[p] for d, p in zip(dist, picked, strict=True)]
+                rows = [r[p] for r, p in zip(rows, picked, strict=True)]
+            fields = self._window_fields([r for qr in rows for r in qr.tolist()])
         out, i = [], 0
-        for qd in dist.tolist():
+        for qd in dist:
             hits = []
-            for d in qd:
+            for d in qd.tolist():
                 rec, off, length, cap, clock, row = fields[i]
                 hits.append(Hit(recording=rec, offset_s=off, length_s=length, capture_utc=cap,
                                 clock_source=clock, row=row, distance=d))
                 i += 1
             out.append(hits)
-        return (out, codes) if with_codes else out
+        return out
 
     # ------------------------------------------------------------------ metadata
     def _window_fields(self, rows: list[int]) -> list[tuple]:
