@@ -11,6 +11,7 @@ from cvahash.export.train.losses import (
     ClipLoss,
     ContrastiveHashLoss,
     CroVCALoss,
+    DistillHashLoss,
     coding_rate,
     make_objective,
 )
@@ -72,6 +73,29 @@ def test_contrastive_terms():
     assert loss(codes, codes.flip(0))["infonce"].item() > 1.0
     # all-positive bits: balance = mean |mean| = 1, times beta
     assert loss(torch.ones(4, 4), torch.ones(4, 4))["bit_balance"].item() == pytest.approx(0.01)
+
+
+def test_distill_is_zero_when_the_codes_rank_as_the_teacher_and_grows_when_not():
+    codes = torch.tensor([[1.0, -1.0, 1.0, -1.0], [-1.0, 1.0, -1.0, 1.0],
+                          [1.0, 1.0, -1.0, -1.0], [-1.0, -1.0, 1.0, 1.0]])
+    # the teacher's embeddings are the codes themselves (any scale: they are normalised);
+    # with equal temperatures the two softmaxes are equal and |logits| = 1: no loss at all
+    loss = DistillHashLoss(teacher_temperature=0.3, temperature=0.3, alpha=0.1)
+    parts = loss(codes, codes, teacher=(5 * codes, 2 * codes))
+    assert parts["distill"].item() == pytest.approx(0.0, abs=1e-6)
+    assert parts["quantization"].item() == pytest.approx(0.0)
+    # codes that rank the clips differently from the teacher cost more
+    assert loss(codes, codes.flip(0), teacher=(codes, codes))["distill"].item() > 0.5
+    # the gradient reaches both views' logits through the sign codes
+    text = (0.5 * codes).requires_grad_()
+    audio = (0.5 * codes.flip(0)).requires_grad_()
+    sum(loss(text, audio, teacher=(codes, codes)).values()).backward()
+    assert text.grad.abs().sum() > 0 and audio.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="teacher"):
+        loss(codes, codes)
+    with pytest.raises(ValueError, match="temperatures"):
+        DistillHashLoss(temperature=0.0)
+    assert make_objective("distill").uses_teacher
 
 
 def test_clip_loss_is_low_for_matching_pairs_and_log_n_for_constant_embeddings():

@@ -190,6 +190,36 @@ def test_splits_hold_out_phrasings_and_stream(corpus):
                for t in tests)
 
 
+def test_extra_train_clips_are_the_pools_and_hold_nothing_out(tmp_path):
+    """``extend_train_split``: the corpus's clips plus the stand-in pool's extra clips (seed
+    + 1, split train), in a second manifest; the corpus's own manifest is untouched."""
+    out = tmp_path / "c"
+    manifest = synth.generate_corpus(out, n=6, seed=SEED, sample_rate=SR)
+    before = manifest.read_bytes()
+    extended = synth.extend_train_split(out, 8)
+    assert manifest.read_bytes() == before
+    lines = extended.read_text().splitlines()
+    assert lines[:6] == before.decode().splitlines()
+    extra = [json.loads(x) for x in lines[6:]]
+    assert [r["id"] for r in extra] == [f"x{i:06d}" for i in range(8)]
+    markers = synth.heldout_markers()
+    for i, r in enumerate(extra):
+        want = synth.render_clip(i, SEED + 1, "train", SR)
+        assert {**want.record, "id": r["id"], "audio": r["audio"]} == r
+        assert r["split"] == "train" and not r["heldout_phrasing"]
+        assert r["background"] not in synth.HELDOUT_BACKGROUNDS
+        assert not [m for m in markers if contains_phrase(r["caption"], m)]
+        written, sr = sf.read(str(out / r["audio"]), dtype="float32")
+        assert sr == SR and np.max(np.abs(written - want.audio)) < 1e-4
+    # again, with workers: the same manifest and files
+    first = extended.read_bytes()
+    assert synth.extend_train_split(out, 8, workers=2).read_bytes() == first
+    with pytest.raises(InvalidArgument, match="not a `cvahash synth` corpus"):
+        synth.extend_train_split(tmp_path / "nothing", 3)
+    with pytest.raises(InvalidArgument, match=">= 0"):
+        synth.extend_train_split(out, -1)
+
+
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     a = synth.generate_corpus(tmp_path / "a", n=6, seed=3, sample_rate=SR, workers=1)
     b = synth.generate_corpus(tmp_path / "b", n=6, seed=3, sample_rate=SR, workers=2)

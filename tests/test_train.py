@@ -18,6 +18,7 @@ from cvahash.export.train.loop import TrainOptions, train
 from cvahash.export.train.model import HashingModel, build_tiny_clap
 from cvahash.export.train.run import RunConfig, load_checkpoint, load_run
 from cvahash.export.train.tokenizer import tokenize, train_caption_tokenizer
+from cvahash.model.frontend import FrontendParams
 
 CLASSES = {
     "tone": ["a steady high tone", "pure whistle tone", "high pitched beep"],
@@ -153,9 +154,9 @@ def _history(run_dir):
 
 
 @pytest.mark.parametrize("objective,lora", [("crovca", 0), ("contrastive", 0), ("crovca", 4),
-                                            ("clip", 0)])
+                                            ("distill", 0), ("distill", 4), ("clip", 0)])
 def test_each_objective_loss_falls(tmp_path, corpus, objective, lora):
-    epochs = {"crovca": 12, "contrastive": 12, "clip": 12}[objective]
+    epochs = 12
     config = small_config(objective=objective, lora_rank=lora, epochs=epochs, bits=32,
                           lr_head=3e-3, lr_lora=3e-3, lr_base=2e-3, warmup_epochs=2)
     train(config, corpus, tmp_path / "run", QUIET)
@@ -164,6 +165,32 @@ def test_each_objective_loss_falls(tmp_path, corpus, objective, lora):
     assert len(totals) == epochs
     first, last = np.mean(totals[:2]), np.mean(totals[-2:])
     assert last < first - 0.05 * abs(first), totals
+
+
+def test_distill_teacher_is_the_pretrained_encoders_also_with_lora(tmp_path, corpus):
+    """A LoRA run's teacher is the encoders without adapters, computed once: what a
+    heads-only run trains on (the same memo entry)."""
+    from cvahash.export.train.device import encode_all
+
+    memo = {}
+    opts = TrainOptions(progress=False, tiny_vocab_size=300, embedding_cache=memo)
+    config = small_config(objective="distill", lora_rank=4, epochs=3, warmup_epochs=0,
+                          lr_lora=5e-3)
+    train(config, corpus, tmp_path / "run", opts)
+    (teacher_t, teacher_a), = memo.values()
+    model, _, tok = load_run(tmp_path / "run")
+    entries = [e for e in read_manifest(corpus) if e.split == "train"]
+    feats = log_mel_features(entries, corpus.parent / ".cvahash-cache",
+                             FrontendParams.from_dict(config.frontend), seed=config.seed)
+    ids, mask = tokenize(tok, [e.caption for e in entries], config.text_max_length,
+                         config.text_padding)
+    with model.clap.disable_adapter():
+        base_t, base_a = encode_all(model, feats, ids, mask, torch.device("cpu"))
+    tuned_t, tuned_a = encode_all(model, feats, ids, mask, torch.device("cpu"))
+    assert torch.allclose(teacher_t, base_t, atol=1e-5)
+    assert torch.allclose(teacher_a, base_a, atol=1e-5)
+    # the adapters did train: the tuned encoders are not the teacher
+    assert not torch.allclose(tuned_t, base_t, atol=1e-4)
 
 
 def test_resume_gives_identical_next_steps(tmp_path, corpus):
