@@ -89,14 +89,15 @@ def search_json(capsys, *argv):
 def test_archive_search_json_is_the_station_search(capsys, ingested):
     n = search_json(capsys, "info", "--db", ingested["store"])["windows"]
     assert n >= 40
-    for query in (["owl hooting at night"], ["--like", f"{ingested['root']}/rec0/"
-                                                       "20250412_053000.wav@10"]):
+    for query in (["owl hooting at night"], ["owl hooting at night", "--hamming-only"],
+                  ["--like", f"{ingested['root']}/rec0/20250412_053000.wav@10"]):
         station = search_json(capsys, "search", *query, "--db", ingested["store"], "--bundle",
                               DEMO, "-k", n, "--threads", "1")
         office = search_json(capsys, "archive", "search", *query, "--archive",
                              ingested["archive"], "--bundle", DEMO, "-k", n)
         assert office.keys() == station.keys()
-        for key in ("query", "mode", "bits", "fingerprint", "k", "truncated", "notes"):
+        for key in ("query", "mode", "bits", "fingerprint", "k", "truncated", "notes",
+                    "order"):
             assert office[key] == station[key]
         assert office["hits"][0].keys() == station["hits"][0].keys()
         # the same windows in the same order: ties by insertion order in both, and the

@@ -257,6 +257,15 @@ def test_clip_run_is_a_model_for_later_runs_and_cli_eval(tmp_path, corpus):
             scores = result[direction][method]
             assert set(scores) == {f"{m}@{k}" for m in ("mAP", "P") for k in (1, 5, 10, 20)}
             assert all(0.0 <= v <= 1.0 for v in scores.values())
+    # the station's text ranking: Hamming candidates re-ranked by the text logits
+    weighted = result["text_to_audio"]["weighted"]
+    assert set(weighted) == set(result["text_to_audio"]["binary"])
+    assert "weighted" not in result["audio_to_text"]
+    ap = [x for x in result["per_query_ap10"]["weighted"] if x is not None]
+    assert len(result["per_query_ap10"]["weighted"]) == result["n_clips"]
+    assert weighted["mAP@10"] == pytest.approx(sum(ap) / len(ap), abs=1e-5)
+    ratio = result["ratio_weighted_map10"]
+    assert ratio is None or ratio["low"] <= ratio["ratio"] <= ratio["high"]
     assert (tmp_path / "hash" / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a bad manifest is a clean error, not a traceback
     bad = tmp_path / "bad.jsonl"

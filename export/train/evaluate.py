@@ -7,6 +7,9 @@ queries every caption) and each K in (1, 5, 10, 20) we report mAP@K and P@K for
 - ``continuous``: cosine similarity of the same encoders' projected features (with LoRA,
   the tuned encoders);
 - ``two_stage``: Hamming top-``rerank_depth`` re-ranked by cosine;
+- ``weighted`` (text->audio only): Hamming top-``rerank_depth`` (at least the largest K)
+  re-ranked by the query-weighted distance of the text logits, with the station's own
+  function (`cvahash.kernel.weighted.rerank`, as ``cvahash search`` orders text hits);
 - ``continuous_base`` (LoRA runs only): cosine of the encoders *without* the adapters, to
   show how hashing changed the continuous embeddings.
 
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...kernel.weighted import rerank as weighted_order
 from ...model.frontend import FrontendParams
 from . import metrics
 from .data import log_mel_features, read_manifest, select_split
@@ -33,15 +37,39 @@ from .tokenizer import tokenize
 KS = (1, 5, 10, 20)
 
 
-def _scores(text_codes, audio_codes, text_emb, audio_emb, relevant, depth, ks):
-    """{binary, continuous, two_stage} scores for queries (rows of relevant) -> items."""
+def _scores(text_codes, audio_codes, text_emb, audio_emb, relevant, depth, ks,
+            query_logits=None):
+    """{binary, continuous, two_stage} scores for queries (rows of relevant) -> items, and
+    ``weighted`` when the queries' logits are given."""
     ham = metrics.hamming_distances(text_codes, audio_codes)
     cos = metrics.cosine_similarities(text_emb, audio_emb)
     by_ham = metrics.rank_by_distance(ham)
     two = metrics.rerank(by_ham[:, :depth], cos)
-    return {"binary": metrics.retrieval_scores(by_ham, relevant, ks),
-            "continuous": metrics.retrieval_scores(metrics.rank_by_similarity(cos), relevant, ks),
-            "two_stage": metrics.retrieval_scores(two, relevant, ks)}
+    out = {"binary": metrics.retrieval_scores(by_ham, relevant, ks),
+           "continuous": metrics.retrieval_scores(metrics.rank_by_similarity(cos), relevant, ks),
+           "two_stage": metrics.retrieval_scores(two, relevant, ks)}
+    if query_logits is not None:
+        ranking = weighted_ranking(query_logits, audio_codes, max(depth, max(ks)), ham, by_ham)
+        out["weighted"] = metrics.retrieval_scores(ranking, relevant, ks)
+    return out
+
+
+def weighted_ranking(query_logits, item_codes, depth: int, ham=None, by_ham=None) -> np.ndarray:
+    """Item ids (nq, min(depth, items)) per query as the station ranks a text search: the
+    ``depth`` Hamming-nearest items (ties by id) ordered by (query-weighted distance of the
+    query's logits, Hamming distance, id). ``item_codes``: bool/{0,1} (nd, bits)."""
+    logits = np.asarray(query_logits, np.float32)
+    items = np.asarray(item_codes) > 0
+    if ham is None:
+        ham = metrics.hamming_distances(logits > 0, items)
+    if by_ham is None:
+        by_ham = metrics.rank_by_distance(ham)
+    packed = np.packbits(items, axis=1)
+    cands = by_ham[:, :depth]
+    out = np.empty_like(cands)
+    for i, cand in enumerate(cands):
+        out[i] = cand[weighted_order(logits[i], packed[cand], ham[i, cand])]
+    return out
 
 
 def evaluate_run(run_dir: str | Path, manifest: str | Path, *, split: str = "test",
@@ -77,11 +105,14 @@ def evaluate_run(run_dir: str | Path, manifest: str | Path, *, split: str = "tes
         metrics.rank_by_distance(metrics.hamming_distances(t_codes, a_codes)), rel, 10)
     ap_cont = metrics.average_precision_at_k(
         metrics.rank_by_similarity(metrics.cosine_similarities(t_emb, a_emb)), rel, 10)
+    ap_weighted = metrics.average_precision_at_k(
+        weighted_ranking(t_log, a_codes, max(rerank_depth, max(ks))), rel, 10)
     result = {
         "run": str(run_dir), "bits": config.bits, "objective": config.objective,
         "head": config.head, "lora_rank": config.lora_rank, "split": split,
         "n_clips": len(entries), "rerank_depth": rerank_depth,
-        "text_to_audio": _scores(t_codes, a_codes, t_emb, a_emb, rel, rerank_depth, ks),
+        "text_to_audio": _scores(t_codes, a_codes, t_emb, a_emb, rel, rerank_depth, ks,
+                                 query_logits=t_log),
         "audio_to_text": _scores(a_codes, t_codes, a_emb, t_emb, rel.T, rerank_depth, ks),
         "bit_balance": float(np.abs(np.concatenate([t_codes, a_codes]).mean(0) - 0.5).mean()),
         # text->audio AP@10 per query (NaN: no relevant clip) and the binary/continuous
@@ -89,8 +120,12 @@ def evaluate_run(run_dir: str | Path, manifest: str | Path, *, split: str = "tes
         "per_query_ap10": {"binary": [None if np.isnan(x) else round(float(x), 6)
                                       for x in ap_bin],
                            "continuous": [None if np.isnan(x) else round(float(x), 6)
-                                          for x in ap_cont]},
+                                          for x in ap_cont],
+                           "weighted": [None if np.isnan(x) else round(float(x), 6)
+                                        for x in ap_weighted]},
         "ratio_map10": ratio_interval(ap_cont, ap_bin),
+        # the same for the weighted re-ranking (text logits) against continuous
+        "ratio_weighted_map10": ratio_interval(ap_cont, ap_weighted),
     }
     if config.lora_rank and hasattr(model.clap, "disable_adapter"):
         with model.clap.disable_adapter():

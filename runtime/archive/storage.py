@@ -65,6 +65,13 @@ class ArchiveStore(CodeStorage):
                                  recording=recording, fingerprint=fingerprint,
                                  threads=threads)
 
+    def search_reordered(self, queries, k: int, order, *, since=None, until=None,
+                         station=None, recording=None, fingerprint: str | None = None,
+                         threads: int = 0):
+        return self._view.search_reordered(queries, k, order, since=since, until=until,
+                                           station=station, recording=recording,
+                                           fingerprint=fingerprint, threads=threads)
+
     def has_tag(self, tag: str) -> bool:
         return bool(self.archive._rows(
             "SELECT count() AS n FROM ingests WHERE update_id = {t:String}", {"t": tag}

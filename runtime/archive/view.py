@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import FingerprintMismatch, InvalidArgument, InvalidCodes
 from ..store.records import Hit, Recording, to_utc_seconds
-from .schema import Bundle, code_words, micros, window_id
+from .schema import Bundle, code_words, micros, window_id, words_for
 
 if TYPE_CHECKING:  # typing only: the archive module imports this one
     from .archive import Archive
@@ -69,10 +69,11 @@ class ArchiveView:
         return " + ".join(terms)
 
     def search_rows(self, queries, k: int, *, since=None, until=None, station=None,
-                    fingerprint: str | None = None,
-                    threads: int = 0) -> list[list[dict[str, Any]]]:
+                    fingerprint: str | None = None, threads: int = 0,
+                    with_codes: bool = False) -> list[list[dict[str, Any]]]:
         """Per query, the k nearest windows as dicts (distance, station, capture_us,
-        recording, offset_us, length_s, clock, batch, seq), ordered by the tie key."""
+        recording, offset_us, length_s, clock, batch, seq; with ``with_codes`` also the
+        code words c0, c1, ...), ordered by the tie key."""
         if fingerprint is not None and fingerprint != self.fingerprint:
             raise FingerprintMismatch(f"queries of bundle {fingerprint}, archive codes of "
                                       f"bundle {self.fingerprint}: they cannot be compared")
@@ -98,6 +99,8 @@ class ArchiveView:
             dist = self._distance(row, params)
             columns = (f"{dist} AS distance, station, toUnixTimestamp64Micro(capture) AS "
                        "capture_us, recording, offset_us, length_s, clock, batch, seq")
+            if with_codes:
+                columns += "".join(f", c{i}" for i in range(len(row)))
             # One scan ordered by distance only, with a margin past k: when the margin
             # holds a farther window, every window tied with the k-th is in hand and the
             # tie order is applied here. Ordering all rows by the full tie key in SQL
@@ -122,11 +125,32 @@ class ArchiveView:
                threads: int = 0) -> list[list[Hit]]:
         """The station store's ``search``: per query, its k nearest windows as `Hit`s
         (``row`` is the window's archive id, `window_id`)."""
-        if recording is not None:
-            raise InvalidArgument("the archive searches by station and time; a recording "
-                                  "filter is not supported")
+        _no_recording(recording)
         found = self.search_rows(queries, k, since=since, until=until, station=station,
                                  fingerprint=fingerprint, threads=threads)
+        return self._hits(found)
+
+    def search_reordered(self, queries, k: int, order, *, since=None, until=None,
+                         station=None, recording=None, fingerprint: str | None = None,
+                         threads: int = 0) -> list[list[Hit]]:
+        """The station store's ``search_reordered``: ``order(i, codes, distances)`` gets
+        query i's k nearest windows' packed codes (read in the same scan) and distances,
+        in the tie order, and picks the hits."""
+        _no_recording(recording)
+        found = self.search_rows(queries, k, since=since, until=until, station=station,
+                                 fingerprint=fingerprint, threads=threads, with_codes=True)
+        words = words_for(self.bits)
+        kept = []
+        for i, near in enumerate(found):
+            w = np.array([[r[f"c{j}"] for j in range(words)] for r in near],
+                         np.uint64).reshape(len(near), words)
+            packed = w.astype(">u8").view(np.uint8).reshape(len(near), 8 * words)
+            codes = np.ascontiguousarray(packed[:, :self.nbytes])
+            dist = np.array([r["distance"] for r in near], np.int64)
+            kept.append([near[j] for j in np.asarray(order(i, codes, dist)).tolist()])
+        return self._hits(kept)
+
+    def _hits(self, found) -> list[list[Hit]]:
         recs = self.recordings({r["recording"] for hits in found for r in hits})
         return [[Hit(recording=recs[r["recording"]], offset_s=r["offset_us"] / 1e6,
                      length_s=r["length_s"], capture_utc=r["capture_us"] / 1e6,
@@ -178,6 +202,12 @@ class ArchiveView:
             "GROUP BY station, t ORDER BY station, t", params)
         return [(r["station"], datetime.fromtimestamp(r["t"], timezone.utc), int(r["n"]))
                 for r in rows]
+
+
+def _no_recording(recording) -> None:
+    if recording is not None:
+        raise InvalidArgument("the archive searches by station and time; a recording "
+                              "filter is not supported")
 
 
 def _tie_key(row: dict[str, Any]):

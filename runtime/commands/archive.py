@@ -75,6 +75,9 @@ def register(subparsers) -> None:
     p.add_argument("-k", type=int, default=20, metavar="N", help="number of results (default 20)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON document (as cvahash search --json)")
+    p.add_argument("--hamming-only", action="store_true",
+                   help="rank text results by Hamming distance alone (default: re-ranked by "
+                        "the query-weighted distance, as cvahash search)")
     p.set_defaults(func=run_search, _parser=p)
 
     p = sub.add_parser("activity", help="count windows near TEXT per station and day or hour",
@@ -170,7 +173,7 @@ def run_search(args) -> int:
     with archive:
         if args.text is not None:
             result = search_text(view, bundle, args.text, args.k, threads=args.threads,
-                                 **filters)
+                                 rerank=not args.hamming_only, **filters)
         else:
             result = search_like(view, bundle, *args._like, args.k, threads=args.threads,
                                  **filters)

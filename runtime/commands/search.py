@@ -1,6 +1,8 @@
 """`cvahash search "TEXT" --db DIR` (or `--like FILE[@START_S]`): find windows by sound.
 
-Prints a table of the k nearest windows (rank, Hamming distance, recording, start-end,
+Text results are the Hamming-nearest windows re-ranked by the query-weighted distance
+(`cvahash.query.search`; ``--hamming-only`` keeps the plain Hamming order). Prints a
+table of the k best windows (rank, Hamming distance, recording, start-end,
 capture time UTC, station; for text queries with a bundle that carries a calibration
 curve, a confidence column: likely / possible / unlikely and the estimated precision at
 that distance), or one JSON document with ``--json``; ``--clips OUT`` writes
@@ -44,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("-k", type=int, default=20, metavar="N", help="number of results (default 20)")
     add_time_range(p)
     p.add_argument("--station", metavar="NAME", help="only windows from this station")
+    p.add_argument("--hamming-only", action="store_true",
+                   help="rank text results by Hamming distance alone (default: the 200 "
+                        "Hamming-nearest windows re-ranked by the query-weighted distance)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--clips", metavar="OUT", help="write a WAV snippet per hit into folder OUT")
     p.add_argument("--context", type=float, default=1.0, metavar="SECONDS",
@@ -96,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
             stats = store.stats()
             check_station(args.station, stats["stations"], args.db)
         if args.text is not None:
-            result = search_text(store, bundle, args.text, args.k, threads=args.threads, **filters)
+            result = search_text(store, bundle, args.text, args.k, threads=args.threads,
+                                 rerank=not args.hamming_only, **filters)
         else:
             result = search_like(store, bundle, like_path, like_start, args.k,
                                  threads=args.threads, **filters)

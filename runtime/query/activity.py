@@ -4,7 +4,8 @@
 search as ``cvahash search`` (`cvahash.query.search.search_text`) and counts its hits by
 capture time and station:
 
-- ``top=K``: the K nearest windows, however far (the threshold is a rank);
+- ``top=K``: the K best windows, as ``cvahash search -k K`` ranks them, however far
+  (the threshold is a rank);
 - ``radius=R``: every window whose code is at most R bits from the query's (at most
   `RADIUS_LIMIT` windows are looked at; a note says when more may lie within R).
 
@@ -163,7 +164,10 @@ def count_activity(store, bundle, text: str, *, by: str = "hour", top: int | Non
         k = max(1, min(len(store), RADIUS_LIMIT))
     else:
         k = DEFAULT_TOP if top is None else top
-    result = search_text(store, bundle, text, k, threads=threads, **filters)
+    # top=K: the K windows `search -k K` shows (re-ranked); radius=R: a set in bits, the
+    # same whatever the order, so the plain Hamming search is enough.
+    result = search_text(store, bundle, text, k, threads=threads, rerank=radius is None,
+                         **filters)
     hits = result.hits
     notes = list(result.notes)
     if radius is not None:

@@ -70,6 +70,9 @@ class SearchResult:
     truncated: bool = False
     notes: list[str] = field(default_factory=list)
     filters: dict[str, Any] = field(default_factory=dict)
+    # "weighted": Hamming-nearest candidates re-ranked by the query-weighted distance;
+    # "hamming": by Hamming distance, then row.
+    order: str = "hamming"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,5 +84,6 @@ class SearchResult:
             "truncated": self.truncated,
             "notes": list(self.notes),
             "filters": {k: jsonable(v) for k, v in self.filters.items() if v is not None},
+            "order": self.order,
             "hits": [hit_dict(h) for h in self.hits],
         }

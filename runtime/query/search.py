@@ -8,7 +8,16 @@
 - `parse_when("2024-06-12T05:30")`: the ``--since``/``--until`` bounds (UTC unless a
   zone is given).
 - `search_text(store, bundle, text, k, ...)` and `search_like(store, bundle, path, start_s,
-  k, ...)` -> `SearchResult`, whose ``hits`` are `Hit` records sorted by (distance, row).
+  k, ...)` -> `SearchResult`, whose ``hits`` are `Hit` records, best first.
+
+How text hits are ordered: the store's `RERANK_DEPTH` (or ``k``, if more) nearest windows
+by Hamming distance to the query's code are the candidates; they are ordered by the
+query-weighted distance (`cvahash.kernel.weighted`: each bit where a window disagrees
+with the query's sign costs ``|logit|`` of the query's text-graph output for that bit),
+then by Hamming distance, then by row, and the first ``k`` are kept. Each hit's
+``distance`` stays its Hamming distance in bits (the calibration and watchlist radii are
+in bits). ``rerank=False`` keeps the plain Hamming order, (distance, row). A query by
+example (``--like``) is ranked by Hamming distance alone.
 
 The store and its bundle are opened together as a `cvahash.library.Library`; hits are
 the store's own `cvahash.store.records.Hit` records, ranked.
@@ -32,12 +41,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgument
+from ..kernel.weighted import rerank as weighted_order
+from ..model.bundle import pack_codes
 from ..model.frontend import log_mel
 from ..store.records import Hit
 from .results import SearchResult
 
 __all__ = [
     "MAX_QUERY_CHARS",
+    "RERANK_DEPTH",
     "Hit",
     "SearchResult",
     "parse_like",
@@ -51,6 +63,8 @@ __all__ = [
 # characters); longer input is a paste gone wrong, and we say we cut it.
 MAX_QUERY_CHARS = 1000
 EXAMPLE_QUERY = '"woodpecker drumming on dead tree"'
+# Hamming-nearest candidates re-ranked by the query-weighted distance (at least k).
+RERANK_DEPTH = 200
 
 
 class QueryError(InvalidArgument):
@@ -154,8 +168,23 @@ def parse_when(text: str, *, end_of_day: bool = False) -> datetime:
 
 
 def _hits(store, codes: np.ndarray, k: int, filters: dict[str, Any], threads: int) -> list[Hit]:
-    found = store.search(codes, k, threads=threads,
-                         **{n: v for n, v in filters.items() if v is not None})[0]
+    found = store.search(codes, k, threads=threads, **_given(filters))[0]
+    return [replace(h, rank=rank) for rank, h in enumerate(found, start=1)]
+
+
+def _given(filters: dict[str, Any]) -> dict[str, Any]:
+    return {n: v for n, v in filters.items() if v is not None}
+
+
+def _reranked(store, logits: np.ndarray, k: int, depth: int, filters: dict[str, Any],
+              threads: int) -> list[Hit]:
+    """The ``max(k, depth)`` Hamming-nearest windows, ordered by (query-weighted distance,
+    Hamming distance, the store's order), the first ``k`` of them ranked 1, 2, ..."""
+    def order(i, codes, distances):
+        return weighted_order(logits[i], codes, distances)[:k]
+
+    found = store.search_reordered(pack_codes(logits), max(k, depth), order, threads=threads,
+                                   **_given(filters))[0]
     return [replace(h, rank=rank) for rank, h in enumerate(found, start=1)]
 
 
@@ -165,19 +194,26 @@ def _check_k(k: int) -> int:
     return k
 
 
-def text_query_code(bundle, text: str) -> tuple[str, np.ndarray, bool, list[str]]:
-    """``(query, codes uint8 [1, nbytes], truncated, notes)``: what ``search`` searches for
-    when the user types ``text`` (tidied by `prepare_query`, encoded by the text graph).
-    Shared by every searcher of codes (the station store, the network archive)."""
+def text_query_logits(bundle, text: str) -> tuple[str, np.ndarray, bool, list[str]]:
+    """``(query, logits float32 [1, bits], truncated, notes)``: the text graph's output for
+    what the user typed (tidied by `prepare_query`); its signs are the query's code."""
     query, truncated, notes = prepare_query(text)
-    tokens = bundle.tokenize([query])  # once: the codes come from these same tokens
+    tokens = bundle.tokenize([query])  # once: the logits come from these same tokens
     if bool(tokens.truncated[0]):
         truncated = True
         notes.append(
             f"query truncated: the model reads only its first {tokens.input_ids.shape[1]} "
             "tokens; the rest was ignored (a short description works best)"
         )
-    return query, bundle.encode_tokens(tokens), truncated, notes
+    return query, bundle.token_logits(tokens), truncated, notes
+
+
+def text_query_code(bundle, text: str) -> tuple[str, np.ndarray, bool, list[str]]:
+    """``(query, codes uint8 [1, nbytes], truncated, notes)``: the code ``search`` looks
+    up for ``text`` (`text_query_logits` packed: bit i is logit i > 0). Shared by every
+    searcher of codes (the station store, the network archive)."""
+    query, logits, truncated, notes = text_query_logits(bundle, text)
+    return query, pack_codes(logits), truncated, notes
 
 
 def like_query_code(bundle, path: str | os.PathLike, start_s: float = 0.0) -> np.ndarray:
@@ -187,14 +223,25 @@ def like_query_code(bundle, path: str | os.PathLike, start_s: float = 0.0) -> np
 
 
 def search_text(store, bundle, text: str, k: int = 20, *, threads: int = 0,
-                **filters) -> SearchResult:
-    """Encode ``text`` with the bundle's text graph and return the ``k`` nearest windows
-    (filters: ``since``, ``until``, ``station``, as the store takes them)."""
+                rerank: bool = True, depth: int = RERANK_DEPTH, **filters) -> SearchResult:
+    """Encode ``text`` with the bundle's text graph and return the ``k`` best windows
+    (filters: ``since``, ``until``, ``station``, as the store takes them).
+
+    With ``rerank`` (the default) the ``max(k, depth)`` Hamming-nearest windows are
+    ordered by the query-weighted distance (see the module docstring); ``rerank=False``
+    gives the plain Hamming order. Either way each hit's ``distance`` is its Hamming
+    distance in bits. A store without ``search_reordered`` is searched by Hamming
+    distance (the result's ``order`` says which)."""
     k = _check_k(k)
-    query, codes, truncated, notes = text_query_code(bundle, text)
-    hits = _hits(store, codes, k, filters, threads)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise InvalidArgument(f"re-rank depth {depth!r}: must be a whole number >= 1")
+    query, logits, truncated, notes = text_query_logits(bundle, text)
+    if rerank and hasattr(store, "search_reordered"):
+        hits, order = _reranked(store, logits, k, depth, filters, threads), "weighted"
+    else:
+        hits, order = _hits(store, pack_codes(logits), k, filters, threads), "hamming"
     return SearchResult(query, "text", bundle.bits, bundle.fingerprint, k, hits, truncated,
-                        notes, dict(filters))  # fmt: skip
+                        notes, dict(filters), order)  # fmt: skip
 
 
 def example_window(path: str | os.PathLike, start_s: float, params) -> np.ndarray:
@@ -245,4 +292,4 @@ def search_like(store, bundle, path: str | os.PathLike, start_s: float = 0.0, k:
 
 
 __all__ += ["QueryError", "example_window", "like_query_code", "parse_offset",
-            "text_query_code"]
+            "text_query_code", "text_query_logits"]

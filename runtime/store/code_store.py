@@ -366,6 +366,20 @@ class CodeStore(CodeStorage):
             return self._reader.search(queries, k, since, until, station, recording,
                                        fingerprint, threads)
 
+    def search_reordered(self, queries, k: int, order, *, since=None, until=None,
+                         station=None, recording=None, fingerprint: str | None = None,
+                         threads: int = 0) -> list[list[Hit]]:
+        """``search`` for ``k`` candidates per query, then ``order(i, codes, distances)``
+        picks the hits of query i: it gets the candidates' codes (uint8 (m, nbytes), a
+        copy) and Hamming distances (int (m,)), nearest first with ties by row, and
+        returns the indices of the candidates to keep, in the order wanted. Only the kept
+        windows' metadata is read, all in one snapshot. For re-ranking text searches
+        (`cvahash.query.search.search_text`)."""
+        with self._lock:
+            self._live(refresh=False)
+            return self._reader.search(queries, k, since, until, station, recording,
+                                       fingerprint, threads, order=order)
+
     def read(self, rows) -> tuple[np.ndarray, list[Window]]:
         """Codes (a copy, uint8 (m, nbytes)) and windows of the given committed rows."""
         with self._lock:

@@ -102,15 +102,23 @@ class Reader:
         return hamming.knn(q, codes, k, threads=threads, allowed=allowed)
 
     def search(self, queries, k: int, since, until, station, recording, fingerprint,
-               threads) -> list[list[Hit]]:
+               threads, order=None) -> list[list[Hit]]:
+        """Hits per query, from one snapshot. With ``order``, see `CodeStore.search_reordered`:
+        the hits of query i are the candidates ``order(i, codes, distances)`` picks."""
         with self.sync.snapshot():
             dist, rows = self.search_rows(queries, k, since, until, station, recording,
                                           fingerprint, threads)
-            fields = self._window_fields(rows.ravel().tolist())
+            if order is not None:
+                committed = self.sync.committed_codes()
+                picked = [np.asarray(order(i, np.array(committed[r]), d), np.int64)
+                          for i, (r, d) in enumerate(zip(rows, dist, strict=True))]
+                dist = [d[p] for d, p in zip(dist, picked, strict=True)]
+                rows = [r[p] for r, p in zip(rows, picked, strict=True)]
+            fields = self._window_fields([r for qr in rows for r in qr.tolist()])
         out, i = [], 0
-        for qd in dist.tolist():
+        for qd in dist:
             hits = []
-            for d in qd:
+            for d in qd.tolist():
                 rec, off, length, cap, clock, row = fields[i]
                 hits.append(Hit(recording=rec, offset_s=off, length_s=length, capture_utc=cap,
                                 clock_source=clock, row=row, distance=d))
