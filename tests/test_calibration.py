@@ -49,11 +49,33 @@ def test_fit_curves_on_pairs_with_known_rates():
                         np.zeros(10, bool)])
     c = fit_curves(d, r, bits=4)
     assert c["pairs"] == 40 and c["relevant_pairs"] == 12 and c["base_rate"] == 0.3
-    assert c["precision_at"] == [0.8, 0.2, 0.2, 0.2, 0.0]
-    # within radius r: 8/10, 9/20, 12/30, 12/30, 12/40
-    assert c["precision_within"] == [0.8, 0.45, 0.4, 0.4, 0.3]
+    # pooled levels 8/10, 4/20 (distances 1-3), 0/10, each with 2 prior pairs at 0.3
+    prior = 2 * 0.3
+    assert c["precision_at"] == [round((8 + prior) / 12, 4)] + [round((4 + prior) / 22, 4)] * 3 \
+        + [round(prior / 12, 4)]
+    # within radius r: 8/10, 9/20, 12/30, 12/30, 12/40, each with the same prior
+    assert c["precision_within"] == [round((h + prior) / (m + 2), 4) for h, m in
+                                     ((8, 10), (9, 20), (12, 30), (12, 30), (12, 40))]
     with pytest.raises(ValueError, match="0..4"):
         fit_curves([5], [True], bits=4)
+
+
+def test_thin_evidence_is_not_read_as_certainty():
+    # 5 of 5 pairs at distance 0 (base rate 0.1): not "1.00"; 500 of 500 stays near 1
+    d = np.r_[np.zeros(5, int), np.full(45, 3)]
+    r = np.r_[np.ones(5, bool), np.zeros(45, bool)]
+    thin = fit_curves(d, r, bits=4)["precision_at"][0]
+    assert thin == round((5 + 0.2) / 7, 4) < 0.75
+    d = np.r_[np.zeros(500, int), np.full(4500, 3)]
+    r = np.r_[np.ones(500, bool), np.zeros(4500, bool)]
+    assert fit_curves(d, r, bits=4)["precision_at"][0] > 0.99
+    # the shrunk curves stay non-increasing on random pairs
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        d = rng.integers(0, 9, 60)
+        c = fit_curves(d, rng.random(60) < 1 / (1 + d), bits=8)
+        for curve in (c["precision_at"], c["precision_within"]):
+            assert np.all(np.diff(curve) <= 1e-12) and 0 <= min(curve) <= max(curve) <= 1
 
 
 def test_calibration_from_manifest_labels_and_radius():
@@ -63,8 +85,9 @@ def test_calibration_from_manifest_labels_and_radius():
     cal = Calibration.from_manifest({"bits": 4, "calibration": {**c, "source": "probe"}})
     assert [cal.label(d) for d in range(5)] == ["likely", "possible", "possible", "possible",
                                                 "unlikely"]
-    assert cal.precision(99) == 0.0 and cal.precision(-1) == 0.8
-    assert cal.radius_for(0.8) == 0 and cal.radius_for(0.4) == 3 and cal.radius_for(0.9) is None
+    # beyond either end: the curve's last / first level (0/10 and 8/10 with the prior)
+    assert cal.precision(99) == 0.05 and cal.precision(-1) == 0.7167
+    assert cal.radius_for(0.7) == 0 and cal.radius_for(0.4) == 1 and cal.radius_for(0.8) is None
     # bundles without a curve, or with a broken one, have none
     assert Calibration.from_manifest({"bits": 4}) is None
     assert Calibration.from_manifest({"bits": 4, "calibration": {"precision_at": [1]}}) is None

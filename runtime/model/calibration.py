@@ -10,7 +10,11 @@ stored in manifest.json under ``calibration``:
 ``precision_at`` is the pool-adjacent-violators fit of the per-distance rates weighted by
 their pair counts (so empty or thin distances borrow from their neighbours, and a larger
 distance never looks more likely than a smaller one). ``precision_within`` is the
-cumulative rate, made non-increasing the same way. Both are estimates from the export's
+cumulative rate, made non-increasing the same way. Each pooled level is then the
+posterior mean under a prior worth ``PRIOR_PAIRS`` pairs at the base rate,
+``(hits + PRIOR_PAIRS * base) / (pairs + PRIOR_PAIRS)`` (and made non-increasing again):
+five relevant pairs out of five read 0.74 at a base rate of 0.1, not a certain 1.00, while
+a level backed by hundreds of pairs barely moves. Both are estimates from the export's
 probe (its ``source``); on a station's own recordings the rates differ with how common
 the asked-for sound is, the ordering holds.
 
@@ -27,6 +31,8 @@ import numpy as np
 
 # Labels for the search table's confidence column (estimated precision at the distance).
 LIKELY, POSSIBLE = 0.5, 0.2
+# Strength of the base-rate prior on each pooled level, in pairs.
+PRIOR_PAIRS = 2.0
 
 
 def isotonic_decreasing(values: Sequence[float], weights: Sequence[float]) -> np.ndarray:
@@ -71,15 +77,28 @@ def fit_curves(distances: np.ndarray, relevant: np.ndarray, bits: int) -> dict:
         raise ValueError(f"fit_curves: distances must lie in 0..{bits}")
     n = np.bincount(d, minlength=bits + 1).astype(float)
     hits = np.bincount(d, weights=r.astype(float), minlength=bits + 1)
+    base = float(r.mean())
     rate = np.divide(hits, n, out=np.zeros_like(hits), where=n > 0)
-    at = isotonic_decreasing(rate, n)
+    at = _shrunk(isotonic_decreasing(rate, n), n, base)
     cum_n, cum_hits = np.cumsum(n), np.cumsum(hits)
     within_raw = np.divide(cum_hits, cum_n, out=np.zeros_like(cum_hits), where=cum_n > 0)
     within = isotonic_decreasing(within_raw, cum_n)
+    within = isotonic_decreasing((within * cum_n + PRIOR_PAIRS * base) / (cum_n + PRIOR_PAIRS),
+                                 cum_n + PRIOR_PAIRS)
     return {"pairs": int(d.size), "relevant_pairs": int(r.sum()),
             "base_rate": round(float(r.mean()), 6),
             "precision_at": [round(float(x), 4) for x in at],
             "precision_within": [round(float(x), 4) for x in within]}
+
+
+def _shrunk(fit: np.ndarray, n: np.ndarray, base: float) -> np.ndarray:
+    """Each level of an isotonic ``fit`` (a run of equal values; its pairs are the sum of
+    ``n`` over the run) as its posterior mean under the base-rate prior, non-increasing."""
+    starts = np.flatnonzero(np.r_[True, np.diff(fit) != 0])
+    pairs = np.add.reduceat(n, starts)
+    level = (fit[starts] * pairs + PRIOR_PAIRS * base) / (pairs + PRIOR_PAIRS)
+    level = isotonic_decreasing(level, pairs + PRIOR_PAIRS)
+    return np.repeat(level, np.diff(np.r_[starts, fit.size]))
 
 
 @dataclass(frozen=True)
