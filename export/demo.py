@@ -50,7 +50,7 @@ def cli(*args: str) -> int:
 # bundle is near chance).
 RECIPE = {"clips": 1000, "epochs": 40, "extra": 2000, "noise": 400, "text_steps": 5000,
           "head_epochs": 60}
-QUICK_RECIPE = {"clips": 100, "epochs": 1, "extra": 0, "noise": 8, "text_steps": 20,
+QUICK_RECIPE = {"clips": 100, "epochs": 1, "extra": 16, "noise": 8, "text_steps": 20,
                 "head_epochs": 1}
 
 

@@ -48,8 +48,8 @@ def test_demo_on_a_recording_and_words_training_never_saw(tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_retrain_path_makes_a_bundle_of_the_recipe(tmp_path, capsys):
     """`make demo ARGS="--retrain --quick"`: corpus, stand-in pretraining (augmented,
-    label-anchored + supclip), 64-bit contrastive heads, int8 export, then the demo on
-    that bundle."""
+    label-anchored + supclip), more train-split clips (`synth --extend`), 64-bit distill
+    heads on both, int8 export, then the demo on that bundle."""
     pytest.importorskip("torch")
     from cvahash.export.demo import main
 
@@ -58,7 +58,10 @@ def test_demo_retrain_path_makes_a_bundle_of_the_recipe(tmp_path, capsys):
     out = capsys.readouterr().out
     manifest = check_bundle(tmp_path / "train" / "bundle")
     assert manifest["bits"] == 64 and manifest["precision"] == "int8"
-    assert manifest["run"]["objective"] == "contrastive" and manifest["run"]["lora_rank"] == 0
+    assert manifest["run"]["objective"] == "distill" and manifest["run"]["lora_rank"] == 0
+    assert "cvahash synth --extend" in out and "manifest-extended.jsonl" in out
+    extended = (tmp_path / "train" / "corpus" / "manifest-extended.jsonl").read_text()
+    assert len(extended.splitlines()) == 100 + 16
     shipped = check_bundle(REPO / "tests" / "data" / "demo-bundle")
     assert manifest["frontend"] == shipped["frontend"]
     assert manifest["tokenizer"] == shipped["tokenizer"]
