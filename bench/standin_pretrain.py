@@ -36,6 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("--from-model", type=Path,
                     help="run only step 5 on this step-4 model folder (written with "
                          "--text-steps 0)")
+    ap.add_argument("--no-lexicon", action="store_true",
+                    help="step 5 without WordNet synonyms (run 7's recipe)")
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -48,7 +50,8 @@ def main(argv=None) -> int:
     source, timings = pretrain_standin(args.corpus / "manifest.jsonl", args.out,
                                        epochs=args.epochs, extra=args.extra, noise=args.noise,
                                        text_steps=args.text_steps, from_model=args.from_model,
-                                       eval_every=args.eval_every, seed=args.seed)
+                                       eval_every=args.eval_every, seed=args.seed,
+                                       lexicon=not args.no_lexicon)
     print(json.dumps({"model": str(source), "timings": timings}, indent=2))
     return 0
 

@@ -102,3 +102,54 @@ def test_standin_recipe_beats_chance_on_held_out_phrasings(tmp_path):
     chance = chance_map10(labels)
     print(f"continuous mAP@10 {got:.3f}, chance {chance:.3f}")
     assert got >= chance + 0.25, f"continuous mAP@10 {got:.3f}, chance {chance:.3f}"
+
+
+def test_wordnet_synonyms_of_caption_words():
+    """The lexicon reads WordNet 3.0's own files: a word's other lemmas in its most frequent
+    senses, inflected words by their base form, adjectives' "similar to" senses."""
+    from cvahash.export.train.lexicon import base_forms, synonyms, wordnet_dir
+
+    folder = wordnet_dir()
+    table = synonyms(["rising", "honks", "woodpecker", "drumming", "the", "42", "zzqx"])
+    assert "ascending" in table["rising"]          # rising/ascending: "similar to"
+    assert "pecker" in table["woodpecker"]          # one synset
+    assert "drum" in table["drumming"]              # verb sense, by its base form
+    assert {"honk", "toot"} <= set(table["honks"])  # looked up by its base form
+    assert "42" not in table and "zzqx" not in table
+    assert all(w not in alts for w, alts in table.items())
+    # morphy: suffix rules and the exception lists
+    from cvahash.export.train.lexicon import _wordnet
+
+    index, _, exceptions = _wordnet(str(folder))
+    assert base_forms("geese", "n", index, exceptions) == ["goose"]
+    assert "croak" in base_forms("croaking", "v", index, exceptions)
+
+
+def test_text_stage_swaps_caption_words_for_synonyms():
+    from cvahash.export.train.standin import SYNONYM_SWAP, perturb_captions
+
+    captions = ["rising whistle"] * 400
+    lexicon = {"rising": ["ascending", "climbing"]}
+    # no other perturbation can make these words: count whole words after the swap
+    out = perturb_captions(captions, ["x"], np.random.default_rng(0), lexicon)
+    swapped = sum(("ascending" in c.split()) or ("climbing" in c.split()) for c in out) / 400
+    assert abs(swapped - SYNONYM_SWAP * 0.85) < 0.1  # dropped with p 0.15 afterwards
+    plain = perturb_captions(captions, ["x"], np.random.default_rng(0))
+    assert not any("ascending" in c or "climbing" in c for c in plain)
+
+
+def test_missing_wordnet_names_the_install(monkeypatch):
+    import builtins
+
+    from cvahash.export.train import lexicon
+
+    real_import = builtins.__import__
+
+    def no_wn(name, *args, **kwargs):
+        if name == "wn":
+            raise ImportError("no wn")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wn)
+    with pytest.raises(lexicon.LexiconMissing, match=r"pip install '\.\[export\]'"):
+        lexicon.wordnet_dir()

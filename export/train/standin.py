@@ -66,6 +66,7 @@ LABEL_SCALE = 10.0
 CLEAN_START_DB = 10.0
 LR_TEXT, LR_AUDIO = 2e-3, 5e-3
 TEXT_STAGE_LR = 1e-3
+SYNONYM_SWAP = 0.3
 
 
 @dataclass
@@ -237,12 +238,25 @@ def label_loss(z: torch.Tensor, prototypes: torch.Tensor, y: torch.Tensor) -> to
     return -(target * F.log_softmax(logits[has], dim=1)).sum(1).mean()
 
 
-def perturb_captions(captions: list[str], vocab: list[str], rng: np.random.Generator):
-    """Step 5's caption noise: word dropout, then 0-3 inserted words (a random word of the
-    training captions or a random 3-8 letter string), plural/truncated word forms and two
-    neighbours joined, so the text tower learns to read a caption's call words through
-    words and word forms it has never seen."""
+def perturb_captions(captions: list[str], vocab: list[str], rng: np.random.Generator,
+                     lexicon: dict[str, list[str]] | None = None):
+    """Step 5's caption noise: each word with a WordNet alternative in ``lexicon`` swapped
+    for a random one of them with probability ``SYNONYM_SWAP`` (`lexicon.synonyms`), word
+    dropout, then 0-3 inserted words (a random word of the training captions or a random
+    3-8 letter string), plural/truncated word forms and two neighbours joined, so the text
+    tower learns to read a caption's call words through words and word forms it has never
+    seen in a caption."""
     out = []
+    if lexicon:
+        swapped = []
+        for c in captions:
+            words = c.split()
+            for j, word in enumerate(words):
+                alternatives = lexicon.get(word.lower())
+                if alternatives and rng.random() < SYNONYM_SWAP:
+                    words[j] = alternatives[int(rng.integers(len(alternatives)))]
+            swapped.append(" ".join(words))
+        captions = swapped
     for c in drop_words(captions, rng):
         w = c.split()
         for _ in range(int(rng.integers(0, 4))):
@@ -266,11 +280,12 @@ def perturb_captions(captions: list[str], vocab: list[str], rng: np.random.Gener
 
 
 def text_stage(clap, tok, pool: Pool, bank: torch.Tensor, steps: int, seed: int = 0,
-               log=sys.stderr) -> list[dict]:
+               lexicon: bool = True, log=sys.stderr) -> list[dict]:
     """Step 5: the text tower (and text projection) alone, ``supclip`` against the frozen
     audio embeddings of the pool (one augmented rendering each: own background at
-    probability 0.5, SNR 0-25 dB), captions perturbed by `perturb_captions`; batch 64,
-    AdamW lr 1e-3 constant."""
+    probability 0.5, SNR 0-25 dB), captions perturbed by `perturb_captions` (with
+    ``lexicon``, also WordNet synonyms of the captions' words: `lexicon.synonyms`); batch
+    64, AdamW lr 1e-3 constant."""
     from .losses import make_objective
     from .tokenizer import tokenize
 
@@ -285,6 +300,11 @@ def text_stage(clap, tok, pool: Pool, bank: torch.Tensor, steps: int, seed: int 
             (0.0, SNR_DB[1]))[:, None]).pooler_output) for i in range(0, len(calls), 64)])
     audio = F.normalize(audio, dim=1)
     vocab = sorted({w for c in pool.captions for w in c.split()})
+    table = None
+    if lexicon:
+        from .lexicon import synonyms
+
+        table = synonyms(vocab)
     supclip = make_objective("supclip", temperature=0.07)
     params = [*clap.text_model.parameters(), *clap.text_projection.parameters()]
     opt = torch.optim.AdamW(params, lr=TEXT_STAGE_LR)
@@ -295,7 +315,7 @@ def text_stage(clap, tok, pool: Pool, bank: torch.Tensor, steps: int, seed: int 
     for step in range(steps):
         idx = torch.randint(len(calls), (batch,), generator=gen)
         ids, mask = tokenize(tok, perturb_captions([pool.captions[i] for i in idx], vocab,
-                                                   rng), 32)
+                                                   rng, table), 32)
         t = clap.text_projection(clap.text_model(input_ids=ids, attention_mask=mask)
                                  .pooler_output)
         loss = supclip(t, audio[idx], positives=(ty[idx] @ ay[idx].T) > 0)["supclip"]
@@ -345,7 +365,8 @@ def pretrain_standin(manifest: Path, out: Path, *, epochs: int = 40, extra: int 
                      noise: int = 400, own_background: float = 0.3, supclip_weight: float = 1.0,
                      seed: int = 0, batch: int = BATCH, eval_every: int = 0, eval_splits=("val",),
                      tiny: dict | None = None, text_steps: int = 5000,
-                     from_model: Path | None = None, log=sys.stderr) -> tuple[Path, dict]:
+                     from_model: Path | None = None, lexicon: bool = True,
+                     log=sys.stderr) -> tuple[Path, dict]:
     """Steps 1-5; returns the model folder (``OUT/model``) and the timings.
 
     ``from_model``: skip steps 1-4's training and run step 5 on that model folder (a
@@ -375,7 +396,8 @@ def pretrain_standin(manifest: Path, out: Path, *, epochs: int = 40, extra: int 
             eval_splits=eval_splits, tiny=tiny, log=log)
     if text_steps:
         t0 = time.monotonic()
-        history += text_stage(clap, tok, pool, bank, text_steps, seed, log=log)
+        history += text_stage(clap, tok, pool, bank, text_steps, seed, lexicon=lexicon,
+                              log=log)
         timings["text_stage_s"] = time.monotonic() - t0
         if eval_every:
             row = {f"{split}_mAP@10": round(_eval_split(clap, tok, manifest, split, {}), 4)
