@@ -86,6 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
     ap.add_argument("--objectives", nargs="+", default=["crovca", "contrastive", "distill"])
+    ap.add_argument("--hidden", type=json.loads, default={}, metavar="JSON",
+                    help="heads' hidden width by objective, e.g. '{\"distill\": 256}' "
+                         "(default: the larger of the projection size and the bits)")
     ap.add_argument("--head-extra", type=int, default=0, metavar="N",
                     help="train heads (and ITQ) on the corpus's train split plus N more "
                          "train-split clips (default 0: the corpus's own)")
@@ -180,7 +183,7 @@ def main(argv=None) -> int:
                     continue
                 name = f"{objective}-{bits}b-lora{rank}"
                 cfg = RunConfig(model=args.pretrained or str(clip_dir), bits=bits,
-                                objective=objective,
+                                objective=objective, head_hidden=args.hidden.get(objective),
                                 lora_rank=rank, seed=args.seed, text_max_length=32,
                                 epochs=args.lora_epochs if rank else args.head_epochs,
                                 warmup_epochs=1 if rank else 0, batch_size=64,

@@ -70,7 +70,8 @@ def retrain(work: Path, seed: int = 0, quick: bool = False) -> Path:
           f"--text-steps {recipe['text_steps']} --seed {seed}", flush=True)
     model, _ = pretrain_standin(Path(manifest), work / "standin", epochs=recipe["epochs"],
                                 extra=recipe["extra"], noise=recipe["noise"],
-                                text_steps=recipe["text_steps"], seed=seed, log=None)
+                                text_steps=recipe["text_steps"], seed=seed,
+                                log=sys.stderr)  # a line per epoch: 20 minutes otherwise silent
     heads_data = manifest
     if recipe["extra"]:  # the heads train on the pool's clips too (the same renders)
         if cli("synth", "--extend", str(corpus), "--extra", str(recipe["extra"])) != 0:

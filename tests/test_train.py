@@ -271,3 +271,19 @@ def test_clip_run_is_a_model_for_later_runs_and_cli_eval(tmp_path, corpus):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"audio": "x.wav", "caption": "a"}\n')
     assert main(["train", "--data", str(bad), "--out", str(tmp_path / "x"), "--quiet"]) == 1
+
+
+def test_cli_distill_heads_with_a_chosen_hidden_width(tmp_path, corpus, capsys):
+    from cvahash.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(run), "--objective", "distill",
+                 "--bits", "16", "--head-hidden", "48", "--lora-rank", "0", "--epochs", "2",
+                 "--batch-size", "8", "--max-text-length", "16", "--quiet"]) == 0
+    model, config, _ = load_run(run)
+    assert config.objective == "distill" and config.head_hidden == 48
+    assert model.text_head.net[0].out_features == model.audio_head.net[0].out_features == 48
+    capsys.readouterr()
+    assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "bad"),
+                 "--head-hidden", "0", "--quiet"]) == 2
+    assert "--head-hidden must be >= 1" in capsys.readouterr().err

@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("--head", choices=("crovca", "seed"), default="crovca",
                    help="crovca: Linear-ReLU-Linear-BN; seed: Linear-BN-ReLU-Linear "
                         "(default: crovca)")
+    p.add_argument("--head-hidden", type=int, default=None, metavar="N",
+                   help="width of the heads' hidden layer (default: the larger of the "
+                        "model's projection size and --bits)")
     p.add_argument("--lora-rank", type=int, default=8,
                    help="LoRA rank on the encoders; 0 trains the heads only (default: 8)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default: 5)")
@@ -93,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
               "(captioned clips); without captions use --objective lsh or itq",
               file=sys.stderr)
         return 2
+    if args.head_hidden is not None and args.head_hidden < 1:
+        print(f"cvahash train: error: --head-hidden must be >= 1, got {args.head_hidden}",
+              file=sys.stderr)
+        return 2
     if args.objective in ("clip", "supclip") and args.lora_rank:
         args.lora_rank = 0  # clip pretraining trains the whole (tiny) model; LoRA is moot
     try:
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     config = RunConfig(
         model=args.model, tiny_config=tiny, bits=args.bits, objective=args.objective,
-        head=args.head,
+        head=args.head, head_hidden=args.head_hidden,
         lora_rank=args.lora_rank, seed=args.seed, epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr_head=args.lr_head,
         lr_lora=args.lr_lora, lr_base=args.lr_base, text_max_length=args.max_text_length,
