@@ -3,7 +3,7 @@
     .venv/bin/python bench/standin_pretrain.py --corpus DIR --out OUT \
         [--epochs 40] [--extra 2000] [--noise 400] [--text-steps 5000] [--eval-every 0]
 
-The recipe of docs/benchmarks/quality.md run 7, implemented in
+The recipe of docs/benchmarks/quality.md runs 7 and 10, implemented in
 ``cvahash.export.train.standin`` (see its docstring; ``make demo ARGS=--retrain`` runs the
 same recipe for the shipped demo bundle). Only the corpus's train split (and ``--extra``
 new train-split clips of the same generator) is used; val/test (held-out background and

@@ -7,9 +7,9 @@
    this toolchain: see `--retrain`), or with `--retrain` a new one trained and exported
    here (synthetic corpus of 1000 clips -> the stand-in CLAP of
    cvahash.export.train.standin: calls re-rendered apart from their backgrounds and
-   mixed over random training-only noise, label-anchored + supclip pretraining -> 64-bit
-   distill heads on the corpus's train split and the pool's extra clips -> int8 ONNX
-   bundle; about 25 minutes at one thread, `--quick` a
+   mixed over random training-only noise, label-anchored + supclip pretraining, a text
+   stage with WordNet synonyms -> 64-bit distill heads on the corpus's train split and
+   the pool's extra clips -> int8 ONNX bundle; about 25 minutes at one thread, `--quick` a
    few minutes with a near-chance result);
 2. a two-hour field recording with known events (cvahash synth --soundscape; `--seed` and
    `--background stream` give one whose seed and background training never saw, and
@@ -45,7 +45,7 @@ def cli(*args: str) -> int:
     return main(list(args))
 
 
-# The retrain recipe (docs/benchmarks/quality.md run 7): corpus size, extra training clips,
+# The retrain recipe (docs/benchmarks/quality.md runs 7 and 10): corpus size, extra training clips,
 # noise bank and epochs, full and --quick (a few minutes' smoke run of the same path; its
 # bundle is near chance).
 RECIPE = {"clips": 1000, "epochs": 40, "extra": 2000, "noise": 400, "text_steps": 5000,
@@ -79,8 +79,8 @@ def retrain(work: Path, seed: int = 0, quick: bool = False) -> Path:
         heads_data = str(corpus / "manifest-extended.jsonl")
     steps = [
         ("train", "--model", str(model), "--objective", "distill", "--data", heads_data,
-         "--bits", "64", "--head-hidden", "256", "--lora-rank", "0", "--epochs", str(recipe["head_epochs"]),
-         "--warmup-epochs", "0", "--batch-size", "64", "--lr-head", "2e-3",
+         "--bits", "64", "--head-hidden", "256", "--lora-rank", "0",
+         "--epochs", str(recipe["head_epochs"]), "--warmup-epochs", "0", "--batch-size", "64", "--lr-head", "2e-3",
          "--max-text-length", "32", "--out", str(work / "hash-run"), "--seed", str(seed),
          "--no-resume", "--quiet"),
         ("export", str(work / "hash-run"), "--out", str(work / "bundle"), "--data", manifest,

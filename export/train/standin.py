@@ -2,7 +2,8 @@
 
 No pretrained CLAP weights reach the machines this project is built on, so a tiny one is
 trained on synthetic audio (`cvahash synth`); it stands in for a foundation model.
-The recipe (docs/benchmarks/quality.md run 7), from the corpus's *train* split only:
+The recipe (docs/benchmarks/quality.md runs 7 and 10), from the corpus's *train* split
+only:
 
 1. **Training pool.** Every train clip of the corpus, re-rendered from the corpus's seed
    as two parts (`synth.corpus.render_clip`: the calls alone and the background alone),
@@ -34,8 +35,11 @@ The recipe (docs/benchmarks/quality.md run 7), from the corpus's *train* split o
 5. **Text stage.** The audio tower frozen, the text tower and text projection alone
    train ``text_steps`` steps (batch 64, AdamW lr 1e-3 constant) with ``supclip``
    against the pool's audio embeddings, on captions perturbed by `perturb_captions`
-   (word dropout, inserted random words and letter strings, changed word forms, joined
+   (each word swapped for one of its WordNet synonyms with probability 0.3
+   (`lexicon.synonyms`: general word knowledge a foundation model would have), word
+   dropout, inserted random words and letter strings, changed word forms, joined
    words): step 4's text tower reads seen captions well but new wording badly.
+   ``lexicon=False`` is run 7's stage, without synonyms.
 
 The folder written (``OUT/model``) is a ``save_pretrained`` ClapModel with its tokenizer,
 usable as ``cvahash train --model OUT/model`` and ``bench/quality.py --pretrained``.
