@@ -80,7 +80,8 @@ def retrain(work: Path, seed: int = 0, quick: bool = False) -> Path:
     steps = [
         ("train", "--model", str(model), "--objective", "distill", "--data", heads_data,
          "--bits", "64", "--head-hidden", "256", "--lora-rank", "0",
-         "--epochs", str(recipe["head_epochs"]), "--warmup-epochs", "0", "--batch-size", "64", "--lr-head", "2e-3",
+         "--epochs", str(recipe["head_epochs"]), "--warmup-epochs", "0", "--batch-size", "64",
+         "--lr-head", "2e-3",
          "--max-text-length", "32", "--out", str(work / "hash-run"), "--seed", str(seed),
          "--no-resume", "--quiet"),
         ("export", str(work / "hash-run"), "--out", str(work / "bundle"), "--data", manifest,
