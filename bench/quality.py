@@ -158,6 +158,20 @@ def main(argv=None) -> int:
               file=sys.stderr)
     splits = list(dict.fromkeys(args.split))
 
+    def evaluate_splits(run_dir: Path, train_s: float) -> list[dict]:
+        """The run scored on each split, in the station's re-rank depth."""
+        rows = []
+        for split in splits:
+            r = evaluate_run(run_dir, manifest, split=split, progress=False,
+                             rerank_depth=RERANK_DEPTH)
+            r["train_s"] = train_s
+            t2a = r["text_to_audio"]
+            print(f"{run_dir.name} ({split}): binary {t2a['binary']['mAP@10']:.3f} "
+                  f"continuous {t2a['continuous']['mAP@10']:.3f} ({train_s:.0f}s)",
+                  file=sys.stderr)
+            rows.append(r)
+        return rows
+
     opts = TrainOptions(progress=sys.stderr.isatty(), embedding_cache={})
     clip_dir = Path(args.pretrained) if args.pretrained else out / "clip"
     clip_cfg = RunConfig(model="tiny", tiny_config=args.tiny_config,
@@ -191,15 +205,7 @@ def main(argv=None) -> int:
                                 loss=dict(args.loss.get(objective, {})))
                 t0 = time.monotonic()
                 train(cfg, head_manifest, out / name, opts)
-                train_s = time.monotonic() - t0
-                for split in splits:
-                    r = evaluate_run(out / name, manifest, split=split, progress=False,
-                                     rerank_depth=RERANK_DEPTH)
-                    r["train_s"] = train_s
-                    results.append(r)
-                    t2a = r["text_to_audio"]
-                    print(f"{name} ({split}): binary {t2a['binary']['mAP@10']:.3f} continuous "
-                          f"{t2a['continuous']['mAP@10']:.3f} ({train_s:.0f}s)", file=sys.stderr)
+                results += evaluate_splits(out / name, time.monotonic() - t0)
                 save(out, results, timings, t_start)
     from cvahash.export.train.hyperplanes import fit_run
 
@@ -212,12 +218,7 @@ def main(argv=None) -> int:
             t0 = time.monotonic()
             fit_run(cfg, out / name, head_manifest if objective == "itq" else None,
                     TrainOptions(progress=False, resume=False))
-            train_s = time.monotonic() - t0
-            for split in splits:
-                r = evaluate_run(out / name, manifest, split=split, progress=False,
-                                 rerank_depth=RERANK_DEPTH)
-                r["train_s"] = train_s
-                results.append(r)
+            results += evaluate_splits(out / name, time.monotonic() - t0)
             save(out, results, timings, t_start)
     meta = save(out, results, timings, t_start)
     for split in splits:

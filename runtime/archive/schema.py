@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ..errors import InvalidCodes
+from ..kernel.codes import code_rows
 
 SCHEMA_VERSION = 1
 CODE_CODEC = "NONE"  # measured in bench/archive_bench.py: LZ4/ZSTD save nothing on codes
@@ -85,13 +85,8 @@ def code_words(codes: np.ndarray, bits: int) -> np.ndarray:
     """Packed uint8 codes (n, ceil(bits/8)) as uint64 words (n, ceil(bits/64)): big-endian
     8-byte groups, zero-padded. Hamming distance is the sum of popcount(xor) per word."""
     nbytes = (bits + 7) // 8
-    if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8:
-        raise InvalidCodes("codes must be a numpy uint8 array of packed bits")
-    if codes.ndim == 1:
-        codes = codes.reshape(1, -1)
-    if codes.ndim != 2 or codes.shape[1] != nbytes:
-        raise InvalidCodes(f"codes are {codes.shape[-1]} bytes wide, this archive's codes of "
-                           f"{bits} bits are {nbytes}; both must come from the same model")
+    codes = code_rows(codes, nbytes, "codes are {got} bytes wide, this archive's codes of "
+                      f"{bits} bits are {{want}}; both must come from the same model")
     width = words_for(bits) * 8
     if width != nbytes:
         padded = np.zeros((codes.shape[0], width), np.uint8)

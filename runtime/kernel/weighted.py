@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InvalidArgument, InvalidCodes
+from ..errors import InvalidArgument
+from .codes import code_rows
 
 __all__ = ["mismatch_tables", "rerank", "weighted_distances"]
 
@@ -48,15 +49,9 @@ def _check_logits(query_logits) -> np.ndarray:
 
 
 def _check_codes(codes, nbytes: int) -> np.ndarray:
-    if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8:
-        raise InvalidCodes("codes must be a numpy uint8 array of packed bits (numpy.packbits)")
-    if codes.ndim == 1:
-        codes = codes.reshape(1, -1)
-    if codes.ndim != 2 or codes.shape[1] != nbytes:
-        raise InvalidCodes(f"codes are {codes.shape[-1]} bytes wide but the query has "
-                           f"{nbytes * 8 - 7}..{nbytes * 8} bits ({nbytes} bytes); both must "
-                           "come from the same model (same bit count)")
-    return codes
+    return code_rows(codes, nbytes, "codes are {got} bytes wide but the query has "
+                     f"{nbytes * 8 - 7}..{nbytes * 8} bits ({nbytes} bytes); both must come "
+                     "from the same model (same bit count)")
 
 
 def mismatch_tables(query_logits) -> np.ndarray:
