@@ -260,10 +260,17 @@ def test_search_command_reranks_and_hamming_only_turns_it_off(store, bundle, cap
         (ham[r], r) for r in range(len(codes)))[:25]
     # the table shows the same windows in the same order with their Hamming distances
     rc = main([str(a) for a in common[:-1]])
-    table = capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr()
+    table = printed.out.splitlines()
     assert rc == 0
     ranks = [line.split()[:2] for line in table if line.split() and line.split()[0].isdigit()]
     assert ranks == [[str(h["rank"]), str(h["distance"])] for h in got["hits"]]
+    # the table says why its distances are out of order, and how to sort by them
+    distances = [h["distance"] for h in got["hits"]]
+    assert distances != sorted(distances)
+    assert "--hamming-only ranks by distance alone" in printed.err
+    assert main([str(a) for a in common[:-1]] + ["--hamming-only"]) == 0
+    assert "ranks by distance alone" not in capsys.readouterr().err
 
 
 def test_help_names_the_flag_and_its_default(capsys):

@@ -165,6 +165,11 @@ def print_result(result: SearchResult, manifest: dict, *, as_json: bool) -> bool
     if not result.hits:
         return False
     print(format_table(result.hits, calibration))
+    distances = [h.distance for h in result.hits]
+    if result.order == "weighted" and distances != sorted(distances):
+        print("note: hits are ranked by how sure the query is of each bit (docs/search.md), "
+              "so a distance can exceed the one below it; --hamming-only ranks by distance "
+              "alone", file=sys.stderr)
     return True
 
 
