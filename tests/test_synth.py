@@ -326,6 +326,13 @@ def test_command_small_corpus_and_soundscape(tmp_path, capsys):
     assert events and {e["label"] for e in events} <= {"owl_hooting", "crow_cawing"}
     assert main(["synth", "--list"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == len(synth.CALL_TYPES)
+    # --extend: more train-split clips in a second manifest
+    assert main(["synth", "--extend", str(out), "--extra", "3"]) == 0
+    assert "wrote 3 train-split clips" in capsys.readouterr().err
+    extended = (out / "manifest-extended.jsonl").read_text().splitlines()
+    assert len(extended) == 2 + 3 and (out / "audio" / "train-extra" / "000002.flac").is_file()
+    assert main(["synth", "--extend", str(tmp_path / "nothing"), "--extra", "3"]) == 1
+    assert "not a `cvahash synth` corpus" in capsys.readouterr().err
 
 
 def test_synth_needs_neither_torch_nor_transformers():
