@@ -213,7 +213,13 @@ def test_extra_train_clips_are_the_pools_and_hold_nothing_out(tmp_path):
         assert sr == SR and np.max(np.abs(written - want.audio)) < 1e-4
     # again, with workers: the same manifest and files
     first = extended.read_bytes()
+    (out / extra[0]["audio"]).unlink()  # a missing file is rendered again
     assert synth.extend_train_split(out, 8, workers=2).read_bytes() == first
+    assert (out / extra[0]["audio"]).is_file()
+    # a finished extension is kept without rendering; another count is redone
+    stamp = extended.stat().st_mtime_ns
+    assert synth.extend_train_split(out, 8) == extended and extended.stat().st_mtime_ns == stamp
+    assert len(synth.extend_train_split(out, 3).read_text().splitlines()) == 6 + 3
     with pytest.raises(InvalidArgument, match="not a `cvahash synth` corpus"):
         synth.extend_train_split(tmp_path / "nothing", 3)
     with pytest.raises(InvalidArgument, match=">= 0"):

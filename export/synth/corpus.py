@@ -266,7 +266,8 @@ def extend_train_split(corpus_dir, extra: int, *, workers: int = 1,
     seed ``corpus seed + 1``, split ``train``): training backgrounds and seen phrasings
     only, so the corpus's val and test splits stay unseen. Files go to
     ``audio/train-extra/`` in the corpus's format; their ids are prefixed ``x`` so they never
-    collide with the corpus's. Files already written are reused (same seed, same bytes).
+    collide with the corpus's. Files already written are reused (same seed, same bytes),
+    and a manifest that already lists these clips is kept as it is.
     """
     out = Path(corpus_dir)
     info_path, manifest = out / "corpus.json", out / "manifest.jsonl"
@@ -277,6 +278,10 @@ def extend_train_split(corpus_dir, extra: int, *, workers: int = 1,
         raise InvalidArgument(f"number of extra clips must be >= 0, got {extra!r}")
     info = json.loads(info_path.read_text())
     seed, sr, fmt = int(info["seed"]) + 1, int(info["sample_rate"]), info.get("format", "flac")
+    target = out / name
+    own = manifest.read_text(encoding="utf-8")
+    if _extension_done(target, own, int(extra), out):
+        return target
     (out / "audio" / EXTRA_DIR).mkdir(parents=True, exist_ok=True)
     jobs = [(i, seed, sr, fmt, str(out)) for i in range(int(extra))]
     if workers == 1:
@@ -284,13 +289,25 @@ def extend_train_split(corpus_dir, extra: int, *, workers: int = 1,
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             records = list(pool.map(_write_extra_clip, jobs, chunksize=8))
-    target = out / name
     tmp = target.with_name(target.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(manifest.read_text(encoding="utf-8"))
+        f.write(own)
         f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
     os.replace(tmp, target)
     return target
+
+
+def _extension_done(target: Path, own: str, extra: int, out: Path) -> bool:
+    """Whether ``target`` already lists the corpus's manifest ``own`` and exactly the
+    ``extra`` clips asked for, every file present (then nothing is rendered again)."""
+    if not target.is_file():
+        return False
+    text = target.read_text(encoding="utf-8")
+    if not text.startswith(own):
+        return False
+    rows = [json.loads(line) for line in text[len(own):].splitlines() if line.strip()]
+    return ([r.get("id") for r in rows] == [f"x{i:06d}" for i in range(extra)]
+            and all((out / r["audio"]).is_file() for r in rows))
 
 
 def _write_extra_clip(job: tuple) -> dict:
