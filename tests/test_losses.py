@@ -96,6 +96,12 @@ def test_distill_is_zero_when_the_codes_rank_as_the_teacher_and_grows_when_not()
     with pytest.raises(ValueError, match="temperatures"):
         DistillHashLoss(temperature=0.0)
     assert make_objective("distill").uses_teacher
+    # the optional pair term is contrastive's InfoNCE on the same codes, weighted
+    both = DistillHashLoss(teacher_temperature=0.3, temperature=0.3, pair_weight=0.5)
+    pairs = both(codes, codes.flip(0), teacher=(codes, codes))["pairs"]
+    info = ContrastiveHashLoss(temperature=0.3)(codes, codes.flip(0))["infonce"]
+    assert pairs.item() == pytest.approx(0.5 * info.item())
+    assert "pairs" not in loss(codes, codes, teacher=(codes, codes))
 
 
 def test_clip_loss_is_low_for_matching_pairs_and_log_n_for_constant_embeddings():

@@ -126,19 +126,20 @@ class DistillHashLoss(nn.Module):
     """Codes that rank as the teacher's continuous embeddings rank (see the module docstring).
 
     ``teacher`` is a pair (text, audio) of the frozen encoders' projected features for the
-    batch's captions and clips (B, D) each. Defaults chosen on the val split of the
-    synthetic corpus (docs/benchmarks/quality.md run 10)."""
+    batch's captions and clips (B, D) each. ``pair_weight`` > 0 adds ``contrastive``'s
+    InfoNCE on the codes (each caption's own clip the positive), weighted. Defaults chosen
+    on the val split of the synthetic corpus (docs/benchmarks/quality.md run 10)."""
 
     uses = "logits"
     uses_teacher = True
 
     def __init__(self, teacher_temperature: float = 0.05, temperature: float = 0.2,
-                 alpha: float = 0.1):
+                 alpha: float = 0.1, pair_weight: float = 0.0):
         super().__init__()
         if teacher_temperature <= 0 or temperature <= 0:
             raise ValueError("temperatures must be > 0")
         self.teacher_temperature, self.temperature = teacher_temperature, temperature
-        self.alpha = alpha
+        self.alpha, self.pair_weight = alpha, pair_weight
 
     @staticmethod
     def _kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -157,8 +158,11 @@ class DistillHashLoss(nn.Module):
         student = (tc @ ac.T) / self.temperature
         quant = 0.5 * ((text.float().abs() - 1).abs().mean()
                        + (audio.float().abs() - 1).abs().mean())
-        return {"distill": self._kl(student, target) + self._kl(student.T, target.T),
-                "quantization": self.alpha * quant}
+        parts = {"distill": self._kl(student, target) + self._kl(student.T, target.T),
+                 "quantization": self.alpha * quant}
+        if self.pair_weight:  # optional: each caption's own clip as in `contrastive`
+            parts["pairs"] = self.pair_weight * _symmetric_infonce(tc, ac, self.temperature)
+        return parts
 
 
 class ClipLoss(nn.Module):
